@@ -1,0 +1,350 @@
+//! Reading the API key from request headers.
+//!
+//! The rules, in the order they apply:
+//!
+//! - A key is read from `Authorization: Bearer <key>` and from `X-API-Key: <key>` (both names
+//!   configurable), never from the query string or the body.
+//! - The `Bearer` scheme is matched case-insensitively and must be followed by one or more spaces.
+//!   An `Authorization` value of another scheme (`Basic ...`), or with no space after the scheme,
+//!   is not an API key and is ignored: the request is judged by its other headers.
+//! - Spaces and tabs around a key are ignored. An empty key (`Bearer` alone, an empty
+//!   `X-API-Key`) counts as no key.
+//! - A key must be 1 to [`MAX_KEY_LEN`](crate::key::MAX_KEY_LEN) visible ASCII characters. A key
+//!   with inner whitespace, control characters, non-ASCII or non-UTF-8 bytes, or longer than that
+//!   is malformed: `invalid_api_key`.
+//! - Every key in the request must be the same: the two headers, and each header repeated, may
+//!   carry the same key, which is then used; two different keys are rejected as
+//!   `invalid_api_key`, never resolved by picking one.
+//! - No key at all is `missing_api_key`.
+
+use http::header::{Entry, HeaderMap, HeaderName, HeaderValue};
+
+use crate::key::MAX_KEY_LEN;
+
+/// Why no key could be read from a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CredentialError {
+    /// No header carried a key.
+    Missing,
+    /// Headers carried two different keys.
+    Conflicting,
+    /// A header carried something that cannot be a key.
+    Malformed,
+}
+
+/// The two headers a key may come in.
+#[derive(Clone, Debug)]
+pub(crate) struct CredentialHeaders {
+    pub(crate) authorization: HeaderName,
+    pub(crate) api_key: HeaderName,
+}
+
+impl Default for CredentialHeaders {
+    fn default() -> Self {
+        Self {
+            authorization: http::header::AUTHORIZATION,
+            api_key: HeaderName::from_static("x-api-key"),
+        }
+    }
+}
+
+impl CredentialHeaders {
+    /// The one key the request carries, by the rules of this module.
+    pub(crate) fn read_key<'a>(&self, headers: &'a HeaderMap) -> Result<&'a str, CredentialError> {
+        let bearer_tokens = headers
+            .get_all(&self.authorization)
+            .iter()
+            .filter_map(bearer_token);
+        let api_key_values = headers
+            .get_all(&self.api_key)
+            .iter()
+            .map(HeaderValue::as_bytes);
+
+        let mut found: Option<&str> = None;
+        for raw in bearer_tokens.chain(api_key_values) {
+            let token = trim_whitespace(raw);
+            if token.is_empty() {
+                continue;
+            }
+            let key = parse_key(token)?;
+            match found {
+                Some(previous) if previous != key => return Err(CredentialError::Conflicting),
+                _ => found = Some(key),
+            }
+        }
+        found.ok_or(CredentialError::Missing)
+    }
+
+    /// Marks every value of both headers sensitive, so that well-behaved loggers and HTTP/2's
+    /// header compression leave them alone.
+    pub(crate) fn mark_sensitive(&self, headers: &mut HeaderMap) {
+        for name in [&self.authorization, &self.api_key] {
+            if let Entry::Occupied(mut entry) = headers.entry(name) {
+                entry.iter_mut().for_each(|value| value.set_sensitive(true));
+            }
+        }
+    }
+}
+
+/// The bytes after `Bearer ` in an `Authorization` value, or `None` for another scheme.
+fn bearer_token(value: &HeaderValue) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer";
+    let bytes = value.as_bytes();
+    let (scheme, rest) = bytes.split_at_checked(SCHEME.len())?;
+    if !scheme.eq_ignore_ascii_case(SCHEME) {
+        return None;
+    }
+    match rest.first() {
+        None => Some(rest),
+        Some(b' ') => Some(rest),
+        Some(_) => None,
+    }
+}
+
+fn trim_whitespace(bytes: &[u8]) -> &[u8] {
+    let is_whitespace = |byte: &u8| *byte == b' ' || *byte == b'\t';
+    let start = bytes
+        .iter()
+        .position(|b| !is_whitespace(b))
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !is_whitespace(b))
+        .map_or(start, |i| i + 1);
+    &bytes[start..end]
+}
+
+fn parse_key(token: &[u8]) -> Result<&str, CredentialError> {
+    if token.len() > MAX_KEY_LEN || !token.iter().all(u8::is_ascii_graphic) {
+        return Err(CredentialError::Malformed);
+    }
+    std::str::from_utf8(token).map_err(|_| CredentialError::Malformed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "sk_live_abc";
+
+    fn read(pairs: &[(&str, &[u8])]) -> Result<String, CredentialError> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        CredentialHeaders::default()
+            .read_key(&headers)
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn reads_bearer_token() {
+        assert_eq!(
+            read(&[("authorization", b"Bearer sk_live_abc")]).unwrap(),
+            KEY
+        );
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for scheme in ["bearer", "BEARER", "bEaReR"] {
+            let value = format!("{scheme} {KEY}");
+            assert_eq!(read(&[("authorization", value.as_bytes())]).unwrap(), KEY);
+        }
+    }
+
+    #[test]
+    fn several_spaces_after_scheme_are_accepted() {
+        assert_eq!(
+            read(&[("authorization", b"Bearer    sk_live_abc")]).unwrap(),
+            KEY
+        );
+    }
+
+    #[test]
+    fn reads_x_api_key() {
+        assert_eq!(read(&[("x-api-key", b"sk_live_abc")]).unwrap(), KEY);
+    }
+
+    #[test]
+    fn surrounding_whitespace_is_ignored() {
+        assert_eq!(read(&[("x-api-key", b" \tsk_live_abc \t")]).unwrap(), KEY);
+        assert_eq!(
+            read(&[("authorization", b"Bearer sk_live_abc  ")]).unwrap(),
+            KEY
+        );
+    }
+
+    #[test]
+    fn no_headers_is_missing() {
+        assert_eq!(read(&[]), Err(CredentialError::Missing));
+    }
+
+    #[test]
+    fn empty_token_is_missing() {
+        assert_eq!(
+            read(&[("authorization", b"Bearer")]),
+            Err(CredentialError::Missing)
+        );
+        assert_eq!(
+            read(&[("authorization", b"Bearer   ")]),
+            Err(CredentialError::Missing)
+        );
+        assert_eq!(read(&[("x-api-key", b"")]), Err(CredentialError::Missing));
+    }
+
+    #[test]
+    fn other_scheme_is_ignored() {
+        assert_eq!(
+            read(&[("authorization", b"Basic dXNlcjpwYXNz")]),
+            Err(CredentialError::Missing)
+        );
+        assert_eq!(
+            read(&[
+                ("authorization", b"Basic dXNlcjpwYXNz"),
+                ("x-api-key", KEY.as_bytes())
+            ])
+            .unwrap(),
+            KEY
+        );
+    }
+
+    #[test]
+    fn scheme_without_space_is_another_scheme() {
+        assert_eq!(
+            read(&[("authorization", b"Bearersk_live_abc")]),
+            Err(CredentialError::Missing)
+        );
+        assert_eq!(
+            read(&[("authorization", b"Bearer\tsk_live_abc")]),
+            Err(CredentialError::Missing)
+        );
+    }
+
+    #[test]
+    fn both_headers_with_same_key_are_accepted() {
+        let pairs: &[(&str, &[u8])] = &[
+            ("authorization", b"Bearer sk_live_abc"),
+            ("x-api-key", b"sk_live_abc"),
+        ];
+        assert_eq!(read(pairs).unwrap(), KEY);
+    }
+
+    #[test]
+    fn both_headers_with_different_keys_conflict() {
+        let pairs: &[(&str, &[u8])] = &[
+            ("authorization", b"Bearer sk_live_abc"),
+            ("x-api-key", b"sk_live_xyz"),
+        ];
+        assert_eq!(read(pairs), Err(CredentialError::Conflicting));
+    }
+
+    #[test]
+    fn repeated_header_with_same_key_is_accepted() {
+        let pairs: &[(&str, &[u8])] =
+            &[("x-api-key", b"sk_live_abc"), ("x-api-key", b"sk_live_abc")];
+        assert_eq!(read(pairs).unwrap(), KEY);
+    }
+
+    #[test]
+    fn repeated_header_with_different_keys_conflicts() {
+        let pairs: &[(&str, &[u8])] = &[
+            ("authorization", b"Bearer sk_live_abc"),
+            ("authorization", b"Bearer sk_live_xyz"),
+        ];
+        assert_eq!(read(pairs), Err(CredentialError::Conflicting));
+    }
+
+    #[test]
+    fn inner_whitespace_is_malformed() {
+        assert_eq!(
+            read(&[("x-api-key", b"sk_live abc")]),
+            Err(CredentialError::Malformed)
+        );
+        assert_eq!(
+            read(&[("authorization", b"Bearer sk_live abc")]),
+            Err(CredentialError::Malformed)
+        );
+    }
+
+    #[test]
+    fn non_ascii_and_non_utf8_bytes_are_malformed() {
+        assert_eq!(
+            read(&[("x-api-key", "sk_live_ä".as_bytes())]),
+            Err(CredentialError::Malformed)
+        );
+        assert_eq!(
+            read(&[("x-api-key", b"sk_live_\xff")]),
+            Err(CredentialError::Malformed)
+        );
+        assert_eq!(
+            read(&[("authorization", b"Bearer sk_\x80live")]),
+            Err(CredentialError::Malformed)
+        );
+    }
+
+    #[test]
+    fn oversized_value_is_malformed() {
+        let long = vec![b'a'; 10 * 1024];
+        assert_eq!(
+            read(&[("x-api-key", &long)]),
+            Err(CredentialError::Malformed)
+        );
+        let mut bearer = b"Bearer ".to_vec();
+        bearer.extend_from_slice(&long);
+        assert_eq!(
+            read(&[("authorization", &bearer)]),
+            Err(CredentialError::Malformed)
+        );
+    }
+
+    #[test]
+    fn longest_accepted_key_is_max_key_len() {
+        let at_limit = vec![b'a'; MAX_KEY_LEN];
+        assert!(read(&[("x-api-key", &at_limit)]).is_ok());
+    }
+
+    #[test]
+    fn header_names_are_configurable() {
+        let names = CredentialHeaders {
+            authorization: HeaderName::from_static("proxy-authorization"),
+            api_key: HeaderName::from_static("x-service-key"),
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", HeaderValue::from_static(KEY));
+        assert_eq!(names.read_key(&headers), Err(CredentialError::Missing));
+        headers.insert("x-service-key", HeaderValue::from_static(KEY));
+        assert_eq!(names.read_key(&headers), Ok(KEY));
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "proxy-authorization",
+            HeaderValue::from_static("Bearer sk_live_abc"),
+        );
+        assert_eq!(names.read_key(&headers), Ok(KEY));
+    }
+
+    #[test]
+    fn credential_headers_are_marked_sensitive() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            "authorization",
+            HeaderValue::from_static("Bearer sk_live_abc"),
+        );
+        headers.append("x-api-key", HeaderValue::from_static("one"));
+        headers.append("x-api-key", HeaderValue::from_static("two"));
+        headers.append("accept", HeaderValue::from_static("*/*"));
+        CredentialHeaders::default().mark_sensitive(&mut headers);
+        assert!(headers
+            .get_all("authorization")
+            .iter()
+            .all(HeaderValue::is_sensitive));
+        assert!(headers
+            .get_all("x-api-key")
+            .iter()
+            .all(HeaderValue::is_sensitive));
+        assert!(!headers["accept"].is_sensitive());
+    }
+}

@@ -1,0 +1,287 @@
+//! Why a request was refused, and the response that says so.
+//!
+//! Every refusal is answered with the same JSON envelope:
+//!
+//! ```json
+//! {"error":{"code":"invalid_api_key","message":"...","request_id":"req_..."}}
+//! ```
+//!
+//! | [`AuthError`]   | status | `code`                       | `WWW-Authenticate`               |
+//! |-----------------|--------|------------------------------|----------------------------------|
+//! | `Missing`       | 401    | `missing_api_key`            | `Bearer`                         |
+//! | `Conflicting`   | 401    | `invalid_api_key`            | `Bearer error="invalid_request"` |
+//! | `Invalid`       | 401    | `invalid_api_key`            | `Bearer error="invalid_token"`   |
+//! | `Expired`       | 401    | `expired_api_key`            | `Bearer error="invalid_token"`   |
+//! | `Unavailable`   | 503    | `authentication_unavailable` | (none)                           |
+//!
+//! Each response also has `Content-Type: application/json`, `Cache-Control: no-store`, and the
+//! request id in `X-Request-Id`. Messages tell the caller what to do and never repeat the key.
+//! Replace the body with [`ApiKeyLayer::error_response`](crate::ApiKeyLayer::error_response).
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::request_id::X_REQUEST_ID;
+use crate::store::StoreError;
+
+/// Why the layer refused a request.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The request carried no key.
+    Missing,
+    /// The request carried two different keys.
+    Conflicting,
+    /// The key is malformed, has a wrong checksum, is unknown or was deleted.
+    Invalid,
+    /// The key was revoked or is past its expiry.
+    Expired,
+    /// The store could not be asked; the request is refused, not let through.
+    Unavailable(StoreError),
+}
+
+impl AuthError {
+    /// The HTTP status of the response: 401, or 503 when the store is unavailable.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// The machine-readable `code` of the error envelope.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Missing => "missing_api_key",
+            Self::Conflicting | Self::Invalid => "invalid_api_key",
+            Self::Expired => "expired_api_key",
+            Self::Unavailable(_) => "authentication_unavailable",
+        }
+    }
+
+    /// The `WWW-Authenticate` challenge of RFC 6750, for 401 answers.
+    fn challenge(&self) -> Option<HeaderValue> {
+        let challenge = match self {
+            Self::Missing => "Bearer",
+            Self::Conflicting => r#"Bearer error="invalid_request""#,
+            Self::Invalid | Self::Expired => r#"Bearer error="invalid_token""#,
+            Self::Unavailable(_) => return None,
+        };
+        Some(HeaderValue::from_static(challenge))
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing => f.write_str("no API key in the request"),
+            Self::Conflicting => f.write_str("the request carries two different API keys"),
+            Self::Invalid => f.write_str("the API key is not valid"),
+            Self::Expired => f.write_str("the API key was revoked or has expired"),
+            Self::Unavailable(error) => error.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for AuthError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Unavailable(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// A refused request: the [`AuthError`], the message for the caller, and the request id.
+///
+/// Handed to a custom [`error_response`](crate::ApiKeyLayer::error_response) hook.
+#[derive(Debug)]
+pub struct Rejection {
+    error: AuthError,
+    message: Arc<str>,
+    request_id: HeaderValue,
+}
+
+impl Rejection {
+    pub(crate) fn new(error: AuthError, messages: &Messages, request_id: HeaderValue) -> Self {
+        let message = match &error {
+            AuthError::Missing => &messages.missing,
+            AuthError::Conflicting => &messages.conflicting,
+            AuthError::Invalid => &messages.invalid,
+            AuthError::Expired => &messages.expired,
+            AuthError::Unavailable(_) => &messages.unavailable,
+        };
+        Self {
+            error,
+            message: Arc::clone(message),
+            request_id,
+        }
+    }
+
+    /// Why the request was refused.
+    pub fn error(&self) -> &AuthError {
+        &self.error
+    }
+
+    /// What the caller should do, in English; never contains the key.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The request's id, also sent in the `X-Request-Id` header.
+    pub fn request_id(&self) -> &str {
+        self.request_id
+            .to_str()
+            .expect("request ids are checked or generated as ASCII")
+    }
+
+    /// The default response: the JSON envelope with its status and headers.
+    pub fn to_json_response(&self) -> Response<Bytes> {
+        let body = envelope(self.error.code(), self.message(), self.request_id());
+        let mut response = Response::new(body);
+        *response.status_mut() = self.error.status();
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.add_protocol_headers(response.headers_mut());
+        response
+    }
+
+    /// Adds the headers every refusal carries, unless the response already has them:
+    /// `Cache-Control: no-store`, `X-Request-Id` and, on a 401, `WWW-Authenticate`.
+    pub(crate) fn add_protocol_headers(&self, headers: &mut HeaderMap) {
+        headers
+            .entry(CACHE_CONTROL)
+            .or_insert_with(|| HeaderValue::from_static("no-store"));
+        headers
+            .entry(X_REQUEST_ID)
+            .or_insert_with(|| self.request_id.clone());
+        if let Some(challenge) = self.error.challenge() {
+            headers.entry(WWW_AUTHENTICATE).or_insert(challenge);
+        }
+    }
+}
+
+/// A hook that renders a [`Rejection`] as a response, in place of the JSON envelope.
+pub(crate) type ErrorResponseFn = dyn Fn(&Rejection) -> Response<Bytes> + Send + Sync;
+
+/// The messages of the envelope, built once from the layer's configuration.
+#[derive(Clone, Debug)]
+pub(crate) struct Messages {
+    missing: Arc<str>,
+    conflicting: Arc<str>,
+    invalid: Arc<str>,
+    expired: Arc<str>,
+    unavailable: Arc<str>,
+}
+
+impl Messages {
+    /// Messages naming the configured key prefix and headers.
+    pub(crate) fn new(prefix: &str, authorization_header: &str, api_key_header: &str) -> Self {
+        Self {
+            missing: format!(
+                "API key is required. Include it in the {authorization_header} header as \
+                 \"Bearer {prefix}...\" or in the {api_key_header} header."
+            )
+            .into(),
+            conflicting: format!(
+                "The request carries two different API keys. Send one key, in the \
+                 {authorization_header} header or in the {api_key_header} header."
+            )
+            .into(),
+            invalid: "The API key is not valid. Check it for typos or extra whitespace, and \
+                      make sure it has not been deleted."
+                .into(),
+            expired: "The API key has been revoked or has expired. Create a new key and update \
+                      your integration."
+                .into(),
+            unavailable: "API keys cannot be checked right now. Retry the request shortly.".into(),
+        }
+    }
+}
+
+/// `{"error":{"code":...,"message":...,"request_id":...}}`
+pub(crate) fn envelope(code: &str, message: &str, request_id: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct Envelope<'a> {
+        error: Fields<'a>,
+    }
+    #[derive(Serialize)]
+    struct Fields<'a> {
+        code: &'a str,
+        message: &'a str,
+        request_id: &'a str,
+    }
+    let envelope = Envelope {
+        error: Fields {
+            code,
+            message,
+            request_id,
+        },
+    };
+    serde_json::to_vec(&envelope)
+        .expect("a struct of strings always serializes")
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejection(error: AuthError) -> Rejection {
+        let messages = Messages::new("sk_live_", "Authorization", "X-API-Key");
+        Rejection::new(error, &messages, HeaderValue::from_static("req_1"))
+    }
+
+    #[test]
+    fn missing_message_is_the_documented_one() {
+        assert_eq!(
+            rejection(AuthError::Missing).message(),
+            "API key is required. Include it in the Authorization header as \
+             \"Bearer sk_live_...\" or in the X-API-Key header."
+        );
+    }
+
+    #[test]
+    fn envelope_has_exactly_code_message_and_request_id() {
+        let response = rejection(AuthError::Expired).to_json_response();
+        let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {
+                "code": "expired_api_key",
+                "message": rejection(AuthError::Expired).message(),
+                "request_id": "req_1",
+            }})
+        );
+    }
+
+    #[test]
+    fn unavailable_store_is_503_without_challenge() {
+        let response =
+            rejection(AuthError::Unavailable(StoreError::new("down"))).to_json_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().get(WWW_AUTHENTICATE).is_none());
+        let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!(body["error"]["code"], "authentication_unavailable");
+        assert!(
+            !body.to_string().contains("down"),
+            "store errors stay in the logs"
+        );
+    }
+
+    #[test]
+    fn protocol_headers_do_not_replace_the_hook_s_own() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
+        rejection(AuthError::Invalid).add_protocol_headers(&mut headers);
+        assert_eq!(headers[CACHE_CONTROL], "private");
+        assert_eq!(headers[X_REQUEST_ID], "req_1");
+        assert_eq!(headers[WWW_AUTHENTICATE], r#"Bearer error="invalid_token""#);
+    }
+}

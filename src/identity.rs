@@ -1,0 +1,157 @@
+//! Who a request was authenticated as.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// The public id of a key: safe to log, show in listings and use in URLs.
+///
+/// It is not derived from the key, so it reveals nothing about it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct KeyId(String);
+
+impl KeyId {
+    /// Wraps an id a store assigned.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self(id.into())
+    }
+
+    /// A new random id, `key_` followed by 32 hexadecimal digits.
+    pub fn random() -> Self {
+        Self(format!("key_{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The plan an account is on, which bounds how many keys it may hold.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Tier(Cow<'static, str>);
+
+impl Tier {
+    /// The free tier.
+    pub const FREE: Tier = Tier(Cow::Borrowed("free"));
+    /// The pro tier.
+    pub const PRO: Tier = Tier(Cow::Borrowed("pro"));
+
+    /// A tier by name, for plans beyond free and pro.
+    pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
+        Self(name.into())
+    }
+
+    /// The tier's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The identity of an authenticated key, which the layer puts in the request's extensions.
+///
+/// Cloning is cheap (one reference count). Read it in a handler from the request extensions, or
+/// with the axum extractor (feature `axum`):
+///
+/// ```
+/// use tower_api_key::{KeyId, KeyIdentity, Tier};
+///
+/// let identity = KeyIdentity::new(KeyId::new("key_1"), "acct_42", "ci", Tier::FREE)
+///     .with_metadata(serde_json::json!({"team": "platform"}));
+/// let mut request = http::Request::new(());
+/// request.extensions_mut().insert(identity);
+///
+/// let identity = request.extensions().get::<KeyIdentity>().unwrap();
+/// assert_eq!(identity.account_id(), "acct_42");
+/// assert_eq!(identity.metadata().unwrap()["team"], "platform");
+/// ```
+#[derive(Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct KeyIdentity(Arc<IdentityFields>);
+
+#[derive(Clone, PartialEq, Serialize)]
+struct IdentityFields {
+    key_id: KeyId,
+    account_id: String,
+    name: String,
+    tier: Tier,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<serde_json::Value>,
+}
+
+impl KeyIdentity {
+    /// The identity of key `key_id`, named `name`, of account `account_id` on `tier`.
+    pub fn new(
+        key_id: KeyId,
+        account_id: impl Into<String>,
+        name: impl Into<String>,
+        tier: Tier,
+    ) -> Self {
+        Self(Arc::new(IdentityFields {
+            key_id,
+            account_id: account_id.into(),
+            name: name.into(),
+            tier,
+            metadata: None,
+        }))
+    }
+
+    /// Attaches application data (roles, a team, limits) for handlers to read.
+    pub fn with_metadata(mut self, metadata: serde_json::Value) -> Self {
+        Arc::make_mut(&mut self.0).metadata = Some(metadata);
+        self
+    }
+
+    /// The key's public id.
+    pub fn key_id(&self) -> &KeyId {
+        &self.0.key_id
+    }
+
+    /// The account the key belongs to.
+    pub fn account_id(&self) -> &str {
+        &self.0.account_id
+    }
+
+    /// The name its owner gave the key.
+    pub fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    /// The account's tier.
+    pub fn tier(&self) -> &Tier {
+        &self.0.tier
+    }
+
+    /// Application data attached to the key, if any.
+    pub fn metadata(&self) -> Option<&serde_json::Value> {
+        self.0.metadata.as_ref()
+    }
+}
+
+impl fmt::Debug for KeyIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyIdentity")
+            .field("key_id", &self.0.key_id)
+            .field("account_id", &self.0.account_id)
+            .field("name", &self.0.name)
+            .field("tier", &self.0.tier)
+            .field("metadata", &self.0.metadata)
+            .finish()
+    }
+}

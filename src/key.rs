@@ -1,0 +1,366 @@
+//! API keys: their format, generation and digest.
+//!
+//! A key is a prefix followed by a body of [`RANDOM_LEN`] random base62 characters and a
+//! [`CHECKSUM_LEN`]-character CRC32 checksum of those random characters, like GitHub's tokens:
+//!
+//! ```text
+//! sk_live_ 4eC39HqLyjWDarjtT1zdp7dcFg1fy1Pd6rcyfA 0Zmxm4
+//! prefix   random body (30 chars, ~178 bits)      checksum
+//! ```
+//!
+//! The checksum lets the layer reject a typo or a made-up string as `invalid_api_key` before any
+//! store lookup. Stores never see a key: they hold its [`KeyDigest`] (SHA-256) and find it by its
+//! [`LookupId`], the first half of that digest, which reveals nothing usable about the key.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Number of random base62 characters in a generated key's body (about 178 bits).
+pub const RANDOM_LEN: usize = 30;
+
+/// Number of base62 characters of the checksum that ends a key's body.
+pub const CHECKSUM_LEN: usize = 6;
+
+/// Length of a key's body: the random characters and the checksum.
+const BODY_LEN: usize = RANDOM_LEN + CHECKSUM_LEN;
+
+/// The longest key the layer hashes; longer credentials are rejected unread.
+pub const MAX_KEY_LEN: usize = 256;
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+/// A plaintext API key, as handed to its owner once at creation.
+///
+/// It has no `Display` and a redacted `Debug`, so it cannot end up in a log by accident; read it
+/// deliberately with [`ApiKey::expose_secret`].
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps an existing key, for example one read from a secrets manager.
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The plaintext key. Show it to its owner once; never log or store it.
+    pub fn expose_secret(&self) -> &str {
+        &self.0
+    }
+
+    /// The SHA-256 digest that stores keep in place of the key.
+    pub fn digest(&self) -> KeyDigest {
+        KeyDigest::of(&self.0)
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// The SHA-256 digest of an API key: what a [`KeyStore`](crate::KeyStore) holds instead of the key.
+///
+/// Digests are compared only in constant time ([`KeyDigest::matches`]); `Debug` is redacted.
+#[derive(Clone, Copy)]
+pub struct KeyDigest([u8; 32]);
+
+impl KeyDigest {
+    /// Hashes a plaintext key.
+    pub fn of(key: &str) -> Self {
+        Self(Sha256::digest(key.as_bytes()).into())
+    }
+
+    /// Rebuilds a digest from the 32 bytes a store kept.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 32 bytes to store.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The id a store finds this digest's record by: its first 16 bytes.
+    pub fn lookup_id(&self) -> LookupId {
+        let mut id = [0; 16];
+        id.copy_from_slice(&self.0[..16]);
+        LookupId(id)
+    }
+
+    /// Whether two digests are equal, compared in constant time.
+    pub fn matches(&self, other: &KeyDigest) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyDigest(<redacted>)")
+    }
+}
+
+/// The index under which a store keeps a key's record: the first 16 bytes of its [`KeyDigest`].
+///
+/// Knowing it does not help to find the key (SHA-256 is not invertible), so stores may index and
+/// compare it in any way they like; the full digest is then compared by the layer in constant
+/// time.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LookupId([u8; 16]);
+
+impl LookupId {
+    /// Rebuilds a lookup id from the 16 bytes a store kept.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// The 16 bytes to index by.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for LookupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LookupId(<redacted>)")
+    }
+}
+
+/// Which keys the layer accepts, and the shape of the keys it generates.
+///
+/// The default accepts `sk_live_` keys whose checksum is right. Add prefixes with
+/// [`KeyFormat::also_accept`]; keys of another shape (issued before this crate) are accepted with
+/// [`KeyFormat::unchecked`].
+///
+/// ```
+/// use tower_api_key::KeyFormat;
+///
+/// let format = KeyFormat::new("sk_live_").also_accept("sk_test_");
+/// let key = format.generate();
+/// assert!(key.expose_secret().starts_with("sk_live_"));
+/// assert!(format.is_well_formed(key.expose_secret()));
+/// assert!(!format.is_well_formed("sk_live_not-a-real-key"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct KeyFormat {
+    prefixes: Vec<Cow<'static, str>>,
+    checked: bool,
+}
+
+impl Default for KeyFormat {
+    fn default() -> Self {
+        Self::new("sk_live_")
+    }
+}
+
+impl KeyFormat {
+    /// Keys that start with `prefix`, which is also the prefix of generated keys.
+    ///
+    /// # Panics
+    ///
+    /// If `prefix` holds anything but visible ASCII characters, as it could not be sent in a
+    /// header.
+    pub fn new(prefix: impl Into<Cow<'static, str>>) -> Self {
+        Self {
+            prefixes: vec![valid_prefix(prefix.into())],
+            checked: true,
+        }
+    }
+
+    /// Also accepts keys that start with `prefix` (for example `sk_test_`).
+    ///
+    /// # Panics
+    ///
+    /// As [`KeyFormat::new`].
+    pub fn also_accept(mut self, prefix: impl Into<Cow<'static, str>>) -> Self {
+        self.prefixes.push(valid_prefix(prefix.into()));
+        self
+    }
+
+    /// Accepts keys of any shape: only their digest is looked up.
+    ///
+    /// For keys issued before this crate. A typo then costs a store lookup instead of being
+    /// rejected by the checksum.
+    pub fn unchecked(mut self) -> Self {
+        self.checked = false;
+        self
+    }
+
+    /// The prefix of generated keys, shown in the `missing_api_key` message.
+    pub fn prefix(&self) -> &str {
+        &self.prefixes[0]
+    }
+
+    /// Whether `key` has an accepted prefix, a body of the right length and alphabet, and the
+    /// right checksum. Always true for an [`unchecked`](KeyFormat::unchecked) format.
+    pub fn is_well_formed(&self, key: &str) -> bool {
+        !self.checked
+            || self.prefixes.iter().any(|prefix| {
+                key.strip_prefix(&**prefix)
+                    .is_some_and(|body| is_valid_body(body.as_bytes()))
+            })
+    }
+
+    /// Generates a new key with this format's first prefix, from the operating system's
+    /// cryptographically secure random number generator.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system cannot provide random bytes, which no supported platform does
+    /// once booted.
+    pub fn generate(&self) -> ApiKey {
+        let mut body = [0u8; BODY_LEN];
+        let (random, check) = body.split_at_mut(RANDOM_LEN);
+        fill_base62(random);
+        check.copy_from_slice(&checksum(random));
+        let mut key = String::with_capacity(self.prefix().len() + BODY_LEN);
+        key.push_str(self.prefix());
+        // The body is base62, so ASCII.
+        key.extend(body.iter().map(|&byte| char::from(byte)));
+        ApiKey(key)
+    }
+}
+
+fn valid_prefix(prefix: Cow<'static, str>) -> Cow<'static, str> {
+    assert!(
+        prefix.bytes().all(|byte| byte.is_ascii_graphic()),
+        "a key prefix must be visible ASCII characters, got {prefix:?}"
+    );
+    prefix
+}
+
+fn is_valid_body(body: &[u8]) -> bool {
+    body.len() == BODY_LEN
+        && body.iter().all(u8::is_ascii_alphanumeric)
+        && checksum(&body[..RANDOM_LEN]) == body[RANDOM_LEN..]
+}
+
+/// CRC32 of `random`, as [`CHECKSUM_LEN`] base62 digits (62^6 > 2^32).
+fn checksum(random: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let mut value = crc32fast::hash(random);
+    let mut digits = [b'0'; CHECKSUM_LEN];
+    for digit in digits.iter_mut().rev() {
+        *digit = BASE62[(value % 62) as usize];
+        value /= 62;
+    }
+    digits
+}
+
+/// Fills `out` with uniformly random base62 characters from the OS CSPRNG.
+fn fill_base62(out: &mut [u8]) {
+    let mut filled = 0;
+    let mut random = [0u8; 64];
+    while filled < out.len() {
+        getrandom::fill(&mut random)
+            .expect("the operating system's random number generator failed");
+        // Bytes of 248 and above are dropped so that `% 62` is unbiased (248 = 4 * 62).
+        for &byte in random.iter().filter(|&&byte| byte < 248) {
+            if filled == out.len() {
+                break;
+            }
+            out[filled] = BASE62[usize::from(byte % 62)];
+            filled += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_have_prefix_body_and_checksum() {
+        let key = KeyFormat::default().generate();
+        let key = key.expose_secret();
+        assert_eq!(key.len(), "sk_live_".len() + BODY_LEN);
+        assert!(key.starts_with("sk_live_"));
+        assert!(KeyFormat::default().is_well_formed(key));
+    }
+
+    #[test]
+    fn generated_keys_differ() {
+        let format = KeyFormat::default();
+        assert_ne!(
+            format.generate().expose_secret(),
+            format.generate().expose_secret()
+        );
+    }
+
+    #[test]
+    fn every_single_character_change_breaks_the_checksum() {
+        let format = KeyFormat::default();
+        let key = format.generate().expose_secret().to_owned();
+        let prefix_len = "sk_live_".len();
+        for position in prefix_len..key.len() {
+            for &replacement in BASE62 {
+                let mut changed = key.clone().into_bytes();
+                if changed[position] == replacement {
+                    continue;
+                }
+                changed[position] = replacement;
+                let changed = String::from_utf8(changed).unwrap();
+                assert!(!format.is_well_formed(&changed), "accepted {position}");
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_and_extended_keys_are_malformed() {
+        let format = KeyFormat::default();
+        let key = format.generate().expose_secret().to_owned();
+        assert!(!format.is_well_formed(&key[..key.len() - 1]));
+        assert!(!format.is_well_formed(&format!("{key}0")));
+    }
+
+    #[test]
+    fn other_prefixes_are_rejected_unless_accepted() {
+        let test_key = KeyFormat::new("sk_test_").generate();
+        assert!(!KeyFormat::default().is_well_formed(test_key.expose_secret()));
+        let both = KeyFormat::default().also_accept("sk_test_");
+        assert!(both.is_well_formed(test_key.expose_secret()));
+    }
+
+    #[test]
+    fn unchecked_format_accepts_any_shape() {
+        assert!(KeyFormat::default()
+            .unchecked()
+            .is_well_formed("legacy-key-123"));
+        assert!(!KeyFormat::default().is_well_formed("legacy-key-123"));
+    }
+
+    #[test]
+    #[should_panic(expected = "visible ASCII")]
+    fn prefix_with_space_is_refused() {
+        let _ = KeyFormat::new("sk live_");
+    }
+
+    #[test]
+    fn digests_match_only_the_same_key() {
+        let digest = KeyDigest::of("sk_live_a");
+        assert!(digest.matches(&KeyDigest::of("sk_live_a")));
+        assert!(!digest.matches(&KeyDigest::of("sk_live_b")));
+    }
+
+    #[test]
+    fn lookup_id_is_the_digest_prefix() {
+        let digest = KeyDigest::of("sk_live_a");
+        assert_eq!(digest.lookup_id().as_bytes(), &digest.as_bytes()[..16]);
+    }
+
+    #[test]
+    fn debug_output_is_redacted() {
+        let key = KeyFormat::default().generate();
+        let digest = key.digest();
+        for debug in [
+            format!("{key:?}"),
+            format!("{digest:?}"),
+            format!("{:?}", digest.lookup_id()),
+        ] {
+            assert!(debug.contains("<redacted>"), "{debug}");
+            assert!(!debug.contains(&key.expose_secret()[8..]), "{debug}");
+        }
+    }
+}

@@ -1,0 +1,536 @@
+//! The middleware: [`ApiKeyLayer`], the [`ApiKeyAuth`] service it builds, and its future.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName};
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::body::ResponseBody;
+use crate::credentials::{CredentialError, CredentialHeaders};
+use crate::error::{AuthError, ErrorResponseFn, Messages, Rejection};
+use crate::identity::KeyIdentity;
+use crate::key::{KeyDigest, KeyFormat};
+use crate::request_id::request_id;
+use crate::store::{KeyRecord, KeyStore, StoreError};
+
+/// A [`Layer`] that authenticates every request by API key before it reaches the inner service.
+///
+/// A request with an active key goes on with the key's [`KeyIdentity`] in its extensions; any
+/// other gets the JSON error envelope (see [`AuthError`] for the codes). The steps:
+///
+/// 1. Read the key from `Authorization: Bearer <key>` or `X-API-Key: <key>` (never the query
+///    string). The scheme is case-insensitive; spaces and tabs around the key are ignored; an
+///    `Authorization` of another scheme (`Basic ...`) is ignored; an empty key is no key. Two
+///    different keys in one request (in both headers, or a header repeated) are refused, never
+///    resolved by picking one; the same key twice is fine. A value that is not 1 to
+///    [`MAX_KEY_LEN`](crate::key::MAX_KEY_LEN) visible ASCII characters is `invalid_api_key`.
+/// 2. Check its [format](KeyFormat): prefix, length, alphabet and checksum. A typo is rejected
+///    here, without a store lookup.
+/// 3. Mark the credential headers sensitive, so the inner service's loggers redact them.
+/// 4. Find the record by the key's [`LookupId`](crate::LookupId) in the [`KeyStore`], compare the
+///    digests in constant time, and check that the key is neither revoked nor expired.
+///
+/// ```
+/// use std::convert::Infallible;
+///
+/// use http::{Request, Response, StatusCode};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_api_key::{ApiKeyLayer, KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = MemoryKeyStore::new();
+/// let key = KeyFormat::default().generate();
+/// let identity = KeyIdentity::new(KeyId::random(), "acct_42", "ci", Tier::FREE);
+/// store.insert(KeyRecord::new(key.digest(), identity));
+///
+/// let service = ServiceBuilder::new()
+///     .layer(ApiKeyLayer::new(store))
+///     .service_fn(|request: Request<String>| async move {
+///         let identity = request.extensions().get::<KeyIdentity>().unwrap();
+///         Ok::<_, Infallible>(Response::new(format!("hello, {}", identity.account_id())))
+///     });
+///
+/// let request = Request::builder()
+///     .header("X-API-Key", key.expose_secret())
+///     .body(String::new())
+///     .unwrap();
+/// let response = service.clone().oneshot(request).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::OK);
+///
+/// let response = service.oneshot(Request::new(String::new())).await.unwrap();
+/// assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ApiKeyLayer {
+    store: Arc<dyn KeyStore>,
+    config: Arc<Config>,
+}
+
+/// What the layer checks and how it answers; shared by every service it builds.
+#[derive(Clone)]
+struct Config {
+    headers: CredentialHeaders,
+    format: KeyFormat,
+    messages: Messages,
+    error_response: Option<Arc<ErrorResponseFn>>,
+}
+
+impl ApiKeyLayer {
+    /// A layer that checks keys against `store`, reading `Authorization` and `X-API-Key`, and
+    /// accepting the default [`KeyFormat`] (`sk_live_` keys).
+    pub fn new(store: impl KeyStore) -> Self {
+        let mut config = Config {
+            headers: CredentialHeaders::default(),
+            format: KeyFormat::default(),
+            messages: Messages::new("", "", ""),
+            error_response: None,
+        };
+        config.refresh_messages();
+        Self {
+            store: Arc::new(store),
+            config: Arc::new(config),
+        }
+    }
+
+    /// Accepts keys of `format` instead of the default `sk_live_` keys.
+    pub fn key_format(mut self, format: KeyFormat) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        config.format = format;
+        config.refresh_messages();
+        self
+    }
+
+    /// Reads `Bearer` keys from the header `name` instead of `Authorization`.
+    pub fn authorization_header(mut self, name: HeaderName) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        config.headers.authorization = name;
+        config.refresh_messages();
+        self
+    }
+
+    /// Reads plain keys from the header `name` instead of `X-API-Key`.
+    pub fn api_key_header(mut self, name: HeaderName) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        config.headers.api_key = name;
+        config.refresh_messages();
+        self
+    }
+
+    /// Renders refusals with `render` instead of the JSON envelope, for example as RFC 9457
+    /// problem details.
+    ///
+    /// The layer still adds `Cache-Control: no-store`, `X-Request-Id` and, on a 401,
+    /// `WWW-Authenticate` to the response, unless `render` set them.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::header::CONTENT_TYPE;
+    /// use http::Response;
+    /// use tower_api_key::{ApiKeyLayer, MemoryKeyStore, Rejection};
+    ///
+    /// fn problem_json(rejection: &Rejection) -> Response<Bytes> {
+    ///     let body = serde_json::json!({
+    ///         "type": format!("https://example.com/errors/{}", rejection.error().code()),
+    ///         "title": rejection.message(),
+    ///         "status": rejection.error().status().as_u16(),
+    ///         "instance": rejection.request_id(),
+    ///     });
+    ///     Response::builder()
+    ///         .status(rejection.error().status())
+    ///         .header(CONTENT_TYPE, "application/problem+json")
+    ///         .body(Bytes::from(body.to_string()))
+    ///         .unwrap()
+    /// }
+    ///
+    /// let layer = ApiKeyLayer::new(MemoryKeyStore::new()).error_response(problem_json);
+    /// ```
+    pub fn error_response(
+        mut self,
+        render: impl Fn(&Rejection) -> Response<Bytes> + Send + Sync + 'static,
+    ) -> Self {
+        Arc::make_mut(&mut self.config).error_response = Some(Arc::new(render));
+        self
+    }
+}
+
+impl<S> Layer<S> for ApiKeyLayer {
+    type Service = ApiKeyAuth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ApiKeyAuth {
+            inner,
+            store: Arc::clone(&self.store),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl fmt::Debug for ApiKeyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyLayer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("headers", &self.headers)
+            .field("format", &self.format)
+            .field("custom_error_response", &self.error_response.is_some())
+            .finish()
+    }
+}
+
+impl Config {
+    fn refresh_messages(&mut self) {
+        self.messages = Messages::new(
+            self.format.prefix(),
+            &display_name(&self.headers.authorization),
+            &display_name(&self.headers.api_key),
+        );
+    }
+
+    /// Steps 1 and 2: the digest of the request's key, if it has a well-formed one.
+    fn read_digest(&self, headers: &HeaderMap) -> Result<KeyDigest, AuthError> {
+        let key = self
+            .headers
+            .read_key(headers)
+            .map_err(|error| match error {
+                CredentialError::Missing => AuthError::Missing,
+                CredentialError::Conflicting => AuthError::Conflicting,
+                CredentialError::Malformed => AuthError::Invalid,
+            })?;
+        if !self.format.is_well_formed(key) {
+            return Err(AuthError::Invalid);
+        }
+        Ok(KeyDigest::of(key))
+    }
+
+    fn reject(&self, error: AuthError, headers: &HeaderMap) -> Response<Bytes> {
+        let rejection = Rejection::new(error, &self.messages, request_id(headers));
+        let mut response = match &self.error_response {
+            Some(render) => render(&rejection),
+            None => rejection.to_json_response(),
+        };
+        rejection.add_protocol_headers(response.headers_mut());
+        response
+    }
+}
+
+/// Step 4: the identity of an active key whose digest matches, or why not.
+fn verify(
+    found: Result<Option<KeyRecord>, StoreError>,
+    digest: &KeyDigest,
+    now: SystemTime,
+) -> Result<KeyIdentity, AuthError> {
+    let record = found
+        .map_err(AuthError::Unavailable)?
+        .ok_or(AuthError::Invalid)?;
+    // The secret is checked first, so a wrong key never learns whether a key is revoked.
+    if !record.digest.matches(digest) {
+        return Err(AuthError::Invalid);
+    }
+    if !record.is_active(now) {
+        return Err(AuthError::Expired);
+    }
+    Ok(record.identity)
+}
+
+/// A header's name as the messages show it: `Authorization`, `X-API-Key`, `X-Custom-Key`.
+fn display_name(name: &HeaderName) -> String {
+    if name == "x-api-key" {
+        return "X-API-Key".to_owned();
+    }
+    name.as_str()
+        .split('-')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_ascii_uppercase().to_string() + chars.as_str()
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// The service built by [`ApiKeyLayer`]: authenticates each request, then calls `S`.
+#[derive(Clone)]
+pub struct ApiKeyAuth<S> {
+    inner: S,
+    store: Arc<dyn KeyStore>,
+    config: Arc<Config>,
+}
+
+impl<S> ApiKeyAuth<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner service, unwrapped.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for ApiKeyAuth<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKeyAuth")
+            .field("inner", &self.inner)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ApiKeyAuth<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let digest = match self.config.read_digest(request.headers()) {
+            Ok(digest) => digest,
+            Err(error) => {
+                let response = self.config.reject(error, request.headers());
+                return ResponseFuture::rejected(response);
+            }
+        };
+        self.config.headers.mark_sensitive(request.headers_mut());
+
+        // `self.inner` is the clone that was made ready; keep it and leave a fresh clone behind.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let store = Arc::clone(&self.store);
+        let lookup_id = digest.lookup_id();
+        let lookup = Box::pin(async move { store.find(&lookup_id).await });
+        ResponseFuture {
+            state: State::Lookup {
+                lookup,
+                pending: Some(Pending {
+                    request,
+                    inner,
+                    digest,
+                    config: Arc::clone(&self.config),
+                }),
+            },
+        }
+    }
+}
+
+type LookupFuture = Pin<Box<dyn Future<Output = Result<Option<KeyRecord>, StoreError>> + Send>>;
+
+/// What waits for the store's answer: the request and the ready inner service.
+struct Pending<S, ReqBody> {
+    request: Request<ReqBody>,
+    inner: S,
+    digest: KeyDigest,
+    config: Arc<Config>,
+}
+
+pin_project! {
+    /// The response future of [`ApiKeyAuth`].
+    pub struct ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        #[pin]
+        state: State<S, ReqBody>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>>,
+    {
+        Lookup { lookup: LookupFuture, pending: Option<Pending<S, ReqBody>> },
+        Inner { #[pin] future: S::Future },
+        Rejected { response: Option<Response<Bytes>> },
+    }
+}
+
+impl<S, ReqBody> ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn rejected(response: Response<Bytes>) -> Self {
+        Self {
+            state: State::Rejected {
+                response: Some(response),
+            },
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Lookup { lookup, pending } => {
+                    let found = ready!(lookup.as_mut().poll(cx));
+                    let Pending {
+                        mut request,
+                        mut inner,
+                        digest,
+                        config,
+                    } = pending
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    match verify(found, &digest, SystemTime::now()) {
+                        Ok(identity) => {
+                            request.extensions_mut().insert(identity);
+                            State::Inner {
+                                future: inner.call(request),
+                            }
+                        }
+                        Err(error) => State::Rejected {
+                            response: Some(config.reject(error, request.headers())),
+                        },
+                    }
+                }
+                StateProj::Inner { future } => {
+                    return future
+                        .poll(cx)
+                        .map_ok(|response| response.map(ResponseBody::inner));
+                }
+                StateProj::Rejected { response } => {
+                    let response = response
+                        .take()
+                        .expect("ResponseFuture polled after completion");
+                    return Poll::Ready(Ok(response.map(ResponseBody::rejection)));
+                }
+            };
+            this.state.set(next);
+        }
+    }
+}
+
+impl<S, ReqBody> fmt::Debug for ResponseFuture<S, ReqBody>
+where
+    S: Service<Request<ReqBody>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{KeyId, Tier};
+
+    fn record(key: &str) -> KeyRecord {
+        let identity = KeyIdentity::new(KeyId::new("key_1"), "acct", "ci", Tier::FREE);
+        KeyRecord::new(KeyDigest::of(key), identity)
+    }
+
+    #[test]
+    fn verify_accepts_active_matching_key() {
+        let identity = verify(
+            Ok(Some(record("k"))),
+            &KeyDigest::of("k"),
+            SystemTime::now(),
+        );
+        assert_eq!(identity.unwrap().key_id().as_str(), "key_1");
+    }
+
+    #[test]
+    fn verify_rejects_unknown_key_as_invalid() {
+        let result = verify(Ok(None), &KeyDigest::of("k"), SystemTime::now());
+        assert!(matches!(result, Err(AuthError::Invalid)));
+    }
+
+    #[test]
+    fn verify_rejects_wrong_digest_as_invalid() {
+        let result = verify(
+            Ok(Some(record("k"))),
+            &KeyDigest::of("other"),
+            SystemTime::now(),
+        );
+        assert!(matches!(result, Err(AuthError::Invalid)));
+    }
+
+    #[test]
+    fn verify_checks_the_secret_before_the_status() {
+        let now = SystemTime::now();
+        let revoked = record("k").with_revoked_at(now);
+        let result = verify(Ok(Some(revoked)), &KeyDigest::of("other"), now);
+        assert!(matches!(result, Err(AuthError::Invalid)));
+    }
+
+    #[test]
+    fn verify_rejects_revoked_key_as_expired() {
+        let now = SystemTime::now();
+        let result = verify(
+            Ok(Some(record("k").with_revoked_at(now))),
+            &KeyDigest::of("k"),
+            now,
+        );
+        assert!(matches!(result, Err(AuthError::Expired)));
+    }
+
+    #[test]
+    fn verify_rejects_key_past_expiry_as_expired() {
+        let now = SystemTime::now();
+        let expired = record("k").with_expires_at(now - Duration::from_secs(1));
+        let result = verify(Ok(Some(expired)), &KeyDigest::of("k"), now);
+        assert!(matches!(result, Err(AuthError::Expired)));
+    }
+
+    #[test]
+    fn verify_turns_store_errors_into_unavailable() {
+        let result = verify(
+            Err(StoreError::new("down")),
+            &KeyDigest::of("k"),
+            SystemTime::now(),
+        );
+        assert!(matches!(result, Err(AuthError::Unavailable(_))));
+    }
+
+    #[test]
+    fn header_names_display_in_canonical_case() {
+        assert_eq!(display_name(&http::header::AUTHORIZATION), "Authorization");
+        assert_eq!(
+            display_name(&HeaderName::from_static("x-api-key")),
+            "X-API-Key"
+        );
+        assert_eq!(
+            display_name(&HeaderName::from_static("x-service-key")),
+            "X-Service-Key"
+        );
+    }
+}

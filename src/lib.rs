@@ -1,0 +1,91 @@
+//! API key authentication for any [tower] service: axum, hyper, tonic.
+//!
+//! [`ApiKeyLayer`] reads a key from `Authorization: Bearer <key>` or `X-API-Key: <key>`, checks
+//! its format and checksum, finds its record in a [`KeyStore`], compares digests in constant time,
+//! and either passes the request on with the key's [`KeyIdentity`] in its extensions or answers
+//! with a JSON error envelope:
+//!
+//! ```json
+//! {"error":{"code":"missing_api_key","message":"API key is required. ...","request_id":"req_..."}}
+//! ```
+//!
+//! # Quick start with axum
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use tower_api_key::{ApiKeyLayer, KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier};
+//!
+//! async fn whoami(identity: KeyIdentity) -> String {
+//!     format!("hello, {}", identity.account_id())
+//! }
+//!
+//! let store = MemoryKeyStore::new();
+//! let key = KeyFormat::default().generate(); // `sk_live_...`: show it to its owner once
+//! let identity = KeyIdentity::new(KeyId::random(), "acct_42", "laptop", Tier::FREE);
+//! store.insert(KeyRecord::new(key.digest(), identity)); // the store keeps only the digest
+//!
+//! let app: Router = Router::new()
+//!     .route("/whoami", get(whoami))
+//!     .layer(ApiKeyLayer::new(store));
+//! ```
+//!
+//! `examples/axum.rs`, `examples/hyper.rs` and `examples/custom_store.rs` are complete services.
+//!
+//! # Errors
+//!
+//! | Status | `code`                       | When                                              |
+//! |--------|------------------------------|---------------------------------------------------|
+//! | 401    | `missing_api_key`            | no key in either header                           |
+//! | 401    | `invalid_api_key`            | malformed, bad checksum, unknown, deleted, or two different keys |
+//! | 401    | `expired_api_key`            | revoked, or past its expiry                       |
+//! | 503    | `authentication_unavailable` | the store failed: the request is refused, never let through |
+//!
+//! Every refusal carries `Cache-Control: no-store`, the request id in `X-Request-Id` (the
+//! request's own if it is sane, see [`ApiKeyLayer`]), and on 401 a `WWW-Authenticate: Bearer`
+//! challenge (RFC 6750). Replace the body with [`ApiKeyLayer::error_response`].
+//!
+//! # Writing a store
+//!
+//! [`KeyStore`] has one method: fetch the [`KeyRecord`] stored under a [`LookupId`]. The layer does
+//! the rest, so a store cannot compare secrets wrongly. See its docs and
+//! `examples/custom_store.rs`.
+//!
+//! # Security model
+//!
+//! - Keys are `sk_live_` plus 30 random base62 characters from the OS CSPRNG (~178 bits) and a
+//!   CRC32 checksum, so typos are rejected without a lookup ([`KeyFormat`]).
+//! - Stores hold SHA-256 digests, never keys, indexed by the digest's first half; the layer
+//!   compares the whole digest in constant time (`subtle`).
+//! - Keys are read from headers only, never from the query string or body.
+//! - [`ApiKey`], [`KeyDigest`] and [`LookupId`] have no `Display` and a redacted `Debug`; the
+//!   credential headers are marked sensitive before the inner service sees them; no response
+//!   repeats a key.
+//! - A store failure is a `503`: the layer fails closed.
+//!
+//! # Features
+//!
+//! - `axum` (default): [`KeyIdentity`] is an axum extractor.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations)]
+
+mod body;
+mod credentials;
+mod error;
+#[cfg(feature = "axum")]
+mod extract;
+mod identity;
+pub mod key;
+mod layer;
+mod request_id;
+mod store;
+
+pub use body::ResponseBody;
+pub use error::{AuthError, Rejection};
+#[cfg(feature = "axum")]
+pub use extract::MissingIdentity;
+pub use identity::{KeyId, KeyIdentity, Tier};
+pub use key::{ApiKey, KeyDigest, KeyFormat, LookupId};
+pub use layer::{ApiKeyAuth, ApiKeyLayer, ResponseFuture};
+pub use store::{KeyRecord, KeyStore, MemoryKeyStore, StoreError};

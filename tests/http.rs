@@ -1,0 +1,174 @@
+//! The layer in a real axum server on 127.0.0.1, called over HTTP/1.1 by a hyper client.
+#![cfg(feature = "axum")]
+
+mod common;
+
+use std::net::SocketAddr;
+
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use common::{assert_envelope, Answer, FailingStore, Keys};
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower_api_key::{ApiKeyLayer, KeyIdentity};
+
+async fn whoami(identity: KeyIdentity) -> Json<KeyIdentity> {
+    Json(identity)
+}
+
+async fn maybe_whoami(identity: Option<KeyIdentity>) -> String {
+    identity.map_or_else(
+        || "anonymous".to_owned(),
+        |identity| identity.account_id().to_owned(),
+    )
+}
+
+/// Serves `/api/whoami` behind `layer`, and `/open/*` outside it, on a free loopback port.
+async fn serve(layer: ApiKeyLayer) -> SocketAddr {
+    let app = Router::new()
+        .route("/api/whoami", get(whoami))
+        .layer(layer)
+        .route("/open/whoami", get(whoami))
+        .route("/open/maybe", get(maybe_whoami));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    address
+}
+
+async fn get_with(address: SocketAddr, path: &str, headers: &[(&str, &[u8])]) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder().uri(format!("http://{address}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, http::HeaderValue::from_bytes(value).unwrap());
+    }
+    let response = client
+        .request(request.body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    Answer::read(response).await
+}
+
+#[tokio::test]
+async fn valid_key_gets_200_with_identity_over_http() {
+    let keys = Keys::new();
+    let address = serve(ApiKeyLayer::new(keys.store)).await;
+    let bearer = format!("Bearer {}", keys.active.expose_secret());
+    let answer = get_with(
+        address,
+        "/api/whoami",
+        &[("authorization", bearer.as_bytes())],
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()["key_id"], "key_active");
+    assert_eq!(answer.json()["account_id"], "acct_1");
+}
+
+#[tokio::test]
+async fn each_refusal_has_its_envelope_over_http() {
+    let keys = Keys::new();
+    let address = serve(ApiKeyLayer::new(keys.store)).await;
+    let active = keys.active.expose_secret().as_bytes();
+    let unknown = keys.unknown.expose_secret().as_bytes();
+    let cases: [(&[(&str, &[u8])], &str, &str); 7] = [
+        (&[], "missing_api_key", "Bearer"),
+        (
+            &[("x-api-key", b"sk_live_typo")],
+            "invalid_api_key",
+            r#"Bearer error="invalid_token""#,
+        ),
+        (
+            &[("x-api-key", unknown)],
+            "invalid_api_key",
+            r#"Bearer error="invalid_token""#,
+        ),
+        (
+            &[("x-api-key", keys.revoked.expose_secret().as_bytes())],
+            "expired_api_key",
+            r#"Bearer error="invalid_token""#,
+        ),
+        (
+            &[("x-api-key", keys.expired.expose_secret().as_bytes())],
+            "expired_api_key",
+            r#"Bearer error="invalid_token""#,
+        ),
+        (
+            &[
+                ("x-api-key", active),
+                ("authorization", b"Bearer sk_live_other"),
+            ],
+            "invalid_api_key",
+            r#"Bearer error="invalid_request""#,
+        ),
+        (
+            &[("x-api-key", b"sk_live_\xff\xfe")],
+            "invalid_api_key",
+            r#"Bearer error="invalid_token""#,
+        ),
+    ];
+    for (headers, code, challenge) in cases {
+        let answer = get_with(address, "/api/whoami", headers).await;
+        assert_envelope(&answer, StatusCode::UNAUTHORIZED, code);
+        assert_eq!(answer.header("www-authenticate"), challenge, "{code}");
+    }
+}
+
+#[tokio::test]
+async fn ten_kilobyte_header_is_invalid_over_http() {
+    let keys = Keys::new();
+    let address = serve(ApiKeyLayer::new(keys.store)).await;
+    let value = vec![b'a'; 10 * 1024];
+    let answer = get_with(address, "/api/whoami", &[("x-api-key", &value)]).await;
+    assert_envelope(&answer, StatusCode::UNAUTHORIZED, "invalid_api_key");
+}
+
+#[tokio::test]
+async fn key_in_query_string_is_missing_over_http() {
+    let keys = Keys::new();
+    let address = serve(ApiKeyLayer::new(keys.store)).await;
+    let path = format!("/api/whoami?api_key={}", keys.active.expose_secret());
+    let answer = get_with(address, &path, &[]).await;
+    assert_envelope(&answer, StatusCode::UNAUTHORIZED, "missing_api_key");
+}
+
+#[tokio::test]
+async fn store_failure_is_503_over_http() {
+    let keys = Keys::new();
+    let address = serve(ApiKeyLayer::new(FailingStore)).await;
+    let key = keys.active.expose_secret().as_bytes();
+    let answer = get_with(address, "/api/whoami", &[("x-api-key", key)]).await;
+    assert_envelope(
+        &answer,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "authentication_unavailable",
+    );
+}
+
+#[tokio::test]
+async fn incoming_request_id_is_reused_over_http() {
+    let address = serve(ApiKeyLayer::new(Keys::new().store)).await;
+    let answer = get_with(address, "/api/whoami", &[("x-request-id", b"lb-7f3a")]).await;
+    assert_eq!(answer.header("x-request-id"), "lb-7f3a");
+    assert_eq!(answer.json()["error"]["request_id"], "lb-7f3a");
+}
+
+#[tokio::test]
+async fn extractor_outside_the_layer_fails_closed_with_the_envelope() {
+    let keys = Keys::new();
+    let address = serve(ApiKeyLayer::new(keys.store)).await;
+    let key = keys.active.expose_secret().as_bytes();
+    let answer = get_with(address, "/open/whoami", &[("x-api-key", key)]).await;
+    assert_envelope(&answer, StatusCode::INTERNAL_SERVER_ERROR, "internal_error");
+}
+
+#[tokio::test]
+async fn optional_extractor_outside_the_layer_is_none() {
+    let address = serve(ApiKeyLayer::new(Keys::new().store)).await;
+    let answer = get_with(address, "/open/maybe", &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.body, "anonymous");
+}

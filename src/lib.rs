@@ -89,3 +89,8 @@ pub use identity::{KeyId, KeyIdentity, Tier};
 pub use key::{ApiKey, KeyDigest, KeyFormat, LookupId};
 pub use layer::{ApiKeyAuth, ApiKeyLayer, ResponseFuture};
 pub use store::{KeyRecord, KeyStore, MemoryKeyStore, StoreError};
+
+// Compiles and runs the README's Rust examples with the doc tests, so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

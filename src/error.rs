@@ -22,10 +22,14 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
 use http::{Response, StatusCode};
 use serde::Serialize;
 
+use crate::credentials::CredentialHeaders;
+use crate::key::KeyFormat;
 use crate::request_id::X_REQUEST_ID;
 use crate::store::StoreError;
 
@@ -182,7 +186,10 @@ pub(crate) struct Messages {
 
 impl Messages {
     /// Messages naming the configured key prefix and headers.
-    pub(crate) fn new(prefix: &str, authorization_header: &str, api_key_header: &str) -> Self {
+    pub(crate) fn new(format: &KeyFormat, headers: &CredentialHeaders) -> Self {
+        let prefix = format.prefix();
+        let authorization_header = display_name(&headers.authorization);
+        let api_key_header = display_name(&headers.api_key);
         Self {
             missing: format!(
                 "API key is required. Include it in the {authorization_header} header as \
@@ -203,6 +210,23 @@ impl Messages {
             unavailable: "API keys cannot be checked right now. Retry the request shortly.".into(),
         }
     }
+}
+
+/// A header's name as the messages show it: `Authorization`, `X-API-Key`, `X-Custom-Key`.
+fn display_name(name: &HeaderName) -> String {
+    if name == "x-api-key" {
+        return "X-API-Key".to_owned();
+    }
+    name.as_str()
+        .split('-')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_ascii_uppercase().to_string() + chars.as_str()
+            })
+        })
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 /// `{"error":{"code":...,"message":...,"request_id":...}}`
@@ -234,7 +258,7 @@ mod tests {
     use super::*;
 
     fn rejection(error: AuthError) -> Rejection {
-        let messages = Messages::new("sk_live_", "Authorization", "X-API-Key");
+        let messages = Messages::new(&KeyFormat::default(), &CredentialHeaders::default());
         Rejection::new(error, &messages, HeaderValue::from_static("req_1"))
     }
 
@@ -244,6 +268,19 @@ mod tests {
             rejection(AuthError::Missing).message(),
             "API key is required. Include it in the Authorization header as \
              \"Bearer sk_live_...\" or in the X-API-Key header."
+        );
+    }
+
+    #[test]
+    fn header_names_display_in_canonical_case() {
+        assert_eq!(display_name(&http::header::AUTHORIZATION), "Authorization");
+        assert_eq!(
+            display_name(&HeaderName::from_static("x-api-key")),
+            "X-API-Key"
+        );
+        assert_eq!(
+            display_name(&HeaderName::from_static("x-service-key")),
+            "X-Service-Key"
         );
     }
 

@@ -1,7 +1,7 @@
 //! API keys: their format, generation and digest.
 //!
-//! A key is a prefix followed by a body of [`RANDOM_LEN`] random base62 characters and a
-//! [`CHECKSUM_LEN`]-character CRC32 checksum of those random characters, like GitHub's tokens:
+//! A key is a prefix followed by a body of 30 random base62 characters and a
+//! 6-character CRC32 checksum of those random characters, like GitHub's tokens:
 //!
 //! ```text
 //! sk_live_ 4eC39HqLyjWDarjtT1zdp7dcFg1fy1Pd6rcyfA 0Zmxm4
@@ -19,10 +19,10 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
 /// Number of random base62 characters in a generated key's body (about 178 bits).
-pub const RANDOM_LEN: usize = 30;
+pub(crate) const RANDOM_LEN: usize = 30;
 
 /// Number of base62 characters of the checksum that ends a key's body.
-pub const CHECKSUM_LEN: usize = 6;
+pub(crate) const CHECKSUM_LEN: usize = 6;
 
 /// Length of a key's body: the random characters and the checksum.
 const BODY_LEN: usize = RANDOM_LEN + CHECKSUM_LEN;

@@ -32,7 +32,7 @@ use crate::store::{KeyRecord, KeyStore, StoreError};
 ///    `Authorization` of another scheme (`Basic ...`) is ignored; an empty key is no key. Two
 ///    different keys in one request (in both headers, or a header repeated) are refused, never
 ///    resolved by picking one; the same key twice is fine. A value that is not 1 to
-///    [`MAX_KEY_LEN`](crate::key::MAX_KEY_LEN) visible ASCII characters is `invalid_api_key`.
+///    [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) visible ASCII characters is `invalid_api_key`.
 /// 2. Check its [format](KeyFormat): prefix, length, alphabet and checksum. A typo is rejected
 ///    here, without a store lookup.
 /// 3. Mark the credential headers sensitive, so the inner service's loggers redact them.
@@ -90,41 +90,28 @@ impl ApiKeyLayer {
     /// A layer that checks keys against `store`, reading `Authorization` and `X-API-Key`, and
     /// accepting the default [`KeyFormat`] (`sk_live_` keys).
     pub fn new(store: impl KeyStore) -> Self {
-        let mut config = Config {
-            headers: CredentialHeaders::default(),
-            format: KeyFormat::default(),
-            messages: Messages::new("", "", ""),
-            error_response: None,
-        };
-        config.refresh_messages();
         Self {
             store: Arc::new(store),
-            config: Arc::new(config),
+            config: Arc::new(Config::new(
+                CredentialHeaders::default(),
+                KeyFormat::default(),
+            )),
         }
     }
 
     /// Accepts keys of `format` instead of the default `sk_live_` keys.
-    pub fn key_format(mut self, format: KeyFormat) -> Self {
-        let config = Arc::make_mut(&mut self.config);
-        config.format = format;
-        config.refresh_messages();
-        self
+    pub fn key_format(self, format: KeyFormat) -> Self {
+        self.configure(|config| config.format = format)
     }
 
     /// Reads `Bearer` keys from the header `name` instead of `Authorization`.
-    pub fn authorization_header(mut self, name: HeaderName) -> Self {
-        let config = Arc::make_mut(&mut self.config);
-        config.headers.authorization = name;
-        config.refresh_messages();
-        self
+    pub fn authorization_header(self, name: HeaderName) -> Self {
+        self.configure(|config| config.headers.authorization = name)
     }
 
     /// Reads plain keys from the header `name` instead of `X-API-Key`.
-    pub fn api_key_header(mut self, name: HeaderName) -> Self {
-        let config = Arc::make_mut(&mut self.config);
-        config.headers.api_key = name;
-        config.refresh_messages();
-        self
+    pub fn api_key_header(self, name: HeaderName) -> Self {
+        self.configure(|config| config.headers.api_key = name)
     }
 
     /// Renders refusals with `render` instead of the JSON envelope, for example as RFC 9457
@@ -156,10 +143,16 @@ impl ApiKeyLayer {
     /// let layer = ApiKeyLayer::new(MemoryKeyStore::new()).error_response(problem_json);
     /// ```
     pub fn error_response(
-        mut self,
+        self,
         render: impl Fn(&Rejection) -> Response<Bytes> + Send + Sync + 'static,
     ) -> Self {
-        Arc::make_mut(&mut self.config).error_response = Some(Arc::new(render));
+        self.configure(|config| config.error_response = Some(Arc::new(render)))
+    }
+
+    fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        let config = Arc::make_mut(&mut self.config);
+        change(config);
+        config.messages = Messages::new(&config.format, &config.headers);
         self
     }
 }
@@ -195,12 +188,13 @@ impl fmt::Debug for Config {
 }
 
 impl Config {
-    fn refresh_messages(&mut self) {
-        self.messages = Messages::new(
-            self.format.prefix(),
-            &display_name(&self.headers.authorization),
-            &display_name(&self.headers.api_key),
-        );
+    fn new(headers: CredentialHeaders, format: KeyFormat) -> Self {
+        Self {
+            messages: Messages::new(&format, &headers),
+            headers,
+            format,
+            error_response: None,
+        }
     }
 
     /// Steps 1 and 2: the digest of the request's key, if it has a well-formed one.
@@ -247,23 +241,6 @@ fn verify(
         return Err(AuthError::Expired);
     }
     Ok(record.identity)
-}
-
-/// A header's name as the messages show it: `Authorization`, `X-API-Key`, `X-Custom-Key`.
-fn display_name(name: &HeaderName) -> String {
-    if name == "x-api-key" {
-        return "X-API-Key".to_owned();
-    }
-    name.as_str()
-        .split('-')
-        .map(|word| {
-            let mut chars = word.chars();
-            chars.next().map_or_else(String::new, |first| {
-                first.to_ascii_uppercase().to_string() + chars.as_str()
-            })
-        })
-        .collect::<Vec<_>>()
-        .join("-")
 }
 
 /// The service built by [`ApiKeyLayer`]: authenticates each request, then calls `S`.
@@ -519,18 +496,5 @@ mod tests {
             SystemTime::now(),
         );
         assert!(matches!(result, Err(AuthError::Unavailable(_))));
-    }
-
-    #[test]
-    fn header_names_display_in_canonical_case() {
-        assert_eq!(display_name(&http::header::AUTHORIZATION), "Authorization");
-        assert_eq!(
-            display_name(&HeaderName::from_static("x-api-key")),
-            "X-API-Key"
-        );
-        assert_eq!(
-            display_name(&HeaderName::from_static("x-service-key")),
-            "X-Service-Key"
-        );
     }
 }

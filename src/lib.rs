@@ -76,7 +76,7 @@ mod error;
 #[cfg(feature = "axum")]
 mod extract;
 mod identity;
-pub mod key;
+mod key;
 mod layer;
 mod request_id;
 mod store;
@@ -86,7 +86,7 @@ pub use error::{AuthError, Rejection};
 #[cfg(feature = "axum")]
 pub use extract::MissingIdentity;
 pub use identity::{KeyId, KeyIdentity, Tier};
-pub use key::{ApiKey, KeyDigest, KeyFormat, LookupId};
+pub use key::{ApiKey, KeyDigest, KeyFormat, LookupId, MAX_KEY_LEN};
 pub use layer::{ApiKeyAuth, ApiKeyLayer, ResponseFuture};
 pub use store::{KeyRecord, KeyStore, MemoryKeyStore, StoreError};
 

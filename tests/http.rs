@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
-use common::{assert_envelope, Answer, FailingStore, Keys};
+use common::{assert_envelope, Answer, FailingStore, Headers, Keys};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
@@ -74,7 +74,7 @@ async fn each_refusal_has_its_envelope_over_http() {
     let address = serve(ApiKeyLayer::new(keys.store)).await;
     let active = keys.active.expose_secret().as_bytes();
     let unknown = keys.unknown.expose_secret().as_bytes();
-    let cases: [(&[(&str, &[u8])], &str, &str); 7] = [
+    let cases: [(&Headers<'_>, &str, &str); 7] = [
         (&[], "missing_api_key", "Bearer"),
         (
             &[("x-api-key", b"sk_live_typo")],

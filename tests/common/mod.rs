@@ -111,8 +111,11 @@ pub async fn echo_identity(
     Ok(Response::new(Full::new(Bytes::from(body.to_string()))))
 }
 
-/// A request to `/` with the given headers.
-pub fn request(headers: &[(&str, &[u8])]) -> Request<Full<Bytes>> {
+/// Header names and raw values, in the order they are sent.
+pub type Headers<'a> = [(&'a str, &'a [u8])];
+
+/// A request to `/api/v1/iocs` with the given headers.
+pub fn request(headers: &Headers<'_>) -> Request<Full<Bytes>> {
     let mut request = Request::builder().uri("/api/v1/iocs?type=ipv4");
     for (name, value) in headers {
         request = request.header(*name, http::HeaderValue::from_bytes(value).unwrap());

@@ -29,6 +29,12 @@ pin_project! {
 }
 
 impl<B> ResponseBody<B> {
+    /// Wraps a body that did not pass through the layer, so that routes outside it (say, a
+    /// health check) can share one response type with routes behind it.
+    pub fn new(body: B) -> Self {
+        Self::inner(body)
+    }
+
     pub(crate) fn inner(body: B) -> Self {
         Self {
             kind: Kind::Inner { body },

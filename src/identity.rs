@@ -4,12 +4,12 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The public id of a key: safe to log, show in listings and use in URLs.
 ///
 /// It is not derived from the key, so it reveals nothing about it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct KeyId(String);
 
@@ -37,7 +37,7 @@ impl fmt::Display for KeyId {
 }
 
 /// The plan an account is on, which bounds how many keys it may hold.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct Tier(Cow<'static, str>);
 
@@ -66,7 +66,8 @@ impl fmt::Display for Tier {
 
 /// The identity of an authenticated key, which the layer puts in the request's extensions.
 ///
-/// Cloning is cheap (one reference count). Read it in a handler from the request extensions, or
+/// Cloning is cheap (one reference count). It serializes as an object of its fields, metadata
+/// included: leave internal metadata out before returning it to callers. Read it in a handler from the request extensions, or
 /// with the axum extractor (feature `axum`):
 ///
 /// ```

@@ -84,6 +84,28 @@ impl KeyDigest {
         &self.0
     }
 
+    /// The digest as 64 lowercase hexadecimal digits, for stores that keep text.
+    ///
+    /// A digest does not give the key back, but keep it out of logs all the same.
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    /// Reads a digest written by [`KeyDigest::to_hex`]; `None` unless `hex` is 64 hexadecimal
+    /// digits (either case).
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let hex = hex.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut bytes = [0; 32];
+        for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+            let digit = |c: u8| char::from(c).to_digit(16);
+            *byte = u8::try_from(digit(pair[0])? * 16 + digit(pair[1])?).ok()?;
+        }
+        Some(Self(bytes))
+    }
+
     /// The id a store finds this digest's record by: its first 16 bytes.
     pub fn lookup_id(&self) -> LookupId {
         let mut id = [0; 16];
@@ -342,6 +364,26 @@ mod tests {
         let digest = KeyDigest::of("sk_live_a");
         assert!(digest.matches(&KeyDigest::of("sk_live_a")));
         assert!(!digest.matches(&KeyDigest::of("sk_live_b")));
+    }
+
+    #[test]
+    fn digest_round_trips_through_hex() {
+        let digest = KeyDigest::of("sk_live_a");
+        let hex = digest.to_hex();
+        assert_eq!(hex.len(), 64);
+        assert!(KeyDigest::from_hex(&hex).unwrap().matches(&digest));
+        assert!(KeyDigest::from_hex(&hex.to_uppercase())
+            .unwrap()
+            .matches(&digest));
+    }
+
+    #[test]
+    fn malformed_hex_is_not_a_digest() {
+        let hex = KeyDigest::of("sk_live_a").to_hex();
+        assert!(KeyDigest::from_hex(&hex[1..]).is_none());
+        assert!(KeyDigest::from_hex(&format!("{}g", &hex[1..])).is_none());
+        assert!(KeyDigest::from_hex(&format!("+{}", &hex[1..])).is_none());
+        assert!(KeyDigest::from_hex(&"é".repeat(32)).is_none());
     }
 
     #[test]

@@ -29,7 +29,8 @@
 //!     .layer(ApiKeyLayer::new(store));
 //! ```
 //!
-//! `examples/axum.rs`, `examples/hyper.rs` and `examples/custom_store.rs` are complete services.
+//! `examples/axum.rs` and `examples/hyper.rs` are complete services; `examples/custom_store.rs`
+//! runs requests through a store of its own.
 //!
 //! # Errors
 //!

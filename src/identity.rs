@@ -119,6 +119,12 @@ impl KeyIdentity {
         self
     }
 
+    /// The same identity for another key, as a rotation's replacement has.
+    pub(crate) fn with_key_id(mut self, key_id: KeyId) -> Self {
+        Arc::make_mut(&mut self.0).key_id = key_id;
+        self
+    }
+
     /// The key's public id.
     pub fn key_id(&self) -> &KeyId {
         &self.0.key_id

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
@@ -15,6 +15,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
+use crate::clock::{Clock, SystemClock};
 use crate::credentials::{CredentialError, CredentialHeaders};
 use crate::error::{AuthError, ErrorResponseFn, Messages, Rejection};
 use crate::identity::KeyIdentity;
@@ -84,7 +85,12 @@ struct Config {
     format: KeyFormat,
     messages: Messages,
     error_response: Option<Arc<ErrorResponseFn>>,
+    clock: Arc<dyn Clock>,
+    last_used_interval: Duration,
 }
+
+/// How stale a key's last-used time may get before the layer records a new one.
+const DEFAULT_LAST_USED_INTERVAL: Duration = Duration::from_secs(60);
 
 impl ApiKeyLayer {
     /// A layer that checks keys against `store`, reading `Authorization` and `X-API-Key`, and
@@ -149,6 +155,19 @@ impl ApiKeyLayer {
         self.configure(|config| config.error_response = Some(Arc::new(render)))
     }
 
+    /// Reads the time from `clock` to judge expiry: give it the one your
+    /// [`KeyManager`](crate::KeyManager) uses.
+    pub fn clock(self, clock: impl Clock) -> Self {
+        self.configure(|config| config.clock = Arc::new(clock))
+    }
+
+    /// Records a key's use in the store ([`KeyStore::record_use`]) at most once per `interval`
+    /// per key, so that listings show when a key was last used without a store write on every
+    /// request. The default is 60 seconds.
+    pub fn last_used_interval(self, interval: Duration) -> Self {
+        self.configure(|config| config.last_used_interval = interval)
+    }
+
     fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
         let config = Arc::make_mut(&mut self.config);
         change(config);
@@ -183,7 +202,8 @@ impl fmt::Debug for Config {
             .field("headers", &self.headers)
             .field("format", &self.format)
             .field("custom_error_response", &self.error_response.is_some())
-            .finish()
+            .field("last_used_interval", &self.last_used_interval)
+            .finish_non_exhaustive()
     }
 }
 
@@ -194,6 +214,8 @@ impl Config {
             headers,
             format,
             error_response: None,
+            clock: Arc::new(SystemClock),
+            last_used_interval: DEFAULT_LAST_USED_INTERVAL,
         }
     }
 
@@ -224,7 +246,30 @@ impl Config {
     }
 }
 
-/// Step 4: the identity of an active key whose digest matches, or why not.
+/// Step 4, as the future that waits for the store: look up, verify, note the use.
+async fn authenticate(
+    store: Arc<dyn KeyStore>,
+    config: Arc<Config>,
+    digest: KeyDigest,
+) -> Result<KeyIdentity, AuthError> {
+    let found = store.find(&digest.lookup_id()).await;
+    let now = config.clock.now();
+    let last_used_at = found
+        .as_ref()
+        .ok()
+        .and_then(|record| record.as_ref()?.last_used_at);
+    let identity = verify(found, &digest, now)?;
+    let due = last_used_at.is_none_or(|last| {
+        now.duration_since(last)
+            .is_ok_and(|elapsed| elapsed >= config.last_used_interval)
+    });
+    if due {
+        store.record_use(identity.key_id(), now);
+    }
+    Ok(identity)
+}
+
+/// The identity of an active key whose digest matches, or why not.
 fn verify(
     found: Result<Option<KeyRecord>, StoreError>,
     digest: &KeyDigest,
@@ -302,30 +347,31 @@ where
         // `self.inner` is the clone that was made ready; keep it and leave a fresh clone behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let store = Arc::clone(&self.store);
-        let lookup_id = digest.lookup_id();
-        let lookup = Box::pin(async move { store.find(&lookup_id).await });
+        let config = Arc::clone(&self.config);
+        let lookup = Box::pin(authenticate(
+            Arc::clone(&self.store),
+            config.clone(),
+            digest,
+        ));
         ResponseFuture {
             state: State::Lookup {
                 lookup,
                 pending: Some(Pending {
                     request,
                     inner,
-                    digest,
-                    config: Arc::clone(&self.config),
+                    config,
                 }),
             },
         }
     }
 }
 
-type LookupFuture = Pin<Box<dyn Future<Output = Result<Option<KeyRecord>, StoreError>> + Send>>;
+type LookupFuture = Pin<Box<dyn Future<Output = Result<KeyIdentity, AuthError>> + Send>>;
 
 /// What waits for the store's answer: the request and the ready inner service.
 struct Pending<S, ReqBody> {
     request: Request<ReqBody>,
     inner: S,
-    digest: KeyDigest,
     config: Arc<Config>,
 }
 
@@ -376,16 +422,15 @@ where
         loop {
             let next = match this.state.as_mut().project() {
                 StateProj::Lookup { lookup, pending } => {
-                    let found = ready!(lookup.as_mut().poll(cx));
+                    let verdict = ready!(lookup.as_mut().poll(cx));
                     let Pending {
                         mut request,
                         mut inner,
-                        digest,
                         config,
                     } = pending
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    match verify(found, &digest, SystemTime::now()) {
+                    match verdict {
                         Ok(identity) => {
                             request.extensions_mut().insert(identity);
                             State::Inner {

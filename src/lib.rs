@@ -72,6 +72,7 @@
 #![warn(missing_debug_implementations)]
 
 mod body;
+mod clock;
 mod credentials;
 mod error;
 #[cfg(feature = "axum")]
@@ -79,17 +80,24 @@ mod extract;
 mod identity;
 mod key;
 mod layer;
+mod lifecycle;
 mod request_id;
 mod store;
 
 pub use body::ResponseBody;
+pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{AuthError, Rejection};
 #[cfg(feature = "axum")]
 pub use extract::MissingIdentity;
 pub use identity::{KeyId, KeyIdentity, Tier};
 pub use key::{ApiKey, KeyDigest, KeyFormat, LookupId, MAX_KEY_LEN};
 pub use layer::{ApiKeyAuth, ApiKeyLayer, ResponseFuture};
-pub use store::{KeyRecord, KeyStore, MemoryKeyStore, StoreError};
+pub use lifecycle::{
+    CreatedKey, KeyInfo, KeyManager, ManageError, NewKey, TierLimits, MAX_NAME_LEN,
+};
+pub use store::{
+    CreateError, KeyRecord, KeyStore, MemoryKeyStore, Quota, StoreError, WritableKeyStore,
+};
 
 // Compiles and runs the README's Rust examples with the doc tests, so the README stays true.
 #[cfg(doctest)]

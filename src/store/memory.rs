@@ -1,16 +1,18 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use super::{KeyRecord, KeyStore, StoreError};
+use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
 use crate::identity::KeyId;
 use crate::key::LookupId;
 
 /// An in-process store: the default for tests, demos and single-instance services.
 ///
 /// Lookups are O(1) hash-map reads under a read lock, so concurrent requests do not wait for each
-/// other. Clones share the same keys, so keep one to manage keys while the layer holds another.
+/// other; writes take the lock briefly, which makes quota checks atomic. Clones share the same
+/// keys, so keep one to manage keys while the layer holds another.
 ///
 /// ```
 /// use tower_api_key::{KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier};
@@ -31,6 +33,7 @@ pub struct MemoryKeyStore {
 struct Keys {
     by_lookup_id: HashMap<LookupId, KeyRecord>,
     lookup_id_by_key_id: HashMap<KeyId, LookupId>,
+    key_ids_by_account: HashMap<String, Vec<KeyId>>,
 }
 
 impl MemoryKeyStore {
@@ -39,20 +42,19 @@ impl MemoryKeyStore {
         Self::default()
     }
 
-    /// Adds a record, replacing any with the same key id or the same key.
+    /// Adds a record as it is, with no quota check, replacing any with the same key id or the
+    /// same key. To create keys for users, use [`KeyManager`](crate::KeyManager).
     pub fn insert(&self, record: KeyRecord) {
-        let lookup_id = record.digest.lookup_id();
-        let key_id = record.identity.key_id().clone();
         let mut keys = self.write();
-        keys.remove_by_key_id(&key_id);
-        if let Some(replaced) = keys.by_lookup_id.remove(&lookup_id) {
-            keys.lookup_id_by_key_id.remove(replaced.identity.key_id());
+        keys.remove_by_key_id(record.identity.key_id());
+        if let Some(replaced) = keys.by_lookup_id.get(&record.digest.lookup_id()) {
+            let replaced = replaced.identity.key_id().clone();
+            keys.remove_by_key_id(&replaced);
         }
-        keys.lookup_id_by_key_id.insert(key_id, lookup_id);
-        keys.by_lookup_id.insert(lookup_id, record);
+        keys.add(record);
     }
 
-    /// Deletes the record of key `key_id`, returning it; the key is then unknown.
+    /// Deletes the record of key `key_id`, of any account, returning it; the key is then unknown.
     pub fn remove(&self, key_id: &KeyId) -> Option<KeyRecord> {
         self.write().remove_by_key_id(key_id)
     }
@@ -78,9 +80,44 @@ impl MemoryKeyStore {
 }
 
 impl Keys {
+    fn add(&mut self, record: KeyRecord) {
+        let lookup_id = record.digest.lookup_id();
+        let key_id = record.identity.key_id().clone();
+        self.key_ids_by_account
+            .entry(record.identity.account_id().to_owned())
+            .or_default()
+            .push(key_id.clone());
+        self.lookup_id_by_key_id.insert(key_id, lookup_id);
+        self.by_lookup_id.insert(lookup_id, record);
+    }
+
     fn remove_by_key_id(&mut self, key_id: &KeyId) -> Option<KeyRecord> {
         let lookup_id = self.lookup_id_by_key_id.remove(key_id)?;
-        self.by_lookup_id.remove(&lookup_id)
+        let record = self.by_lookup_id.remove(&lookup_id)?;
+        let account_id = record.identity.account_id();
+        if let Some(ids) = self.key_ids_by_account.get_mut(account_id) {
+            ids.retain(|id| id != key_id);
+            if ids.is_empty() {
+                self.key_ids_by_account.remove(account_id);
+            }
+        }
+        Some(record)
+    }
+
+    /// The record of key `key_id` if it belongs to `account_id`.
+    fn get_mut(&mut self, account_id: &str, key_id: &KeyId) -> Option<&mut KeyRecord> {
+        let lookup_id = self.lookup_id_by_key_id.get(key_id)?;
+        self.by_lookup_id
+            .get_mut(lookup_id)
+            .filter(|record| record.identity.account_id() == account_id)
+    }
+
+    fn records_of<'a>(&'a self, account_id: &str) -> impl Iterator<Item = &'a KeyRecord> + 'a {
+        self.key_ids_by_account
+            .get(account_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|key_id| self.by_lookup_id.get(self.lookup_id_by_key_id.get(key_id)?))
     }
 }
 
@@ -88,6 +125,76 @@ impl Keys {
 impl KeyStore for MemoryKeyStore {
     async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
         Ok(self.read().by_lookup_id.get(lookup_id).cloned())
+    }
+
+    fn record_use(&self, key_id: &KeyId, at: SystemTime) {
+        let mut keys = self.write();
+        let Some(lookup_id) = keys.lookup_id_by_key_id.get(key_id).copied() else {
+            return;
+        };
+        if let Some(record) = keys.by_lookup_id.get_mut(&lookup_id) {
+            record.last_used_at = record.last_used_at.max(Some(at));
+        }
+    }
+}
+
+#[async_trait]
+impl WritableKeyStore for MemoryKeyStore {
+    async fn create(&self, record: KeyRecord, quota: Quota) -> Result<(), CreateError> {
+        let mut keys = self.write();
+        let account_id = record.identity.account_id();
+        let retiring_id = quota.retiring.as_ref().map(|(key_id, _)| key_id);
+        if let Some(key_id) = retiring_id {
+            let active = keys
+                .get_mut(account_id, key_id)
+                .is_some_and(|old| old.is_active(quota.now));
+            if !active {
+                return Err(CreateError::RetiringKeyNotFound);
+            }
+        }
+        let active = keys
+            .records_of(account_id)
+            .filter(|old| Some(old.identity.key_id()) != retiring_id && old.is_active(quota.now))
+            .count();
+        if active >= quota.limit {
+            return Err(CreateError::LimitReached);
+        }
+        if let Some((key_id, expires_at)) = &quota.retiring {
+            if let Some(old) = keys.get_mut(account_id, key_id) {
+                old.expires_at = Some(
+                    old.expires_at
+                        .map_or(*expires_at, |own| own.min(*expires_at)),
+                );
+            }
+        }
+        keys.remove_by_key_id(record.identity.key_id());
+        keys.add(record);
+        Ok(())
+    }
+
+    async fn list(&self, account_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        Ok(self.read().records_of(account_id).cloned().collect())
+    }
+
+    async fn revoke(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        at: SystemTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let mut keys = self.write();
+        Ok(keys.get_mut(account_id, key_id).map(|record| {
+            record.revoked_at.get_or_insert(at);
+            record.clone()
+        }))
+    }
+
+    async fn delete(&self, account_id: &str, key_id: &KeyId) -> Result<bool, StoreError> {
+        let mut keys = self.write();
+        if keys.get_mut(account_id, key_id).is_none() {
+            return Ok(false);
+        }
+        Ok(keys.remove_by_key_id(key_id).is_some())
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 
 pub use self::memory::MemoryKeyStore;
-use crate::identity::KeyIdentity;
+use crate::identity::{KeyId, KeyIdentity};
 use crate::key::{KeyDigest, LookupId};
 
 /// A source of API key records: the read path the layer needs.
@@ -48,12 +48,125 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Return revoked and expired records too: the layer answers `expired_api_key` for them.
     /// An error makes the layer answer `503`, never `401` and never a pass.
     async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Notes that key `key_id` authenticated a request at `at`, for [`KeyRecord::last_used_at`].
+    ///
+    /// The layer calls it only when the record's `last_used_at` is older than its
+    /// [interval](crate::ApiKeyLayer::last_used_interval), so not on every request. It runs on
+    /// the request's path: it must not block, so a remote store queues the write for a
+    /// background task. The default does nothing.
+    fn record_use(&self, key_id: &KeyId, at: SystemTime) {
+        let _ = (key_id, at);
+    }
 }
 
 #[async_trait]
 impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
     async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
         (**self).find(lookup_id).await
+    }
+
+    fn record_use(&self, key_id: &KeyId, at: SystemTime) {
+        (**self).record_use(key_id, at);
+    }
+}
+
+/// A store that keys can also be created in and removed from: the write path of
+/// [`KeyManager`](crate::KeyManager), apart from the read path so that a read-only store
+/// implements none of it.
+///
+/// Each method concerns one account's keys, and a key of another account is treated as absent.
+/// Policy (names, quotas per tier, rotation) lives in `KeyManager`; a store only has to make
+/// [`create`](WritableKeyStore::create) atomic.
+#[async_trait]
+pub trait WritableKeyStore: KeyStore {
+    /// Adds `record`, unless that would leave its account with more than `quota.limit` active
+    /// keys. The count and the insert are one atomic step: of N concurrent creates for an
+    /// account one below its limit, exactly one succeeds.
+    ///
+    /// With `quota.retiring`, that key is left out of the count and set to expire (no later than
+    /// its own expiry) in the same step: a rotation.
+    async fn create(&self, record: KeyRecord, quota: Quota) -> Result<(), CreateError>;
+
+    /// Every record of `account_id`, revoked and expired ones included.
+    async fn list(&self, account_id: &str) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Marks key `key_id` of `account_id` revoked at `at`, keeping the record; revoking a revoked
+    /// key keeps its first time. The record after the change, or `None` if there is no such key.
+    async fn revoke(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        at: SystemTime,
+    ) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Deletes key `key_id` of `account_id`; whether there was one.
+    async fn delete(&self, account_id: &str, key_id: &KeyId) -> Result<bool, StoreError>;
+}
+
+/// The rule that [`WritableKeyStore::create`] checks atomically with the insert.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct Quota {
+    /// The most active keys the account may hold once the new one is added.
+    pub limit: usize,
+    /// The time at which a key counts as active (neither revoked nor expired).
+    pub now: SystemTime,
+    /// A key being rotated out, and when it is to expire: not counted.
+    pub retiring: Option<(KeyId, SystemTime)>,
+}
+
+impl Quota {
+    /// At most `limit` active keys at `now`.
+    pub fn new(limit: usize, now: SystemTime) -> Self {
+        Self {
+            limit,
+            now,
+            retiring: None,
+        }
+    }
+
+    /// The same quota, while key `key_id` is rotated out to expire at `expires_at`.
+    pub fn retiring(mut self, key_id: KeyId, expires_at: SystemTime) -> Self {
+        self.retiring = Some((key_id, expires_at));
+        self
+    }
+}
+
+/// Why [`WritableKeyStore::create`] added nothing.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CreateError {
+    /// The account already holds its limit of active keys.
+    LimitReached,
+    /// The key to retire is not an active key of the account.
+    RetiringKeyNotFound,
+    /// The store failed.
+    Store(StoreError),
+}
+
+impl fmt::Display for CreateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::LimitReached => f.write_str("the account holds its limit of active keys"),
+            Self::RetiringKeyNotFound => f.write_str("the key to rotate is not an active key"),
+            Self::Store(error) => error.fmt(f),
+        }
+    }
+}
+
+impl Error for CreateError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            Self::Store(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for CreateError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
     }
 }
 
@@ -69,6 +182,14 @@ pub struct KeyRecord {
     pub expires_at: Option<SystemTime>,
     /// When the key was revoked, if it was.
     pub revoked_at: Option<SystemTime>,
+    /// When the key was created, if the store knows.
+    pub created_at: Option<SystemTime>,
+    /// When the key last authenticated a request, give or take the layer's
+    /// [interval](crate::ApiKeyLayer::last_used_interval).
+    pub last_used_at: Option<SystemTime>,
+    /// A non-secret reminder of the key for its owner: its prefix and last four characters,
+    /// `sk_live_...Xy12`.
+    pub hint: Option<String>,
 }
 
 impl KeyRecord {
@@ -79,6 +200,9 @@ impl KeyRecord {
             identity,
             expires_at: None,
             revoked_at: None,
+            created_at: None,
+            last_used_at: None,
+            hint: None,
         }
     }
 
@@ -91,6 +215,18 @@ impl KeyRecord {
     /// The same record, revoked at `revoked_at`.
     pub fn with_revoked_at(mut self, revoked_at: SystemTime) -> Self {
         self.revoked_at = Some(revoked_at);
+        self
+    }
+
+    /// The same record, created at `created_at`.
+    pub fn with_created_at(mut self, created_at: SystemTime) -> Self {
+        self.created_at = Some(created_at);
+        self
+    }
+
+    /// The same record, with a [hint](KeyRecord::hint).
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
         self
     }
 

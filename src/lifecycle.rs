@@ -1,0 +1,446 @@
+//! Managing keys: create (the key is shown once), list, revoke, delete, rotate, with a quota of
+//! active keys per tier.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Serialize, Serializer};
+
+use crate::clock::{Clock, SystemClock};
+use crate::identity::{KeyId, KeyIdentity, Tier};
+use crate::key::{ApiKey, KeyFormat};
+use crate::store::{CreateError, KeyRecord, Quota, StoreError, WritableKeyStore};
+
+/// The longest key name, in characters.
+pub const MAX_NAME_LEN: usize = 100;
+
+/// How many active keys an account of each tier may hold.
+///
+/// The default allows 3 on [`Tier::FREE`] and 50 on [`Tier::PRO`]. A tier not listed may create
+/// no key at all, so that a typo in a tier name does not lift the limit.
+#[derive(Clone, Debug)]
+pub struct TierLimits(HashMap<Tier, usize>);
+
+impl Default for TierLimits {
+    fn default() -> Self {
+        Self::none().with(Tier::FREE, 3).with(Tier::PRO, 50)
+    }
+}
+
+impl TierLimits {
+    /// No tier at all: add each with [`TierLimits::with`].
+    pub fn none() -> Self {
+        Self(HashMap::new())
+    }
+
+    /// The same limits, with `tier` allowed `limit` active keys.
+    pub fn with(mut self, tier: Tier, limit: usize) -> Self {
+        self.0.insert(tier, limit);
+        self
+    }
+
+    /// How many active keys `tier` may hold, if it is listed.
+    pub fn limit(&self, tier: &Tier) -> Option<usize> {
+        self.0.get(tier).copied()
+    }
+}
+
+/// What to create: a key for an account, with a name and an optional expiry.
+#[derive(Clone, Debug)]
+pub struct NewKey {
+    account_id: String,
+    tier: Tier,
+    name: String,
+    expires_at: Option<SystemTime>,
+    metadata: Option<serde_json::Value>,
+}
+
+impl NewKey {
+    /// A key named `name` for account `account_id`, which is on `tier`.
+    pub fn new(account_id: impl Into<String>, tier: Tier, name: impl Into<String>) -> Self {
+        Self {
+            account_id: account_id.into(),
+            tier,
+            name: name.into(),
+            expires_at: None,
+            metadata: None,
+        }
+    }
+
+    /// The key stops working at `expires_at`.
+    pub fn expires_at(mut self, expires_at: SystemTime) -> Self {
+        self.expires_at = Some(expires_at);
+        self
+    }
+
+    /// Application data that handlers read from the key's [`KeyIdentity`].
+    pub fn metadata(mut self, metadata: serde_json::Value) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+}
+
+/// A key just created: the plaintext key, to show its owner now and never again, and its
+/// public description.
+#[derive(Clone, Debug)]
+pub struct CreatedKey {
+    /// The key. It is stored nowhere: once dropped, it cannot be read back.
+    pub key: ApiKey,
+    /// The key's public description, as listings show it.
+    pub info: KeyInfo,
+}
+
+/// What an account's owner may see of a key: never the key or its digest.
+///
+/// It serializes with times as RFC 3339 UTC strings (`null` when unknown).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct KeyInfo {
+    /// The key's public id.
+    pub id: KeyId,
+    /// Its name.
+    pub name: String,
+    /// Its prefix and last four characters, `sk_live_...Xy12`, to recognise it by.
+    pub hint: Option<String>,
+    /// When it was created.
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: Option<SystemTime>,
+    /// When it stops working, if ever.
+    #[serde(serialize_with = "rfc3339")]
+    pub expires_at: Option<SystemTime>,
+    /// When it was revoked, if it was.
+    #[serde(serialize_with = "rfc3339")]
+    pub revoked_at: Option<SystemTime>,
+    /// When it last authenticated a request, to within the layer's
+    /// [interval](crate::ApiKeyLayer::last_used_interval).
+    #[serde(serialize_with = "rfc3339")]
+    pub last_used_at: Option<SystemTime>,
+}
+
+impl From<&KeyRecord> for KeyInfo {
+    fn from(record: &KeyRecord) -> Self {
+        Self {
+            id: record.identity.key_id().clone(),
+            name: record.identity.name().to_owned(),
+            hint: record.hint.clone(),
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            revoked_at: record.revoked_at,
+            last_used_at: record.last_used_at,
+        }
+    }
+}
+
+fn rfc3339<S: Serializer>(time: &Option<SystemTime>, serializer: S) -> Result<S::Ok, S::Error> {
+    match time {
+        Some(time) => serializer.collect_str(&humantime::format_rfc3339_seconds(*time)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// Why a key could not be created, revoked, deleted or rotated.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ManageError {
+    /// The name is empty once trimmed, longer than [`MAX_NAME_LEN`] characters, or holds
+    /// control characters.
+    InvalidName,
+    /// The expiry is not in the future.
+    InvalidExpiry,
+    /// The tier has no limit in the [`TierLimits`].
+    UnknownTier(Tier),
+    /// The account already holds as many active keys as its tier allows.
+    KeyLimitReached {
+        /// The account's tier.
+        tier: Tier,
+        /// How many active keys it allows.
+        limit: usize,
+    },
+    /// The account has no such key (or no such active key, to rotate).
+    NotFound,
+    /// The store failed.
+    Store(StoreError),
+}
+
+impl fmt::Display for ManageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidName => write!(
+                f,
+                "a key name must be 1 to {MAX_NAME_LEN} characters, without control characters"
+            ),
+            Self::InvalidExpiry => f.write_str("a key's expiry must be in the future"),
+            Self::UnknownTier(tier) => write!(f, "the tier \"{tier}\" has no key limit configured"),
+            Self::KeyLimitReached { tier, limit } => write!(
+                f,
+                "the {tier} tier allows {limit} active keys; revoke one before creating another"
+            ),
+            Self::NotFound => f.write_str("no such key"),
+            Self::Store(error) => error.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ManageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Store(error) => Some(error),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for ManageError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error)
+    }
+}
+
+/// The key management API over a [`WritableKeyStore`]: what a "Settings → API Keys" page needs.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_key::{KeyManager, ManageError, MemoryKeyStore, NewKey, Tier};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), ManageError> {
+/// let keys = KeyManager::new(MemoryKeyStore::new());
+///
+/// let created = keys.create(NewKey::new("acct_42", Tier::FREE, "ci")).await?;
+/// println!("your key, shown once: {}", created.key.expose_secret());
+///
+/// let listed = keys.list("acct_42").await?;
+/// assert_eq!(listed[0].name, "ci");
+///
+/// // A replacement; the old key keeps working for an hour, then expires.
+/// let replacement = keys.rotate("acct_42", &created.info.id, Duration::from_secs(3600)).await?;
+/// keys.revoke("acct_42", &replacement.info.id).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct KeyManager<S> {
+    store: S,
+    format: KeyFormat,
+    limits: TierLimits,
+    clock: Arc<dyn Clock>,
+}
+
+impl<S: WritableKeyStore> KeyManager<S> {
+    /// Manages the keys of `store`, generating default `sk_live_` keys, with the default
+    /// [`TierLimits`] and the system clock.
+    pub fn new(store: S) -> Self {
+        Self {
+            store,
+            format: KeyFormat::default(),
+            limits: TierLimits::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Generates keys of `format` (its first prefix).
+    pub fn key_format(mut self, format: KeyFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Limits the active keys per tier by `limits`.
+    pub fn tier_limits(mut self, limits: TierLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Reads the time from `clock`: give the layer the same one.
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The store the keys are kept in.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Creates a key. The plaintext key is in the result and nowhere else.
+    pub async fn create(&self, new: NewKey) -> Result<CreatedKey, ManageError> {
+        let name = valid_name(&new.name)?;
+        let limit = self.limit(&new.tier)?;
+        let now = self.clock.now();
+        if new.expires_at.is_some_and(|expires_at| expires_at <= now) {
+            return Err(ManageError::InvalidExpiry);
+        }
+        let mut identity = KeyIdentity::new(KeyId::random(), new.account_id, name, new.tier);
+        if let Some(metadata) = new.metadata {
+            identity = identity.with_metadata(metadata);
+        }
+        self.insert(identity, new.expires_at, Quota::new(limit, now))
+            .await
+    }
+
+    /// The account's keys, oldest first, revoked and expired ones included.
+    pub async fn list(&self, account_id: &str) -> Result<Vec<KeyInfo>, ManageError> {
+        let mut records = self.store.list(account_id).await?;
+        records.sort_by(|a, b| {
+            (a.created_at, a.identity.key_id()).cmp(&(b.created_at, b.identity.key_id()))
+        });
+        Ok(records.iter().map(KeyInfo::from).collect())
+    }
+
+    /// Revokes a key: it stops working at once (`expired_api_key`), and its record stays for
+    /// audit. Revoking a revoked key changes nothing.
+    pub async fn revoke(&self, account_id: &str, key_id: &KeyId) -> Result<KeyInfo, ManageError> {
+        let record = self
+            .store
+            .revoke(account_id, key_id, self.clock.now())
+            .await?;
+        record
+            .as_ref()
+            .map(KeyInfo::from)
+            .ok_or(ManageError::NotFound)
+    }
+
+    /// Deletes a key and its record: it is then unknown (`invalid_api_key`).
+    pub async fn delete(&self, account_id: &str, key_id: &KeyId) -> Result<(), ManageError> {
+        match self.store.delete(account_id, key_id).await? {
+            true => Ok(()),
+            false => Err(ManageError::NotFound),
+        }
+    }
+
+    /// Creates a replacement for an active key and lets the old key work for `grace` more,
+    /// then expire, so integrations can switch without downtime.
+    ///
+    /// The replacement has the old key's name, tier and metadata, and, if the old key was made
+    /// to expire, the same lifetime from now. The old key does not count against the quota
+    /// while it is being rotated out.
+    pub async fn rotate(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        grace: Duration,
+    ) -> Result<CreatedKey, ManageError> {
+        let now = self.clock.now();
+        let old = self
+            .store
+            .list(account_id)
+            .await?
+            .into_iter()
+            .find(|record| record.identity.key_id() == key_id && record.is_active(now))
+            .ok_or(ManageError::NotFound)?;
+        let limit = self.limit(old.identity.tier())?;
+        let lifetime = old
+            .expires_at
+            .zip(old.created_at)
+            .and_then(|(expires_at, created_at)| expires_at.duration_since(created_at).ok());
+        let identity = old.identity.with_key_id(KeyId::random());
+        let quota = Quota::new(limit, now).retiring(key_id.clone(), now + grace);
+        self.insert(identity, lifetime.map(|lifetime| now + lifetime), quota)
+            .await
+    }
+
+    fn limit(&self, tier: &Tier) -> Result<usize, ManageError> {
+        self.limits
+            .limit(tier)
+            .ok_or_else(|| ManageError::UnknownTier(tier.clone()))
+    }
+
+    async fn insert(
+        &self,
+        identity: KeyIdentity,
+        expires_at: Option<SystemTime>,
+        quota: Quota,
+    ) -> Result<CreatedKey, ManageError> {
+        let key = self.format.generate();
+        let secret = key.expose_secret();
+        let hint = format!("{}...{}", self.format.prefix(), &secret[secret.len() - 4..]);
+        let tier = identity.tier().clone();
+        let mut record = KeyRecord::new(key.digest(), identity)
+            .with_created_at(quota.now)
+            .with_hint(hint);
+        record.expires_at = expires_at;
+        let info = KeyInfo::from(&record);
+        let limit = quota.limit;
+        self.store
+            .create(record, quota)
+            .await
+            .map_err(|error| match error {
+                CreateError::LimitReached => ManageError::KeyLimitReached { tier, limit },
+                CreateError::RetiringKeyNotFound => ManageError::NotFound,
+                CreateError::Store(error) => ManageError::Store(error),
+            })?;
+        Ok(CreatedKey { key, info })
+    }
+}
+
+impl<S> fmt::Debug for KeyManager<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyManager")
+            .field("format", &self.format)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The name trimmed, if it is 1 to [`MAX_NAME_LEN`] characters with no control character.
+fn valid_name(name: &str) -> Result<&str, ManageError> {
+    let name = name.trim();
+    let length = name.chars().count();
+    if (1..=MAX_NAME_LEN).contains(&length) && !name.chars().any(char::is_control) {
+        Ok(name)
+    } else {
+        Err(ManageError::InvalidName)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_trimmed() {
+        assert_eq!(valid_name("  ci  ").unwrap(), "ci");
+    }
+
+    #[test]
+    fn names_of_1_to_100_characters_are_valid() {
+        assert!(valid_name("a").is_ok());
+        assert!(valid_name(&"é".repeat(MAX_NAME_LEN)).is_ok());
+    }
+
+    #[test]
+    fn empty_blank_long_or_control_names_are_invalid() {
+        for name in ["", "   ", "line\nbreak", "tab\there"] {
+            assert!(
+                matches!(valid_name(name), Err(ManageError::InvalidName)),
+                "{name:?}"
+            );
+        }
+        assert!(valid_name(&"a".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn default_limits_are_free_3_and_pro_50() {
+        let limits = TierLimits::default();
+        assert_eq!(limits.limit(&Tier::FREE), Some(3));
+        assert_eq!(limits.limit(&Tier::PRO), Some(50));
+        assert_eq!(limits.limit(&Tier::new("gold")), None);
+    }
+
+    #[test]
+    fn key_info_serializes_times_as_rfc3339_utc() {
+        let info = KeyInfo {
+            id: KeyId::new("key_1"),
+            name: "ci".into(),
+            hint: Some("sk_live_...abcd".into()),
+            created_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            expires_at: None,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        let json = serde_json::to_value(&info).unwrap();
+        assert_eq!(json["created_at"], "2023-11-14T22:13:20Z");
+        assert_eq!(json["expires_at"], serde_json::Value::Null);
+    }
+}

@@ -1,4 +1,4 @@
-//! API key authentication for any [tower] service: axum, hyper, tonic.
+//! API key authentication for any [tower](https://docs.rs/tower) service: axum, hyper, tonic.
 //!
 //! [`ApiKeyLayer`] reads a key from `Authorization: Bearer <key>` or `X-API-Key: <key>`, checks
 //! its format and checksum, finds its record in a [`KeyStore`], compares digests in constant time,

@@ -5,17 +5,31 @@
 //! ```
 //!
 //! It prints a demo key and a curl command to try it. `/api/...` needs a key; `/health` does not.
+//! With the key (`K`), manage the demo account's keys (it is on the free tier: 3 active keys):
+//!
+//! ```text
+//! curl -X POST -H "X-API-Key: $K" -d '{"name":"ci","expires_in":3600}' http://127.0.0.1:3000/api/v1/keys
+//! curl -H "X-API-Key: $K" http://127.0.0.1:3000/api/v1/keys
+//! curl -X DELETE -H "X-API-Key: $K" http://127.0.0.1:3000/api/v1/keys/key_...
+//! ```
 
 use std::net::Ipv4Addr;
 
-use axum::extract::Query;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tower_api_key::{ApiKeyLayer, KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier};
+use tower_api_key::{
+    ApiKeyLayer, Clock, KeyId, KeyIdentity, KeyManager, ManageError, MemoryKeyStore, NewKey,
+    SystemClock, Tier,
+};
 
 const DEFAULT_PORT: u16 = 3000;
 const DEFAULT_LIMIT: usize = 10;
@@ -42,12 +56,17 @@ struct IocQuery {
 }
 
 /// The whole service: `/health` is open, everything under `/api` needs a key from `store`.
-fn app(store: MemoryKeyStore) -> Router {
+/// The layer and the key-management endpoints read the time from `clock`.
+fn app(store: MemoryKeyStore, clock: impl Clock + Clone) -> Router {
+    let keys = KeyManager::new(store.clone()).clock(clock.clone());
     let api = Router::new()
         .route("/v1/iocs", get(list_iocs))
+        .route("/v1/keys", get(list_keys).post(create_key))
+        .route("/v1/keys/{id}", delete(revoke_key))
         // Inside the layer, so that callers without a key cannot map which routes exist.
         .fallback(|| async { StatusCode::NOT_FOUND })
-        .layer(ApiKeyLayer::new(store));
+        .with_state(keys)
+        .layer(ApiKeyLayer::new(store).clock(clock));
     Router::new()
         .route("/health", get(health))
         .nest("/api", api)
@@ -64,6 +83,127 @@ async fn list_iocs(identity: KeyIdentity, Query(query): Query<IocQuery>) -> Json
     Json(json!({ "data": data, "count": data.len(), "authenticated_as": identity }))
 }
 
+/// `POST /api/v1/keys` `{"name": "ci", "expires_in": 3600}`: a new key for the caller's
+/// account, in the only response that ever contains a key.
+async fn create_key(
+    State(keys): State<Keys>,
+    identity: KeyIdentity,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let request: CreateKeyRequest = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::invalid_request(
+            "The body must be a JSON object with a string \"name\" and an optional \
+             positive integer \"expires_in\" (seconds).",
+        )
+    })?;
+    let mut new = NewKey::new(identity.account_id(), identity.tier().clone(), request.name);
+    if let Some(seconds) = request.expires_in {
+        let seconds = u64::try_from(seconds)
+            .ok()
+            .filter(|seconds| *seconds > 0)
+            .ok_or_else(|| {
+                ApiError::invalid_request("\"expires_in\" must be a positive number of seconds.")
+            })?;
+        new = new.expires_in(Duration::from_secs(seconds));
+    }
+    let created = keys.create(new).await?;
+    let info = serde_json::to_value(&created.info).expect("key info serializes");
+    let body = json!({
+        "id": info["id"],
+        "name": info["name"],
+        "key": created.key.expose_secret(),
+        "created_at": info["created_at"],
+        "expires_at": info["expires_at"],
+    });
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// `GET /api/v1/keys`: the caller's account's keys, without secrets.
+async fn list_keys(
+    State(keys): State<Keys>,
+    identity: KeyIdentity,
+) -> Result<Json<Value>, ApiError> {
+    let data = keys.list(identity.account_id()).await?;
+    Ok(Json(json!({ "data": data })))
+}
+
+/// `DELETE /api/v1/keys/{id}`: revokes one of the caller's account's keys.
+async fn revoke_key(
+    State(keys): State<Keys>,
+    identity: KeyIdentity,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    keys.revoke(identity.account_id(), &KeyId::new(id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+type Keys = KeyManager<MemoryKeyStore>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKeyRequest {
+    name: String,
+    expires_in: Option<i64>,
+}
+
+/// An error of the key-management endpoints, in the layer's envelope.
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn invalid_request(message: &str) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_request",
+            message: message.to_owned(),
+        }
+    }
+}
+
+impl From<ManageError> for ApiError {
+    fn from(error: ManageError) -> Self {
+        let (status, code) = match &error {
+            ManageError::InvalidName | ManageError::InvalidExpiry => {
+                (StatusCode::BAD_REQUEST, "invalid_request")
+            }
+            ManageError::KeyLimitReached { .. } => (StatusCode::FORBIDDEN, "key_limit_reached"),
+            ManageError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ManageError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        };
+        let message = match &error {
+            ManageError::Store(_) => "Keys cannot be managed right now. Retry shortly.".to_owned(),
+            ManageError::NotFound => "This account has no key with that id.".to_owned(),
+            _ => capitalize(&error.to_string()),
+        };
+        Self {
+            status,
+            code,
+            message,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let request_id = format!("req_{}", uuid::Uuid::new_v4().simple());
+        let body = json!({
+            "error": { "code": self.code, "message": self.message, "request_id": request_id }
+        });
+        (self.status, [("x-request-id", request_id)], Json(body)).into_response()
+    }
+}
+
+fn capitalize(sentence: &str) -> String {
+    let mut chars = sentence.chars();
+    chars.next().map_or_else(String::new, |first| {
+        format!("{}{}.", first.to_uppercase(), chars.as_str())
+    })
+}
+
 async fn health() -> &'static str {
     "ok"
 }
@@ -73,9 +213,12 @@ async fn main() {
     let port = port_from_env();
 
     let store = MemoryKeyStore::new();
-    let key = KeyFormat::default().generate();
-    let identity = KeyIdentity::new(KeyId::random(), "acct_demo", "demo", Tier::FREE);
-    store.insert(KeyRecord::new(key.digest(), identity));
+    // The demo account is on the free tier: this key is the first of its 3.
+    let demo_key = KeyManager::new(store.clone())
+        .create(NewKey::new("acct_demo", Tier::FREE, "demo"))
+        .await
+        .unwrap_or_else(|error| exit_with(1, &format!("cannot create the demo key: {error}")));
+    let key = demo_key.key;
 
     let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
         Ok(listener) => listener,
@@ -93,7 +236,7 @@ async fn main() {
         key.expose_secret()
     );
 
-    axum::serve(listener, app(store))
+    axum::serve(listener, app(store, SystemClock))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .unwrap_or_else(|error| exit_with(1, &format!("server error: {error}")));

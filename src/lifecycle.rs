@@ -53,8 +53,26 @@ pub struct NewKey {
     account_id: String,
     tier: Tier,
     name: String,
-    expires_at: Option<SystemTime>,
+    expiry: Option<Expiry>,
     metadata: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Expiry {
+    At(SystemTime),
+    After(Duration),
+}
+
+impl Expiry {
+    /// The expiry time of a key created at `now`, which must be later than `now`.
+    fn time_after(self, now: SystemTime) -> Result<SystemTime, ManageError> {
+        let time = match self {
+            Self::At(time) => Some(time),
+            Self::After(lifetime) => now.checked_add(lifetime),
+        };
+        time.filter(|time| *time > now)
+            .ok_or(ManageError::InvalidExpiry)
+    }
 }
 
 impl NewKey {
@@ -64,14 +82,20 @@ impl NewKey {
             account_id: account_id.into(),
             tier,
             name: name.into(),
-            expires_at: None,
+            expiry: None,
             metadata: None,
         }
     }
 
-    /// The key stops working at `expires_at`.
+    /// The key stops working at `expires_at`, which must be in the future.
     pub fn expires_at(mut self, expires_at: SystemTime) -> Self {
-        self.expires_at = Some(expires_at);
+        self.expiry = Some(Expiry::At(expires_at));
+        self
+    }
+
+    /// The key stops working `lifetime` after its creation; `lifetime` must not be zero.
+    pub fn expires_in(mut self, lifetime: Duration) -> Self {
+        self.expiry = Some(Expiry::After(lifetime));
         self
     }
 
@@ -147,7 +171,7 @@ pub enum ManageError {
     /// The name is empty once trimmed, longer than [`MAX_NAME_LEN`] characters, or holds
     /// control characters.
     InvalidName,
-    /// The expiry is not in the future.
+    /// The expiry is not in the future, or too far in it to represent.
     InvalidExpiry,
     /// The tier has no limit in the [`TierLimits`].
     UnknownTier(Tier),
@@ -268,14 +292,15 @@ impl<S: WritableKeyStore> KeyManager<S> {
         let name = valid_name(&new.name)?;
         let limit = self.limit(&new.tier)?;
         let now = self.clock.now();
-        if new.expires_at.is_some_and(|expires_at| expires_at <= now) {
-            return Err(ManageError::InvalidExpiry);
-        }
+        let expires_at = new
+            .expiry
+            .map(|expiry| expiry.time_after(now))
+            .transpose()?;
         let mut identity = KeyIdentity::new(KeyId::random(), new.account_id, name, new.tier);
         if let Some(metadata) = new.metadata {
             identity = identity.with_metadata(metadata);
         }
-        self.insert(identity, new.expires_at, Quota::new(limit, now))
+        self.insert(identity, expires_at, Quota::new(limit, now))
             .await
     }
 

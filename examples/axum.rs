@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::http::header::{HeaderValue, CACHE_CONTROL};
 use axum::http::StatusCode;
+use axum::middleware::map_response;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
@@ -57,7 +59,7 @@ struct IocQuery {
 
 /// The whole service: `/health` is open, everything under `/api` needs a key from `store`.
 /// The layer and the key-management endpoints read the time from `clock`.
-fn app(store: MemoryKeyStore, clock: impl Clock + Clone) -> Router {
+pub fn app(store: MemoryKeyStore, clock: impl Clock + Clone) -> Router {
     let keys = KeyManager::new(store.clone()).clock(clock.clone());
     let api = Router::new()
         .route("/v1/iocs", get(list_iocs))
@@ -65,11 +67,19 @@ fn app(store: MemoryKeyStore, clock: impl Clock + Clone) -> Router {
         .route("/v1/keys/{id}", delete(revoke_key))
         // Inside the layer, so that callers without a key cannot map which routes exist.
         .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(map_response(no_store))
         .with_state(keys)
         .layer(ApiKeyLayer::new(store).clock(clock));
     Router::new()
         .route("/health", get(health))
         .nest("/api", api)
+}
+
+/// Answers about an account's keys (one holds a new key) must not be kept by any cache.
+async fn no_store(mut response: Response) -> Response {
+    let no_store = HeaderValue::from_static("no-store");
+    response.headers_mut().insert(CACHE_CONTROL, no_store);
+    response
 }
 
 async fn list_iocs(identity: KeyIdentity, Query(query): Query<IocQuery>) -> Json<Value> {

@@ -7,12 +7,8 @@ use std::net::SocketAddr;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use bytes::Bytes;
 use common::{assert_envelope, Answer, FailingStore, Headers, Keys};
-use http::{Request, StatusCode};
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::StatusCode;
 use tower_api_key::{ApiKeyLayer, KeyIdentity};
 
 async fn whoami(identity: KeyIdentity) -> Json<KeyIdentity> {
@@ -39,17 +35,8 @@ async fn serve(layer: ApiKeyLayer) -> SocketAddr {
     address
 }
 
-async fn get_with(address: SocketAddr, path: &str, headers: &[(&str, &[u8])]) -> Answer {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let mut request = Request::builder().uri(format!("http://{address}{path}"));
-    for (name, value) in headers {
-        request = request.header(*name, http::HeaderValue::from_bytes(value).unwrap());
-    }
-    let response = client
-        .request(request.body(Full::default()).unwrap())
-        .await
-        .unwrap();
-    Answer::read(response).await
+async fn get_with(address: SocketAddr, path: &str, headers: &Headers<'_>) -> Answer {
+    common::http(address, http::Method::GET, path, headers, "").await
 }
 
 #[tokio::test]

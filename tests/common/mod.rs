@@ -123,6 +123,29 @@ pub fn request(headers: &Headers<'_>) -> Request<Full<Bytes>> {
     request.body(Full::default()).unwrap()
 }
 
+/// Sends one HTTP/1.1 request to a server on `address` (a loopback address) and reads the answer.
+pub async fn http(
+    address: std::net::SocketAddr,
+    method: http::Method,
+    path: &str,
+    headers: &Headers<'_>,
+    body: &str,
+) -> Answer {
+    assert!(address.ip().is_loopback(), "tests only talk to loopback");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Full<Bytes>>();
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{address}{path}"));
+    for (name, value) in headers {
+        request = request.header(*name, http::HeaderValue::from_bytes(value).unwrap());
+    }
+    let request = request
+        .body(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+        .unwrap();
+    Answer::read(client.request(request).await.unwrap()).await
+}
+
 /// A response, read whole.
 pub struct Answer {
     pub status: StatusCode,

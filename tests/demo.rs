@@ -1,0 +1,215 @@
+//! The demo service (`examples/axum.rs`) over real HTTP on 127.0.0.1: the key-management flow a
+//! user would follow with curl.
+#![cfg(feature = "axum")]
+
+#[allow(dead_code)] // The demo's `main` is not called here.
+#[path = "../examples/axum.rs"]
+mod demo;
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use common::{assert_envelope, Answer};
+use http::{Method, StatusCode};
+use tower_api_key::{ApiKey, KeyManager, ManualClock, MemoryKeyStore, NewKey, Tier};
+
+struct Demo {
+    address: SocketAddr,
+    clock: ManualClock,
+    store: MemoryKeyStore,
+    /// The key the demo prints at start, of `acct_demo` on the free tier.
+    key: ApiKey,
+}
+
+impl Demo {
+    async fn start() -> Self {
+        let store = MemoryKeyStore::new();
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        let created = KeyManager::new(store.clone())
+            .clock(clock.clone())
+            .create(NewKey::new("acct_demo", Tier::FREE, "demo"))
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = demo::app(store.clone(), clock.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self {
+            address,
+            clock,
+            store,
+            key: created.key,
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, key: &str, body: &str) -> Answer {
+        let headers: &common::Headers<'_> = &[("x-api-key", key.as_bytes())];
+        common::http(self.address, method, path, headers, body).await
+    }
+
+    async fn create(&self, body: &str) -> Answer {
+        self.call(Method::POST, "/api/v1/keys", self.key.expose_secret(), body)
+            .await
+    }
+
+    async fn iocs_with(&self, key: &str) -> Answer {
+        self.call(Method::GET, "/api/v1/iocs?type=ipv4&limit=10", key, "")
+            .await
+    }
+}
+
+fn is_rfc3339_utc(value: &serde_json::Value) -> bool {
+    let text = value.as_str().unwrap_or_default();
+    humantime::parse_rfc3339(text).is_ok() && text.ends_with('Z')
+}
+
+#[tokio::test]
+async fn printed_key_reads_iocs_and_health_is_open() {
+    let demo = Demo::start().await;
+    let answer = demo.iocs_with(demo.key.expose_secret()).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()["authenticated_as"]["account_id"], "acct_demo");
+    let health = common::http(demo.address, Method::GET, "/health", &[], "").await;
+    assert_eq!(health.status, StatusCode::OK);
+    let anonymous = common::http(demo.address, Method::GET, "/api/v1/iocs", &[], "").await;
+    assert_envelope(&anonymous, StatusCode::UNAUTHORIZED, "missing_api_key");
+}
+
+#[tokio::test]
+async fn create_use_list_revoke_use_again() {
+    let demo = Demo::start().await;
+    let created = demo.create(r#"{"name": "ci", "expires_in": 3600}"#).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(
+        created.header("cache-control"),
+        "no-store",
+        "the key must not be cached"
+    );
+    let body = created.json();
+    let fields: Vec<_> = body.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(fields, ["created_at", "expires_at", "id", "key", "name"]);
+    assert_eq!(body["name"], "ci");
+    assert!(is_rfc3339_utc(&body["created_at"]) && is_rfc3339_utc(&body["expires_at"]));
+    let key = body["key"].as_str().unwrap().to_owned();
+    let id = body["id"].as_str().unwrap().to_owned();
+
+    assert_eq!(demo.iocs_with(&key).await.status, StatusCode::OK);
+
+    let listed = demo.call(Method::GET, "/api/v1/keys", &key, "").await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let data = listed.json()["data"].as_array().unwrap().clone();
+    assert_eq!(data.len(), 2, "the printed key and the new one");
+    assert!(data
+        .iter()
+        .any(|info| info["id"] == id.as_str() && info["name"] == "ci"));
+    let listing = String::from_utf8(listed.body.to_vec()).unwrap();
+    assert!(
+        !listing.contains(&key["sk_live_".len()..]),
+        "listings never hold a key"
+    );
+    assert!(!listing.contains(&demo.key.expose_secret()["sk_live_".len()..]));
+
+    let revoked = demo
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/keys/{id}"),
+            demo.key.expose_secret(),
+            "",
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::NO_CONTENT);
+    assert_envelope(
+        &demo.iocs_with(&key).await,
+        StatusCode::UNAUTHORIZED,
+        "expired_api_key",
+    );
+}
+
+#[tokio::test]
+async fn created_key_expires_after_expires_in() {
+    let demo = Demo::start().await;
+    let created = demo
+        .create(r#"{"name": "short", "expires_in": 60}"#)
+        .await
+        .json();
+    let created_at = humantime::parse_rfc3339(created["created_at"].as_str().unwrap()).unwrap();
+    let expires_at = humantime::parse_rfc3339(created["expires_at"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        expires_at.duration_since(created_at).unwrap(),
+        Duration::from_secs(60)
+    );
+    let key = created["key"].as_str().unwrap();
+    assert_eq!(demo.iocs_with(key).await.status, StatusCode::OK);
+    demo.clock.advance(Duration::from_secs(60));
+    assert_envelope(
+        &demo.iocs_with(key).await,
+        StatusCode::UNAUTHORIZED,
+        "expired_api_key",
+    );
+}
+
+#[tokio::test]
+async fn fourth_key_of_the_free_demo_account_is_refused() {
+    let demo = Demo::start().await;
+    for name in ["second", "third"] {
+        let answer = demo.create(&format!(r#"{{"name": "{name}"}}"#)).await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+    }
+    let over = demo.create(r#"{"name": "fourth"}"#).await;
+    assert_envelope(&over, StatusCode::FORBIDDEN, "key_limit_reached");
+    let message = over.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("free") && message.contains('3'),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn revoking_an_unknown_or_foreign_key_is_404() {
+    let demo = Demo::start().await;
+    let key = demo.key.expose_secret();
+    let unknown = demo
+        .call(Method::DELETE, "/api/v1/keys/key_unknown", key, "")
+        .await;
+    assert_envelope(&unknown, StatusCode::NOT_FOUND, "not_found");
+
+    let theirs = KeyManager::new(demo.store.clone())
+        .clock(demo.clock.clone())
+        .create(NewKey::new("acct_other", Tier::FREE, "theirs"))
+        .await
+        .unwrap();
+    let path = format!("/api/v1/keys/{}", theirs.info.id);
+    let foreign = demo.call(Method::DELETE, &path, key, "").await;
+    assert_envelope(&foreign, StatusCode::NOT_FOUND, "not_found");
+    let still_works = demo.iocs_with(theirs.key.expose_secret()).await;
+    assert_eq!(still_works.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bad_create_requests_are_400_invalid_request() {
+    let demo = Demo::start().await;
+    let long_name = format!(r#"{{"name": "{}"}}"#, "n".repeat(101));
+    for body in [
+        "not json",
+        "{}",
+        r#"{"name": 42}"#,
+        r#"{"name": "   "}"#,
+        long_name.as_str(),
+        r#"{"name": "ci", "expires_in": 0}"#,
+        r#"{"name": "ci", "expires_in": -5}"#,
+        r#"{"name": "ci", "expires_in": "soon"}"#,
+    ] {
+        let answer = demo.create(body).await;
+        assert_envelope(&answer, StatusCode::BAD_REQUEST, "invalid_request");
+    }
+    let listed = demo
+        .call(Method::GET, "/api/v1/keys", demo.key.expose_secret(), "")
+        .await;
+    assert_eq!(
+        listed.json()["data"].as_array().unwrap().len(),
+        1,
+        "nothing was created"
+    );
+}

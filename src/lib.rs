@@ -51,6 +51,14 @@
 //! the rest, so a store cannot compare secrets wrongly. See its docs and
 //! `examples/custom_store.rs`.
 //!
+//! # Managing keys
+//!
+//! [`KeyManager`] creates keys (shown once), lists them without secrets, revokes, deletes and
+//! rotates them, and holds each account to its tier's quota of active keys ([`TierLimits`]:
+//! free 3, pro 50). It works over any [`WritableKeyStore`], the write path that a read-only
+//! store need not implement. Give the manager and the layer the same [`Clock`]; in tests a
+//! [`ManualClock`] moves time without sleeping.
+//!
 //! # Security model
 //!
 //! - Keys are `sk_live_` plus 30 random base62 characters from the OS CSPRNG (~178 bits) and a

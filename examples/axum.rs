@@ -28,10 +28,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tower_api_key::{
-    ApiKeyLayer, Clock, KeyId, KeyIdentity, KeyManager, ManageError, MemoryKeyStore, NewKey,
-    SystemClock, Tier,
-};
+use tower_api_key::{KeyId, KeyIdentity, KeyManager, ManageError, MemoryKeyStore, NewKey, Tier};
 
 const DEFAULT_PORT: u16 = 3000;
 const DEFAULT_LIMIT: usize = 10;
@@ -57,10 +54,9 @@ struct IocQuery {
     limit: Option<usize>,
 }
 
-/// The whole service: `/health` is open, everything under `/api` needs a key from `store`.
-/// The layer and the key-management endpoints read the time from `clock`.
-pub fn app(store: MemoryKeyStore, clock: impl Clock + Clone) -> Router {
-    let keys = KeyManager::new(store.clone()).clock(clock.clone());
+/// The whole service: `/health` is open, everything under `/api` needs a key from `keys`'s
+/// store, and `/api/v1/keys` manages them.
+pub fn app(keys: Keys) -> Router {
     let api = Router::new()
         .route("/v1/iocs", get(list_iocs))
         .route("/v1/keys", get(list_keys).post(create_key))
@@ -68,8 +64,8 @@ pub fn app(store: MemoryKeyStore, clock: impl Clock + Clone) -> Router {
         // Inside the layer, so that callers without a key cannot map which routes exist.
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(map_response(no_store))
-        .with_state(keys)
-        .layer(ApiKeyLayer::new(store).clock(clock));
+        .with_state(keys.clone())
+        .layer(keys.layer());
     Router::new()
         .route("/health", get(health))
         .nest("/api", api)
@@ -222,9 +218,9 @@ async fn health() -> &'static str {
 async fn main() {
     let port = port_from_env();
 
-    let store = MemoryKeyStore::new();
+    let keys = KeyManager::new(MemoryKeyStore::new());
     // The demo account is on the free tier: this key is the first of its 3.
-    let demo_key = KeyManager::new(store.clone())
+    let demo_key = keys
         .create(NewKey::new("acct_demo", Tier::FREE, "demo"))
         .await
         .unwrap_or_else(|error| exit_with(1, &format!("cannot create the demo key: {error}")));
@@ -246,7 +242,7 @@ async fn main() {
         key.expose_secret()
     );
 
-    axum::serve(listener, app(store, SystemClock))
+    axum::serve(listener, app(keys))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .unwrap_or_else(|error| exit_with(1, &format!("server error: {error}")));

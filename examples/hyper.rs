@@ -81,12 +81,14 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
 }
 
-/// An error in the same envelope as the layer's refusals.
+/// An error in the same envelope as the layer's refusals, with a fresh request id.
 fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    json_response(
-        status,
-        &json!({ "error": { "code": code, "message": message } }),
-    )
+    let request_id = format!("req_{}", uuid::Uuid::new_v4().simple());
+    let body = json!({ "error": { "code": code, "message": message, "request_id": request_id } });
+    let mut response = json_response(status, &body);
+    let request_id = HeaderValue::from_str(&request_id).expect("hex digits are a header value");
+    response.headers_mut().insert("x-request-id", request_id);
+    response
 }
 
 fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {

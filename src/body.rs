@@ -49,6 +49,13 @@ impl<B> ResponseBody<B> {
     }
 }
 
+// tower-http's `Timeout` and `ValidateRequestHeader` need a default body to answer with.
+impl<B: Default> Default for ResponseBody<B> {
+    fn default() -> Self {
+        Self::inner(B::default())
+    }
+}
+
 impl<B: Body<Data = Bytes>> Body for ResponseBody<B> {
     type Data = Bytes;
     type Error = B::Error;

@@ -32,18 +32,18 @@ pub(crate) enum CredentialError {
     Malformed,
 }
 
-/// The two headers a key may come in.
+/// The two headers a key may come in; either may be switched off.
 #[derive(Clone, Debug)]
 pub(crate) struct CredentialHeaders {
-    pub(crate) authorization: HeaderName,
-    pub(crate) api_key: HeaderName,
+    pub(crate) authorization: Option<HeaderName>,
+    pub(crate) api_key: Option<HeaderName>,
 }
 
 impl Default for CredentialHeaders {
     fn default() -> Self {
         Self {
-            authorization: http::header::AUTHORIZATION,
-            api_key: HeaderName::from_static("x-api-key"),
+            authorization: Some(http::header::AUTHORIZATION),
+            api_key: Some(HeaderName::from_static("x-api-key")),
         }
     }
 }
@@ -51,13 +51,11 @@ impl Default for CredentialHeaders {
 impl CredentialHeaders {
     /// The one key the request carries, by the rules of this module.
     pub(crate) fn read_key<'a>(&self, headers: &'a HeaderMap) -> Result<&'a str, CredentialError> {
-        let bearer_tokens = headers
-            .get_all(&self.authorization)
-            .iter()
+        let bearer_tokens = (self.authorization.iter())
+            .flat_map(|name| headers.get_all(name))
             .filter_map(bearer_token);
-        let api_key_values = headers
-            .get_all(&self.api_key)
-            .iter()
+        let api_key_values = (self.api_key.iter())
+            .flat_map(|name| headers.get_all(name))
             .map(HeaderValue::as_bytes);
 
         let mut found: Option<&str> = None;
@@ -78,7 +76,7 @@ impl CredentialHeaders {
     /// Marks every value of both headers sensitive, so that well-behaved loggers and HTTP/2's
     /// header compression leave them alone.
     pub(crate) fn mark_sensitive(&self, headers: &mut HeaderMap) {
-        for name in [&self.authorization, &self.api_key] {
+        for name in self.authorization.iter().chain(&self.api_key) {
             if let Entry::Occupied(mut entry) = headers.entry(name) {
                 entry.iter_mut().for_each(|value| value.set_sensitive(true));
             }
@@ -310,8 +308,8 @@ mod tests {
     #[test]
     fn header_names_are_configurable() {
         let names = CredentialHeaders {
-            authorization: HeaderName::from_static("proxy-authorization"),
-            api_key: HeaderName::from_static("x-service-key"),
+            authorization: Some(HeaderName::from_static("proxy-authorization")),
+            api_key: Some(HeaderName::from_static("x-service-key")),
         };
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", HeaderValue::from_static(KEY));
@@ -323,6 +321,22 @@ mod tests {
             "proxy-authorization",
             HeaderValue::from_static("Bearer sk_live_abc"),
         );
+        assert_eq!(names.read_key(&headers), Ok(KEY));
+    }
+
+    #[test]
+    fn switched_off_header_is_not_read() {
+        let names = CredentialHeaders {
+            authorization: None,
+            ..CredentialHeaders::default()
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer eyJhbGciOi.jwt.sig"),
+        );
+        assert_eq!(names.read_key(&headers), Err(CredentialError::Missing));
+        headers.insert("x-api-key", HeaderValue::from_static(KEY));
         assert_eq!(names.read_key(&headers), Ok(KEY));
     }
 

@@ -1,30 +1,10 @@
 //! Why a request was refused, and the response that says so.
-//!
-//! Every refusal is answered with the same JSON envelope:
-//!
-//! ```json
-//! {"error":{"code":"invalid_api_key","message":"...","request_id":"req_..."}}
-//! ```
-//!
-//! | [`AuthError`]   | status | `code`                       | `WWW-Authenticate`               |
-//! |-----------------|--------|------------------------------|----------------------------------|
-//! | `Missing`       | 401    | `missing_api_key`            | `Bearer`                         |
-//! | `Conflicting`   | 401    | `invalid_api_key`            | `Bearer error="invalid_request"` |
-//! | `Invalid`       | 401    | `invalid_api_key`            | `Bearer error="invalid_token"`   |
-//! | `Expired`       | 401    | `expired_api_key`            | `Bearer error="invalid_token"`   |
-//! | `Unavailable`   | 503    | `authentication_unavailable` | (none)                           |
-//!
-//! Each response also has `Content-Type: application/json`, `Cache-Control: no-store`, and the
-//! request id in `X-Request-Id`. Messages tell the caller what to do and never repeat the key.
-//! Replace the body with [`ApiKeyLayer::error_response`](crate::ApiKeyLayer::error_response).
 
 use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{
-    HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE,
-};
+use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 use serde::Serialize;
 
@@ -34,6 +14,22 @@ use crate::request_id::X_REQUEST_ID;
 use crate::store::StoreError;
 
 /// Why the layer refused a request.
+///
+/// Every refusal is answered with the same JSON envelope,
+/// `{"error":{"code":"...","message":"...","request_id":"req_..."}}`:
+///
+/// | Variant       | Status | `code`                       | `WWW-Authenticate`             |
+/// |---------------|--------|------------------------------|--------------------------------|
+/// | `Missing`     | 401    | `missing_api_key`            | `Bearer`                       |
+/// | `Conflicting` | 401    | `invalid_api_key`            | `Bearer error="invalid_token"` |
+/// | `Invalid`     | 401    | `invalid_api_key`            | `Bearer error="invalid_token"` |
+/// | `Expired`     | 401    | `expired_api_key`            | `Bearer error="invalid_token"` |
+/// | `Unavailable` | 503    | `authentication_unavailable` | (none)                         |
+///
+/// Each response also has `Content-Type: application/json`, `Cache-Control: no-store`, and the
+/// request id in `X-Request-Id` (see [`ApiKeyLayer`](crate::ApiKeyLayer) for where it comes
+/// from). Messages tell the caller what to do and never repeat the key or a store's error.
+/// [`ApiKeyLayer::error_response`](crate::ApiKeyLayer::error_response) replaces the body.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum AuthError {
@@ -72,8 +68,7 @@ impl AuthError {
     fn challenge(&self) -> Option<HeaderValue> {
         let challenge = match self {
             Self::Missing => "Bearer",
-            Self::Conflicting => r#"Bearer error="invalid_request""#,
-            Self::Invalid | Self::Expired => r#"Bearer error="invalid_token""#,
+            Self::Conflicting | Self::Invalid | Self::Expired => r#"Bearer error="invalid_token""#,
             Self::Unavailable(_) => return None,
         };
         Some(HeaderValue::from_static(challenge))
@@ -87,7 +82,7 @@ impl fmt::Display for AuthError {
             Self::Conflicting => f.write_str("the request carries two different API keys"),
             Self::Invalid => f.write_str("the API key is not valid"),
             Self::Expired => f.write_str("the API key was revoked or has expired"),
-            Self::Unavailable(error) => error.fmt(f),
+            Self::Unavailable(_) => f.write_str("the key store is unavailable"),
         }
     }
 }
@@ -144,7 +139,8 @@ impl Rejection {
             .expect("request ids are checked or generated as ASCII")
     }
 
-    /// The default response: the JSON envelope with its status and headers.
+    /// The default response: the JSON envelope, with its status and `Content-Type`. (The layer
+    /// adds the other headers to whatever response renders a rejection.)
     pub fn to_json_response(&self) -> Response<Bytes> {
         let body = envelope(self.error.code(), self.message(), self.request_id());
         let mut response = Response::new(body);
@@ -152,13 +148,15 @@ impl Rejection {
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        self.add_protocol_headers(response.headers_mut());
         response
     }
 
-    /// Adds the headers every refusal carries, unless the response already has them:
-    /// `Cache-Control: no-store`, `X-Request-Id` and, on a 401, `WWW-Authenticate`.
-    pub(crate) fn add_protocol_headers(&self, headers: &mut HeaderMap) {
+    /// Makes `response` a proper refusal whatever rendered it: the error's status, and
+    /// `Cache-Control: no-store`, `X-Request-Id` and, on a 401, `WWW-Authenticate` unless the
+    /// response already has them.
+    pub(crate) fn finish(&self, response: &mut Response<Bytes>) {
+        *response.status_mut() = self.error.status();
+        let headers = response.headers_mut();
         headers
             .entry(CACHE_CONTROL)
             .or_insert_with(|| HeaderValue::from_static("no-store"));
@@ -188,17 +186,23 @@ impl Messages {
     /// Messages naming the configured key prefix and headers.
     pub(crate) fn new(format: &KeyFormat, headers: &CredentialHeaders) -> Self {
         let prefix = format.prefix();
-        let authorization_header = display_name(&headers.authorization);
-        let api_key_header = display_name(&headers.api_key);
-        Self {
-            missing: format!(
-                "API key is required. Include it in the {authorization_header} header as \
-                 \"Bearer {prefix}...\" or in the {api_key_header} header."
+        let bearer = (headers.authorization.as_ref()).map(|name| {
+            format!(
+                "in the {} header as \"Bearer {prefix}...\"",
+                display_name(name)
             )
-            .into(),
+        });
+        let plain =
+            (headers.api_key.as_ref()).map(|name| format!("in the {} header", display_name(name)));
+        let place = match (bearer, plain) {
+            (Some(bearer), Some(plain)) => format!("{bearer} or {plain}"),
+            (Some(only), None) | (None, Some(only)) => only,
+            (None, None) => "in a request header".to_owned(),
+        };
+        Self {
+            missing: format!("API key is required. Include it {place}.").into(),
             conflicting: format!(
-                "The request carries two different API keys. Send one key, in the \
-                 {authorization_header} header or in the {api_key_header} header."
+                "The request carries two different API keys. Send one key, {place}."
             )
             .into(),
             invalid: "The API key is not valid. Check it for typos or extra whitespace, and \
@@ -300,8 +304,9 @@ mod tests {
 
     #[test]
     fn unavailable_store_is_503_without_challenge() {
-        let response =
-            rejection(AuthError::Unavailable(StoreError::new("down"))).to_json_response();
+        let rejection = rejection(AuthError::Unavailable(StoreError::new("down")));
+        let mut response = rejection.to_json_response();
+        rejection.finish(&mut response);
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(response.headers().get(WWW_AUTHENTICATE).is_none());
         let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
@@ -313,12 +318,37 @@ mod tests {
     }
 
     #[test]
-    fn protocol_headers_do_not_replace_the_hook_s_own() {
-        let mut headers = HeaderMap::new();
-        headers.insert(CACHE_CONTROL, HeaderValue::from_static("private"));
-        rejection(AuthError::Invalid).add_protocol_headers(&mut headers);
+    fn finishing_keeps_the_hook_s_headers_and_sets_the_status() {
+        let mut response = Response::new(Bytes::new());
+        response
+            .headers_mut()
+            .insert(CACHE_CONTROL, HeaderValue::from_static("private"));
+        rejection(AuthError::Invalid).finish(&mut response);
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        let headers = response.headers();
         assert_eq!(headers[CACHE_CONTROL], "private");
         assert_eq!(headers[X_REQUEST_ID], "req_1");
         assert_eq!(headers[WWW_AUTHENTICATE], r#"Bearer error="invalid_token""#);
+    }
+
+    #[test]
+    fn envelope_bytes_are_exactly_the_documented_shape() {
+        assert_eq!(
+            envelope("invalid_api_key", "Fix \"it\".", "req_1"),
+            r#"{"error":{"code":"invalid_api_key","message":"Fix \"it\".","request_id":"req_1"}}"#
+        );
+    }
+
+    #[test]
+    fn messages_name_only_the_headers_that_are_read() {
+        let headers = CredentialHeaders {
+            authorization: None,
+            ..CredentialHeaders::default()
+        };
+        let messages = Messages::new(&KeyFormat::default(), &headers);
+        assert_eq!(
+            &*messages.missing,
+            "API key is required. Include it in the X-API-Key header."
+        );
     }
 }

@@ -1,11 +1,11 @@
 //! API keys: their format, generation and digest.
 //!
-//! A key is a prefix followed by a body of 30 random base62 characters and a
+//! A key is a prefix followed by a body of 32 random base62 characters and a
 //! 6-character CRC32 checksum of those random characters, like GitHub's tokens:
 //!
 //! ```text
-//! sk_live_ 4eC39HqLyjWDarjtT1zdp7dcFg1fy1Pd6rcyfA 0Zmxm4
-//! prefix   random body (30 chars, ~178 bits)      checksum
+//! sk_live_ 4eC39HqLyjWDarjtT1zdp7dcFg1fy1Pd 6rcyfA
+//! prefix   random (32 chars, ~190 bits)     checksum
 //! ```
 //!
 //! The checksum lets the layer reject a typo or a made-up string as `invalid_api_key` before any
@@ -18,8 +18,9 @@ use std::fmt;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
-/// Number of random base62 characters in a generated key's body (about 178 bits).
-pub(crate) const RANDOM_LEN: usize = 30;
+/// Number of random base62 characters in a generated key's body: about 190 bits, so at least
+/// 160 remain secret when a listing shows the last four characters.
+pub(crate) const RANDOM_LEN: usize = 32;
 
 /// Number of base62 characters of the checksum that ends a key's body.
 pub(crate) const CHECKSUM_LEN: usize = 6;
@@ -36,6 +37,11 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 ///
 /// It has no `Display` and a redacted `Debug`, so it cannot end up in a log by accident; read it
 /// deliberately with [`ApiKey::expose_secret`].
+///
+/// ```compile_fail
+/// let key = tower_api_key::KeyFormat::default().generate();
+/// println!("{key}"); // no `Display`: does not compile
+/// ```
 #[derive(Clone)]
 pub struct ApiKey(String);
 
@@ -65,6 +71,16 @@ impl fmt::Debug for ApiKey {
 /// The SHA-256 digest of an API key: what a [`KeyStore`](crate::KeyStore) holds instead of the key.
 ///
 /// Digests are compared only in constant time ([`KeyDigest::matches`]); `Debug` is redacted.
+///
+/// ```compile_fail
+/// let digest = tower_api_key::KeyDigest::of("sk_live_x");
+/// let _ = format!("{digest}"); // no `Display`: does not compile
+/// ```
+///
+/// ```compile_fail
+/// let digest = tower_api_key::KeyDigest::of("sk_live_x");
+/// let _ = digest == digest; // no `==`, which would not be constant-time: does not compile
+/// ```
 #[derive(Clone, Copy)]
 pub struct KeyDigest([u8; 32]);
 
@@ -129,7 +145,12 @@ impl fmt::Debug for KeyDigest {
 ///
 /// Knowing it does not help to find the key (SHA-256 is not invertible), so stores may index and
 /// compare it in any way they like; the full digest is then compared by the layer in constant
-/// time.
+/// time. Like the digest, it has a redacted `Debug` and no `Display`.
+///
+/// ```compile_fail
+/// let lookup_id = tower_api_key::KeyDigest::of("sk_live_x").lookup_id();
+/// let _ = lookup_id.to_string(); // no `Display`: does not compile
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LookupId([u8; 16]);
 
@@ -300,6 +321,20 @@ mod tests {
         assert_eq!(key.len(), "sk_live_".len() + BODY_LEN);
         assert!(key.starts_with("sk_live_"));
         assert!(KeyFormat::default().is_well_formed(key));
+    }
+
+    #[test]
+    fn generated_keys_carry_at_least_160_secret_bits_beside_a_4_character_hint() {
+        let random_bits = RANDOM_LEN as f64 * 62f64.log2();
+        let hint_bits = 4.0 * 62f64.log2();
+        assert!(
+            random_bits - hint_bits >= 160.0,
+            "{random_bits} - {hint_bits}"
+        );
+        assert_eq!(
+            KeyFormat::default().generate().expose_secret().len(),
+            8 + 32 + 6
+        );
     }
 
     #[test]

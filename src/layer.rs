@@ -38,7 +38,14 @@ use crate::store::{KeyRecord, KeyStore, StoreError};
 ///    here, without a store lookup.
 /// 3. Mark the credential headers sensitive, so the inner service's loggers redact them.
 /// 4. Find the record by the key's [`LookupId`](crate::LookupId) in the [`KeyStore`], compare the
-///    digests in constant time, and check that the key is neither revoked nor expired.
+///    digests in constant time, and check that the key is neither revoked nor expired. A store
+///    error is answered `503` and logged with `tracing`; it never lets a request through.
+///
+/// Every refusal carries a request id, in the body and in `X-Request-Id`. A request that
+/// arrives with a sane `X-Request-Id` (set by a proxy, or by tower-http's `SetRequestIdLayer`
+/// earlier in the stack) keeps it, so logs correlate: exactly one value of 1 to 128 characters,
+/// each an ASCII letter or digit or one of `-` `_` `.` `:`. Otherwise the layer makes a new one,
+/// `req_` and 32 random hexadecimal digits.
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -110,13 +117,26 @@ impl ApiKeyLayer {
         self.configure(|config| config.format = format)
     }
 
-    /// Reads `Bearer` keys from the header `name` instead of `Authorization`.
-    pub fn authorization_header(self, name: HeaderName) -> Self {
+    /// Reads `Bearer` keys from the header `name` instead of `Authorization`, or, with `None`,
+    /// from no such header: for services behind a gateway whose own bearer token (say, a JWT)
+    /// travels in `Authorization` next to `X-API-Key`.
+    ///
+    /// # Panics
+    ///
+    /// If this switches off the last header a key could be read from.
+    pub fn authorization_header(self, name: impl Into<Option<HeaderName>>) -> Self {
+        let name = name.into();
         self.configure(|config| config.headers.authorization = name)
     }
 
-    /// Reads plain keys from the header `name` instead of `X-API-Key`.
-    pub fn api_key_header(self, name: HeaderName) -> Self {
+    /// Reads plain keys from the header `name` instead of `X-API-Key`, or, with `None`, from no
+    /// such header.
+    ///
+    /// # Panics
+    ///
+    /// If this switches off the last header a key could be read from.
+    pub fn api_key_header(self, name: impl Into<Option<HeaderName>>) -> Self {
+        let name = name.into();
         self.configure(|config| config.headers.api_key = name)
     }
 
@@ -171,6 +191,10 @@ impl ApiKeyLayer {
     fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
         let config = Arc::make_mut(&mut self.config);
         change(config);
+        assert!(
+            config.headers.authorization.is_some() || config.headers.api_key.is_some(),
+            "an ApiKeyLayer must read keys from at least one header"
+        );
         config.messages = Messages::new(&config.format, &config.headers);
         self
     }
@@ -237,11 +261,18 @@ impl Config {
 
     fn reject(&self, error: AuthError, headers: &HeaderMap) -> Response<Bytes> {
         let rejection = Rejection::new(error, &self.messages, request_id(headers));
+        if let AuthError::Unavailable(cause) = rejection.error() {
+            tracing::error!(
+                request_id = rejection.request_id(),
+                error = cause as &dyn std::error::Error,
+                "API key store failed; answering 503"
+            );
+        }
         let mut response = match &self.error_response {
             Some(render) => render(&rejection),
             None => rejection.to_json_response(),
         };
-        rejection.add_protocol_headers(response.headers_mut());
+        rejection.finish(&mut response);
         response
     }
 }
@@ -254,27 +285,23 @@ async fn authenticate(
 ) -> Result<KeyIdentity, AuthError> {
     let found = store.find(&digest.lookup_id()).await;
     let now = config.clock.now();
-    let last_used_at = found
-        .as_ref()
-        .ok()
-        .and_then(|record| record.as_ref()?.last_used_at);
-    let identity = verify(found, &digest, now)?;
-    let due = last_used_at.is_none_or(|last| {
+    let record = verify(found, &digest, now)?;
+    let due = record.last_used_at.is_none_or(|last| {
         now.duration_since(last)
             .is_ok_and(|elapsed| elapsed >= config.last_used_interval)
     });
     if due {
-        store.record_use(identity.key_id(), now);
+        store.record_use(record.identity.key_id(), now);
     }
-    Ok(identity)
+    Ok(record.identity)
 }
 
-/// The identity of an active key whose digest matches, or why not.
+/// The record of an active key whose digest matches, or why not.
 fn verify(
     found: Result<Option<KeyRecord>, StoreError>,
     digest: &KeyDigest,
     now: SystemTime,
-) -> Result<KeyIdentity, AuthError> {
+) -> Result<KeyRecord, AuthError> {
     let record = found
         .map_err(AuthError::Unavailable)?
         .ok_or(AuthError::Invalid)?;
@@ -285,7 +312,7 @@ fn verify(
     if !record.is_active(now) {
         return Err(AuthError::Expired);
     }
-    Ok(record.identity)
+    Ok(record)
 }
 
 /// The service built by [`ApiKeyLayer`]: authenticates each request, then calls `S`.
@@ -487,7 +514,7 @@ mod tests {
             &KeyDigest::of("k"),
             SystemTime::now(),
         );
-        assert_eq!(identity.unwrap().key_id().as_str(), "key_1");
+        assert_eq!(identity.unwrap().identity.key_id().as_str(), "key_1");
     }
 
     #[test]

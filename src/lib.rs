@@ -47,8 +47,8 @@
 //!
 //! # Writing a store
 //!
-//! [`KeyStore`] has one method: fetch the [`KeyRecord`] stored under a [`LookupId`]. The layer does
-//! the rest, so a store cannot compare secrets wrongly. See its docs and
+//! [`KeyStore`] has one required method: fetch the [`KeyRecord`] stored under a [`LookupId`]. The
+//! layer does the rest, so a store cannot compare secrets wrongly. See its docs and
 //! `examples/custom_store.rs`.
 //!
 //! # Managing keys
@@ -61,8 +61,8 @@
 //!
 //! # Security model
 //!
-//! - Keys are `sk_live_` plus 30 random base62 characters from the OS CSPRNG (~178 bits) and a
-//!   CRC32 checksum, so typos are rejected without a lookup ([`KeyFormat`]).
+//! - Keys are `sk_live_` plus 32 random base62 characters from the OS CSPRNG (~190 bits) and a
+//!   CRC32 checksum, so typos and random strings are rejected without a lookup ([`KeyFormat`]).
 //! - Stores hold SHA-256 digests, never keys, indexed by the digest's first half; the layer
 //!   compares the whole digest in constant time (`subtle`).
 //! - Keys are read from headers only, never from the query string or body.
@@ -73,7 +73,8 @@
 //!
 //! # Features
 //!
-//! - `axum` (default): [`KeyIdentity`] is an axum extractor.
+//! - `axum` (default): [`KeyIdentity`] is an axum extractor. It pulls in `axum-core` only;
+//!   hyper and tonic services can turn it off with `default-features = false`.
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

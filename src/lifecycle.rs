@@ -11,6 +11,7 @@ use serde::{Serialize, Serializer};
 use crate::clock::{Clock, SystemClock};
 use crate::identity::{KeyId, KeyIdentity, Tier};
 use crate::key::{ApiKey, KeyFormat};
+use crate::layer::ApiKeyLayer;
 use crate::store::{CreateError, KeyRecord, Quota, StoreError, WritableKeyStore};
 
 /// The longest key name, in characters.
@@ -285,6 +286,17 @@ impl<S: WritableKeyStore> KeyManager<S> {
     /// The store the keys are kept in.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// A layer that checks keys against this manager's store, with its key format and clock,
+    /// so that the two cannot disagree.
+    pub fn layer(&self) -> ApiKeyLayer
+    where
+        S: Clone,
+    {
+        ApiKeyLayer::new(self.store.clone())
+            .key_format(self.format.clone())
+            .clock(Arc::clone(&self.clock))
     }
 
     /// Creates a key. The plaintext key is in the result and nowhere else.

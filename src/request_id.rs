@@ -1,9 +1,4 @@
-//! The request id that error responses carry, so that a caller's report can be found in logs.
-//!
-//! A request that already carries a sane `X-Request-Id` (set by a proxy, or by tower-http's
-//! `SetRequestIdLayer` earlier in the stack) keeps it: exactly one value of 1 to 128 characters,
-//! each an ASCII letter or digit or one of `-`, `_`, `.`, `:`. Otherwise the layer makes a new
-//! one, `req_` followed by 32 random hexadecimal digits.
+//! The request id that refusals carry; the rule is documented on `ApiKeyLayer`.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 

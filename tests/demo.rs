@@ -34,7 +34,7 @@ impl Demo {
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let app = demo::app(store.clone(), clock.clone());
+        let app = demo::app(KeyManager::new(store.clone()).clock(clock.clone()));
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self {
             address,

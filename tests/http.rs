@@ -15,6 +15,14 @@ async fn whoami(identity: KeyIdentity) -> Json<KeyIdentity> {
     Json(identity)
 }
 
+async fn credentials_are_sensitive(headers: http::HeaderMap) -> String {
+    let sensitive = ["authorization", "x-api-key"]
+        .iter()
+        .flat_map(|name| headers.get_all(*name))
+        .all(http::HeaderValue::is_sensitive);
+    sensitive.to_string()
+}
+
 async fn maybe_whoami(identity: Option<KeyIdentity>) -> String {
     identity.map_or_else(
         || "anonymous".to_owned(),
@@ -26,6 +34,7 @@ async fn maybe_whoami(identity: Option<KeyIdentity>) -> String {
 async fn serve(layer: ApiKeyLayer) -> SocketAddr {
     let app = Router::new()
         .route("/api/whoami", get(whoami))
+        .route("/api/sensitive", get(credentials_are_sensitive))
         .layer(layer)
         .route("/open/whoami", get(whoami))
         .route("/open/maybe", get(maybe_whoami));
@@ -89,7 +98,7 @@ async fn each_refusal_has_its_envelope_over_http() {
                 ("authorization", b"Bearer sk_live_other"),
             ],
             "invalid_api_key",
-            r#"Bearer error="invalid_request""#,
+            r#"Bearer error="invalid_token""#,
         ),
         (
             &[("x-api-key", b"sk_live_\xff\xfe")],
@@ -158,4 +167,99 @@ async fn optional_extractor_outside_the_layer_is_none() {
     let answer = get_with(address, "/open/maybe", &[]).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.body, "anonymous");
+}
+
+#[tokio::test]
+async fn credential_rules_hold_over_http() {
+    let keys = Keys::new();
+    let address = serve(ApiKeyLayer::new(keys.store)).await;
+    let key = keys.active.expose_secret();
+    let bearer = |scheme: &str| format!("{scheme} {key}").into_bytes();
+    let padded = format!(" {key}\t").into_bytes();
+    let other = keys.unknown.expose_secret().as_bytes();
+    let rows: Vec<(&str, Vec<(&str, Vec<u8>)>, &str)> = vec![
+        (
+            "lowercase scheme",
+            vec![("authorization", bearer("bearer"))],
+            "ok",
+        ),
+        (
+            "uppercase scheme",
+            vec![("authorization", bearer("BEARER"))],
+            "ok",
+        ),
+        (
+            "several spaces",
+            vec![("authorization", bearer("Bearer   "))],
+            "ok",
+        ),
+        ("padded x-api-key", vec![("x-api-key", padded)], "ok"),
+        (
+            "same key in both headers",
+            vec![
+                ("authorization", bearer("Bearer")),
+                ("x-api-key", key.into()),
+            ],
+            "ok",
+        ),
+        (
+            "repeated header, same key",
+            vec![("x-api-key", key.into()), ("x-api-key", key.into())],
+            "ok",
+        ),
+        (
+            "repeated header, different keys",
+            vec![("x-api-key", key.into()), ("x-api-key", other.into())],
+            "invalid_api_key",
+        ),
+        (
+            "basic alone",
+            vec![("authorization", b"Basic dTpw".to_vec())],
+            "missing_api_key",
+        ),
+        (
+            "basic with x-api-key",
+            vec![
+                ("authorization", b"Basic dTpw".to_vec()),
+                ("x-api-key", key.into()),
+            ],
+            "ok",
+        ),
+        (
+            "empty bearer",
+            vec![("authorization", b"Bearer".to_vec())],
+            "missing_api_key",
+        ),
+        (
+            "empty x-api-key",
+            vec![("x-api-key", Vec::new())],
+            "missing_api_key",
+        ),
+        (
+            "inner space",
+            vec![("x-api-key", b"sk_live_a b".to_vec())],
+            "invalid_api_key",
+        ),
+    ];
+    for (name, headers, expected) in rows {
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+        let answer = get_with(address, "/api/whoami", &headers).await;
+        let outcome = if answer.status == StatusCode::OK {
+            "ok".to_owned()
+        } else {
+            answer.error_code()
+        };
+        assert_eq!(outcome, expected, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn credential_headers_are_sensitive_in_the_handler_over_http() {
+    let keys = Keys::new();
+    let address = serve(ApiKeyLayer::new(keys.store)).await;
+    let key = keys.active.expose_secret().as_bytes();
+    let bearer = format!("Bearer {}", keys.active.expose_secret());
+    let headers: &Headers<'_> = &[("authorization", bearer.as_bytes()), ("x-api-key", key)];
+    let answer = get_with(address, "/api/sensitive", headers).await;
+    assert_eq!(answer.body, "true");
 }

@@ -100,7 +100,7 @@ async fn both_headers_with_different_keys_are_rejected() {
     assert_envelope(&answer, StatusCode::UNAUTHORIZED, "invalid_api_key");
     assert_eq!(
         answer.header("www-authenticate"),
-        r#"Bearer error="invalid_request""#
+        r#"Bearer error="invalid_token""#
     );
     assert!(answer.json()["error"]["message"]
         .as_str()
@@ -443,6 +443,42 @@ async fn custom_header_names_replace_the_defaults() {
     assert!(send(layer, &[("proxy-authorization", &proxy)])
         .await
         .reached_inner_service());
+}
+
+#[tokio::test]
+async fn switched_off_authorization_header_lets_a_gateway_jwt_through() {
+    let keys = Keys::new();
+    let layer = ApiKeyLayer::new(keys.store).authorization_header(None);
+    let headers: &common::Headers<'_> = &[
+        (
+            "authorization",
+            b"Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJnYXRld2F5In0.c2ln",
+        ),
+        ("x-api-key", keys.active.expose_secret().as_bytes()),
+    ];
+    assert!(send(layer.clone(), headers).await.reached_inner_service());
+    let answer = send(layer, &headers[..1]).await;
+    assert_eq!(
+        answer.json()["error"]["message"],
+        "API key is required. Include it in the X-API-Key header."
+    );
+}
+
+#[test]
+#[should_panic(expected = "at least one header")]
+fn switching_off_both_headers_is_refused() {
+    let _ = ApiKeyLayer::new(MemoryKeyStore::new())
+        .authorization_header(None)
+        .api_key_header(None);
+}
+
+#[tokio::test]
+async fn error_response_hook_cannot_turn_a_refusal_into_a_success() {
+    let layer = ApiKeyLayer::new(MemoryKeyStore::new())
+        .error_response(|_: &Rejection| Response::new(Bytes::from_static(b"fine")));
+    let answer = send(layer, &[]).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(answer.body, "fine");
 }
 
 #[tokio::test]

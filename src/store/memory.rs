@@ -242,6 +242,38 @@ mod tests {
         assert!(find(&store, "k").is_none());
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lookups_stay_consistent_while_keys_are_written() {
+        let store = MemoryKeyStore::new();
+        let stable = record("key_stable", "stable");
+        store.insert(stable.clone());
+        let writer = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for index in 0..2_000 {
+                    let key_id = format!("key_{index}");
+                    store.insert(record(&key_id, &key_id));
+                    if index % 2 == 0 {
+                        store.remove(&KeyId::new(key_id));
+                    }
+                }
+            })
+        };
+        let lookup_id = stable.digest.lookup_id();
+        while !writer.is_finished() {
+            let found = store.find(&lookup_id).await.unwrap().unwrap();
+            assert_eq!(found.identity.key_id().as_str(), "key_stable");
+            tokio::task::yield_now().await;
+        }
+        writer.await.unwrap();
+        assert_eq!(store.len(), 1 + 1_000);
+        let found = store
+            .find(&KeyDigest::of("key_1999").lookup_id())
+            .await
+            .unwrap();
+        assert!(found.is_some());
+    }
+
     #[test]
     fn clones_share_keys() {
         let store = MemoryKeyStore::new();

@@ -19,7 +19,8 @@ use crate::key::{KeyDigest, LookupId};
 
 /// A source of API key records: the read path the layer needs.
 ///
-/// Implement it over any database or service; a store is a few dozen lines. The layer calls
+/// Implement it over any database or service; a store is a few dozen lines, as only
+/// [`find`](KeyStore::find) is required. The layer calls
 /// [`KeyStore::find`] once per request that carries a well-formed key, and decides from the
 /// record: the store only fetches.
 ///
@@ -238,7 +239,8 @@ impl KeyRecord {
 
 /// A store could not answer: the layer responds `503`, failing closed.
 ///
-/// Its message is for logs, never sent to the client.
+/// It displays as the error it wraps. The layer logs it (with `tracing`, at error level) and
+/// never sends it to the client.
 #[derive(Debug)]
 pub struct StoreError(Box<dyn Error + Send + Sync>);
 
@@ -251,13 +253,13 @@ impl StoreError {
 
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "key store unavailable: {}", self.0)
+        self.0.fmt(f)
     }
 }
 
 impl Error for StoreError {
     fn source(&self) -> Option<&(dyn Error + 'static)> {
-        Some(&*self.0)
+        self.0.source()
     }
 }
 
@@ -293,12 +295,8 @@ mod tests {
     }
 
     #[test]
-    fn store_error_keeps_its_source() {
-        let error = StoreError::new("connection refused");
-        assert_eq!(
-            error.to_string(),
-            "key store unavailable: connection refused"
-        );
-        assert_eq!(error.source().unwrap().to_string(), "connection refused");
+    fn store_error_displays_as_the_error_it_wraps() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        assert_eq!(StoreError::new(io).to_string(), "connection refused");
     }
 }

@@ -177,7 +177,9 @@ async fn credential_rules_hold_over_http() {
     let bearer = |scheme: &str| format!("{scheme} {key}").into_bytes();
     let padded = format!(" {key}\t").into_bytes();
     let other = keys.unknown.expose_secret().as_bytes();
-    let rows: Vec<(&str, Vec<(&str, Vec<u8>)>, &str)> = vec![
+    // (case, headers, expected outcome)
+    type Row<'a> = (&'a str, Vec<(&'a str, Vec<u8>)>, &'a str);
+    let rows: Vec<Row<'_>> = vec![
         (
             "lowercase scheme",
             vec![("authorization", bearer("bearer"))],

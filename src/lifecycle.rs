@@ -340,10 +340,8 @@ impl<S: WritableKeyStore> KeyManager<S> {
 
     /// Deletes a key and its record: it is then unknown (`invalid_api_key`).
     pub async fn delete(&self, account_id: &str, key_id: &KeyId) -> Result<(), ManageError> {
-        match self.store.delete(account_id, key_id).await? {
-            true => Ok(()),
-            false => Err(ManageError::NotFound),
-        }
+        let deleted = self.store.delete(account_id, key_id).await?;
+        deleted.map(drop).ok_or(ManageError::NotFound)
     }
 
     /// Creates a replacement for an active key and lets the old key work for `grace` more,

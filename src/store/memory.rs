@@ -189,12 +189,16 @@ impl WritableKeyStore for MemoryKeyStore {
         }))
     }
 
-    async fn delete(&self, account_id: &str, key_id: &KeyId) -> Result<bool, StoreError> {
+    async fn delete(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError> {
         let mut keys = self.write();
         if keys.get_mut(account_id, key_id).is_none() {
-            return Ok(false);
+            return Ok(None);
         }
-        Ok(keys.remove_by_key_id(key_id).is_some())
+        Ok(keys.remove_by_key_id(key_id))
     }
 }
 

@@ -101,8 +101,13 @@ pub trait WritableKeyStore: KeyStore {
         at: SystemTime,
     ) -> Result<Option<KeyRecord>, StoreError>;
 
-    /// Deletes key `key_id` of `account_id`; whether there was one.
-    async fn delete(&self, account_id: &str, key_id: &KeyId) -> Result<bool, StoreError>;
+    /// Deletes key `key_id` of `account_id`, returning its record, or `None` if there is no such
+    /// key.
+    async fn delete(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError>;
 }
 
 /// The rule that [`WritableKeyStore::create`] checks atomically with the insert.

@@ -1,0 +1,346 @@
+//! One behavioural suite for every store: each backend's test file names a [`Backend`] and
+//! calls [`store_suite!`], so every store meets the same contract.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use http::StatusCode;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_api_key::{
+    ApiKey, Clock, CreateError, CreatedKey, KeyId, KeyManager, KeyStore, ManageError, ManualClock,
+    NewKey, Quota, Tier, WritableKeyStore,
+};
+
+use super::{echo_identity, request, Answer};
+
+/// A kind of store under test, able to make several instances over one server (as several
+/// application instances would be).
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    type Store: WritableKeyStore + Clone;
+
+    /// A new instance. Instances of one backend share their keys.
+    async fn instance(&self) -> Self::Store;
+}
+
+/// Time starts at a whole second, so that stores that keep microseconds round-trip it exactly.
+pub fn clock() -> ManualClock {
+    ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+}
+
+/// An account id no earlier run has used.
+pub fn account() -> String {
+    format!("acct_{}", uuid::Uuid::new_v4().simple())
+}
+
+pub fn manager<S: WritableKeyStore + Clone>(store: S, clock: &ManualClock) -> KeyManager<S> {
+    KeyManager::new(store).clock(clock.clone())
+}
+
+pub async fn create<S: WritableKeyStore + Clone>(
+    keys: &KeyManager<S>,
+    account: &str,
+) -> CreatedKey {
+    keys.create(NewKey::new(account, Tier::FREE, "ci"))
+        .await
+        .unwrap()
+}
+
+/// What the layer over `keys`'s store answers to `key`: `"ok"` or the error code.
+pub async fn verdict<S: WritableKeyStore + Clone>(keys: &KeyManager<S>, key: &ApiKey) -> String {
+    let service = ServiceBuilder::new()
+        .layer(keys.layer())
+        .service_fn(echo_identity);
+    let request = request(&[("x-api-key", key.expose_secret().as_bytes())]);
+    let answer = Answer::read(service.oneshot(request).await.unwrap()).await;
+    match answer.status {
+        StatusCode::OK => "ok".to_owned(),
+        _ => answer.error_code(),
+    }
+}
+
+pub async fn created_key_is_found_with_its_whole_record(backend: impl Backend) {
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let account = account();
+    let new = NewKey::new(&account, Tier::PRO, "deploy bot")
+        .expires_in(Duration::from_secs(3600))
+        .metadata(serde_json::json!({"team": "platform", "n": 1}));
+    let created = keys.create(new).await.unwrap();
+    let found = keys
+        .store()
+        .find(&created.key.digest().lookup_id())
+        .await
+        .unwrap()
+        .expect("the created key is found");
+    assert!(found.digest.matches(&created.key.digest()));
+    assert_eq!(found.identity.key_id(), &created.info.id);
+    assert_eq!(found.identity.account_id(), account);
+    assert_eq!(found.identity.name(), "deploy bot");
+    assert_eq!(found.identity.tier(), &Tier::PRO);
+    assert_eq!(found.identity.metadata().unwrap()["team"], "platform");
+    assert_eq!(found.created_at, Some(clock.now()));
+    assert_eq!(
+        found.expires_at,
+        Some(clock.now() + Duration::from_secs(3600))
+    );
+    assert_eq!(found.revoked_at, None);
+    assert_eq!(found.hint, created.info.hint);
+}
+
+pub async fn unknown_key_is_not_found(backend: impl Backend) {
+    let store = backend.instance().await;
+    let unknown = tower_api_key::KeyFormat::default().generate();
+    assert!(store
+        .find(&unknown.digest().lookup_id())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+pub async fn layer_decides_each_state(backend: impl Backend) {
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let account = account();
+    let active = create(&keys, &account).await;
+    let revoked = create(&keys, &account).await;
+    let deleted = create(&keys, &account).await;
+    keys.revoke(&account, &revoked.info.id).await.unwrap();
+    keys.delete(&account, &deleted.info.id).await.unwrap();
+    assert_eq!(verdict(&keys, &active.key).await, "ok");
+    assert_eq!(verdict(&keys, &revoked.key).await, "expired_api_key");
+    assert_eq!(verdict(&keys, &deleted.key).await, "invalid_api_key");
+    let unknown = tower_api_key::KeyFormat::default().generate();
+    assert_eq!(verdict(&keys, &unknown).await, "invalid_api_key");
+}
+
+pub async fn key_expires_at_its_expiry(backend: impl Backend) {
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let new = NewKey::new(account(), Tier::FREE, "short").expires_in(Duration::from_secs(60));
+    let created = keys.create(new).await.unwrap();
+    clock.advance(Duration::from_secs(59));
+    assert_eq!(verdict(&keys, &created.key).await, "ok");
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(verdict(&keys, &created.key).await, "expired_api_key");
+}
+
+pub async fn listing_is_per_account_and_keeps_revoked_keys(backend: impl Backend) {
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let (mine, theirs) = (account(), account());
+    let first = create(&keys, &mine).await;
+    clock.advance(Duration::from_secs(1));
+    let second = create(&keys, &mine).await;
+    create(&keys, &theirs).await;
+    keys.revoke(&mine, &first.info.id).await.unwrap();
+    let listed = keys.list(&mine).await.unwrap();
+    let ids: Vec<_> = listed.iter().map(|info| &info.id).collect();
+    assert_eq!(ids, [&first.info.id, &second.info.id]);
+    assert_eq!(listed[0].revoked_at, Some(clock.now()));
+}
+
+pub async fn revoking_keeps_the_first_time_and_respects_accounts(backend: impl Backend) {
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let account = account();
+    let created = create(&keys, &account).await;
+    let store = keys.store();
+    assert!(store
+        .revoke("acct_other", &created.info.id, clock.now())
+        .await
+        .unwrap()
+        .is_none());
+    let first = store
+        .revoke(&account, &created.info.id, clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    clock.advance(Duration::from_secs(5));
+    let again = store
+        .revoke(&account, &created.info.id, clock.now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.revoked_at, again.revoked_at);
+    assert!(store
+        .revoke(&account, &KeyId::new("key_none"), clock.now())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+pub async fn deleting_returns_the_record_and_respects_accounts(backend: impl Backend) {
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let account = account();
+    let created = create(&keys, &account).await;
+    let store = keys.store();
+    assert!(store
+        .delete("acct_other", &created.info.id)
+        .await
+        .unwrap()
+        .is_none());
+    let deleted = store
+        .delete(&account, &created.info.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(deleted.identity.key_id(), &created.info.id);
+    assert!(store
+        .find(&created.key.digest().lookup_id())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .delete(&account, &created.info.id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(keys.list(&account).await.unwrap().is_empty());
+}
+
+pub async fn quota_counts_only_active_keys(backend: impl Backend) {
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let account = account();
+    let short = NewKey::new(&account, Tier::FREE, "short").expires_in(Duration::from_secs(10));
+    keys.create(short).await.unwrap();
+    let revoked = create(&keys, &account).await;
+    create(&keys, &account).await;
+    let over = keys.create(NewKey::new(&account, Tier::FREE, "4th")).await;
+    assert!(
+        matches!(over, Err(ManageError::KeyLimitReached { limit: 3, .. })),
+        "{over:?}"
+    );
+    keys.revoke(&account, &revoked.info.id).await.unwrap();
+    create(&keys, &account).await;
+    clock.advance(Duration::from_secs(10));
+    create(&keys, &account).await;
+    let over = keys
+        .create(NewKey::new(&account, Tier::FREE, "again"))
+        .await;
+    assert!(
+        matches!(over, Err(ManageError::KeyLimitReached { .. })),
+        "{over:?}"
+    );
+}
+
+pub async fn rotation_retires_the_old_key_atomically(backend: impl Backend) {
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let account = account();
+    let old = create(&keys, &account).await;
+    create(&keys, &account).await;
+    create(&keys, &account).await;
+    let grace = Duration::from_secs(300);
+    let new = keys.rotate(&account, &old.info.id, grace).await.unwrap();
+    assert_eq!(verdict(&keys, &old.key).await, "ok");
+    assert_eq!(verdict(&keys, &new.key).await, "ok");
+    clock.advance(grace);
+    assert_eq!(verdict(&keys, &old.key).await, "expired_api_key");
+    assert_eq!(verdict(&keys, &new.key).await, "ok");
+
+    let record = keys
+        .store()
+        .find(&new.key.digest().lookup_id())
+        .await
+        .unwrap()
+        .unwrap();
+    let quota = Quota::new(50, clock.now()).retiring(KeyId::new("key_none"), clock.now());
+    let refused = keys.store().create(record, quota).await;
+    assert!(
+        matches!(refused, Err(CreateError::RetiringKeyNotFound)),
+        "{refused:?}"
+    );
+}
+
+pub async fn concurrent_creates_one_below_the_limit_give_one_key(backend: impl Backend) {
+    let clock = clock();
+    let (a, b) = (backend.instance().await, backend.instance().await);
+    let instances = [manager(a, &clock), manager(b, &clock)];
+    let account = account();
+    create(&instances[0], &account).await;
+    create(&instances[1], &account).await;
+    let instances = Arc::new(instances);
+    let attempts: Vec<_> = (0..50)
+        .map(|index| {
+            let instances = Arc::clone(&instances);
+            let account = account.clone();
+            tokio::spawn(async move {
+                let new = NewKey::new(account, Tier::FREE, format!("race {index}"));
+                instances[index % 2].create(new).await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for attempt in attempts {
+        match attempt.await.unwrap() {
+            Ok(_) => created += 1,
+            Err(ManageError::KeyLimitReached { .. }) => {}
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(created, 1, "exactly one of 50 concurrent creates succeeds");
+    assert_eq!(instances[0].list(&account).await.unwrap().len(), 3);
+}
+
+pub async fn instances_see_each_other_s_creates_and_revocations(backend: impl Backend) {
+    let clock = clock();
+    let a = manager(backend.instance().await, &clock);
+    let b = manager(backend.instance().await, &clock);
+    let account = account();
+    let created = create(&a, &account).await;
+    assert_eq!(verdict(&b, &created.key).await, "ok");
+    b.revoke(&account, &created.info.id).await.unwrap();
+    let other = create(&b, &account).await;
+    assert_eq!(verdict(&a, &other.key).await, "ok");
+    assert_eq!(verdict(&a, &created.key).await, "expired_api_key");
+    assert_eq!(a.list(&account).await.unwrap().len(), 2);
+}
+
+pub async fn last_use_is_recorded(backend: impl Backend) {
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let account = account();
+    let created = create(&keys, &account).await;
+    assert_eq!(verdict(&keys, &created.key).await, "ok");
+    // Remote stores write in the background: wait for it, boundedly.
+    for _ in 0..100 {
+        if keys.list(&account).await.unwrap()[0].last_used_at == Some(clock.now()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the key's last use was not recorded within 2 s");
+}
+
+/// Generates one `#[tokio::test]` per suite function, each with a fresh backend.
+#[macro_export]
+macro_rules! store_suite {
+    ($backend:expr) => {
+        $crate::store_suite!(@tests $backend;
+            created_key_is_found_with_its_whole_record,
+            unknown_key_is_not_found,
+            layer_decides_each_state,
+            key_expires_at_its_expiry,
+            listing_is_per_account_and_keeps_revoked_keys,
+            revoking_keeps_the_first_time_and_respects_accounts,
+            deleting_returns_the_record_and_respects_accounts,
+            quota_counts_only_active_keys,
+            rotation_retires_the_old_key_atomically,
+            concurrent_creates_one_below_the_limit_give_one_key,
+            instances_see_each_other_s_creates_and_revocations,
+            last_use_is_recorded,
+        );
+    };
+    (@tests $backend:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                common::suite::$name($backend).await;
+            }
+        )*
+    };
+}

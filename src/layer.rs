@@ -291,7 +291,7 @@ async fn authenticate(
             .is_ok_and(|elapsed| elapsed >= config.last_used_interval)
     });
     if due {
-        store.record_use(record.identity.key_id(), now);
+        store.record_use(&record, now);
     }
     Ok(record.identity)
 }

@@ -458,9 +458,9 @@ impl KeyStore for CountingUses {
         self.inner.find(lookup_id).await
     }
 
-    fn record_use(&self, key_id: &KeyId, at: SystemTime) {
+    fn record_use(&self, record: &KeyRecord, at: SystemTime) {
         self.uses.fetch_add(1, Ordering::SeqCst);
-        self.inner.record_use(key_id, at);
+        self.inner.record_use(record, at);
     }
 }
 

@@ -127,13 +127,10 @@ impl KeyStore for MemoryKeyStore {
         Ok(self.read().by_lookup_id.get(lookup_id).cloned())
     }
 
-    fn record_use(&self, key_id: &KeyId, at: SystemTime) {
+    fn record_use(&self, record: &KeyRecord, at: SystemTime) {
         let mut keys = self.write();
-        let Some(lookup_id) = keys.lookup_id_by_key_id.get(key_id).copied() else {
-            return;
-        };
-        if let Some(record) = keys.by_lookup_id.get_mut(&lookup_id) {
-            record.last_used_at = record.last_used_at.max(Some(at));
+        if let Some(stored) = keys.by_lookup_id.get_mut(&record.digest.lookup_id()) {
+            stored.last_used_at = stored.last_used_at.max(Some(at));
         }
     }
 }

@@ -50,14 +50,15 @@ pub trait KeyStore: Send + Sync + 'static {
     /// An error makes the layer answer `503`, never `401` and never a pass.
     async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError>;
 
-    /// Notes that key `key_id` authenticated a request at `at`, for [`KeyRecord::last_used_at`].
+    /// Notes that the key of `record` authenticated a request at `at`, for
+    /// [`KeyRecord::last_used_at`].
     ///
     /// The layer calls it only when the record's `last_used_at` is older than its
     /// [interval](crate::ApiKeyLayer::last_used_interval), so not on every request. It runs on
     /// the request's path: it must not block, so a remote store queues the write for a
     /// background task. The default does nothing.
-    fn record_use(&self, key_id: &KeyId, at: SystemTime) {
-        let _ = (key_id, at);
+    fn record_use(&self, record: &KeyRecord, at: SystemTime) {
+        let _ = (record, at);
     }
 }
 
@@ -67,8 +68,8 @@ impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
         (**self).find(lookup_id).await
     }
 
-    fn record_use(&self, key_id: &KeyId, at: SystemTime) {
-        (**self).record_use(key_id, at);
+    fn record_use(&self, record: &KeyRecord, at: SystemTime) {
+        (**self).record_use(record, at);
     }
 }
 

@@ -104,6 +104,12 @@ pub use layer::{ApiKeyAuth, ApiKeyLayer, ResponseFuture};
 pub use lifecycle::{
     CreatedKey, KeyInfo, KeyManager, ManageError, NewKey, TierLimits, MAX_NAME_LEN,
 };
+#[cfg(feature = "cache")]
+pub use store::CachedKeyStore;
+#[cfg(feature = "postgres")]
+pub use store::PgKeyStore;
+#[cfg(feature = "redis")]
+pub use store::RedisKeyStore;
 pub use store::{
     CreateError, KeyRecord, KeyStore, MemoryKeyStore, Quota, StoreError, WritableKeyStore,
 };

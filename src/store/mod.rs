@@ -4,7 +4,15 @@
 //! compares secrets: the layer compares the record's [`KeyDigest`] with the presented key's in
 //! constant time, so a store cannot get that wrong.
 
+#[cfg(feature = "cache")]
+mod cache;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+mod usage;
 
 use std::error::Error;
 use std::fmt;
@@ -13,7 +21,13 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+#[cfg(feature = "cache")]
+pub use self::cache::CachedKeyStore;
 pub use self::memory::MemoryKeyStore;
+#[cfg(feature = "postgres")]
+pub use self::postgres::PgKeyStore;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisKeyStore;
 use crate::identity::{KeyId, KeyIdentity};
 use crate::key::{KeyDigest, LookupId};
 

@@ -339,7 +339,7 @@ macro_rules! store_suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
-                common::suite::$name($backend).await;
+                $crate::common::suite::$name($backend).await;
             }
         )*
     };

@@ -1,0 +1,305 @@
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use moka::Expiry;
+
+use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
+use crate::clock::{Clock, SystemClock};
+use crate::identity::KeyId;
+use crate::key::LookupId;
+
+const DEFAULT_MAX_CAPACITY: u64 = 100_000;
+const DEFAULT_TTL: Duration = Duration::from_secs(10);
+const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
+
+/// An in-process cache in front of any [`KeyStore`] (feature `cache`), so that most requests
+/// never reach the database.
+///
+/// - It holds at most [`max_capacity`](CachedKeyStore::max_capacity) records, each for at most
+///   [`ttl`](CachedKeyStore::ttl) and never past the key's own expiry.
+/// - Unknown keys are cached too, for [`negative_ttl`](CachedKeyStore::negative_ttl), so a flood
+///   of one bad key does not reach the database. Store errors are never cached.
+/// - Concurrent lookups of one key wait for a single call to the store.
+/// - Creating, revoking, deleting and rotating through this wrapper update this instance at
+///   once, including lookups that were in flight during the change.
+///
+/// **Staleness bound**: another instance (another process with its own cache) may go on
+/// accepting a key revoked elsewhere for at most `ttl` (10 seconds by default). Lower the TTL
+/// if revocations must take effect sooner everywhere.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_api_key::{ApiKeyLayer, CachedKeyStore, MemoryKeyStore};
+///
+/// let store = CachedKeyStore::new(MemoryKeyStore::new()).ttl(Duration::from_secs(5));
+/// let layer = ApiKeyLayer::new(store);
+/// ```
+#[derive(Clone)]
+pub struct CachedKeyStore<S> {
+    inner: S,
+    records: moka::future::Cache<LookupId, Option<KeyRecord>>,
+    /// Last uses seen since a record was cached, laid over the cached records so that the layer
+    /// does not ask for a store write on every request.
+    recent_uses: moka::sync::Cache<LookupId, SystemTime>,
+    /// Bumped around every write, so a lookup that overlapped one does not cache what it read.
+    writes: Arc<AtomicU64>,
+    config: CacheConfig,
+}
+
+#[derive(Clone)]
+struct CacheConfig {
+    max_capacity: u64,
+    ttl: Duration,
+    negative_ttl: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl<S: KeyStore> CachedKeyStore<S> {
+    /// Caches the records of `inner`: up to 100,000 of them, for 10 seconds each, and unknown
+    /// keys for 5 seconds.
+    pub fn new(inner: S) -> Self {
+        Self::with_config(
+            inner,
+            CacheConfig {
+                max_capacity: DEFAULT_MAX_CAPACITY,
+                ttl: DEFAULT_TTL,
+                negative_ttl: DEFAULT_NEGATIVE_TTL,
+                clock: Arc::new(SystemClock),
+            },
+        )
+    }
+
+    /// Holds at most `max_capacity` records (known and unknown keys together).
+    pub fn max_capacity(self, max_capacity: u64) -> Self {
+        let config = CacheConfig {
+            max_capacity,
+            ..self.config
+        };
+        Self::with_config(self.inner, config)
+    }
+
+    /// Keeps a record for at most `ttl`: the bound on how long another instance's revocation
+    /// can go unseen here.
+    pub fn ttl(self, ttl: Duration) -> Self {
+        let config = CacheConfig { ttl, ..self.config };
+        Self::with_config(self.inner, config)
+    }
+
+    /// Remembers that a key is unknown for `negative_ttl`.
+    pub fn negative_ttl(self, negative_ttl: Duration) -> Self {
+        let config = CacheConfig {
+            negative_ttl,
+            ..self.config
+        };
+        Self::with_config(self.inner, config)
+    }
+
+    /// Reads the time from `clock` to end entries at their key's expiry.
+    pub fn clock(self, clock: impl Clock) -> Self {
+        let config = CacheConfig {
+            clock: Arc::new(clock),
+            ..self.config
+        };
+        Self::with_config(self.inner, config)
+    }
+
+    /// The wrapped store.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    fn with_config(inner: S, config: CacheConfig) -> Self {
+        let records = moka::future::Cache::builder()
+            .max_capacity(config.max_capacity)
+            .expire_after(EntryExpiry(config.clone()))
+            .build();
+        let recent_uses = moka::sync::Cache::builder()
+            .max_capacity(config.max_capacity)
+            .time_to_live(config.ttl)
+            .build();
+        Self {
+            inner,
+            records,
+            recent_uses,
+            writes: Arc::default(),
+            config,
+        }
+    }
+
+    fn writes_so_far(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    /// Runs a write of the inner store, and forgets `lookup_ids`'s records once it is done.
+    async fn write<T>(
+        &self,
+        write: impl std::future::Future<Output = T>,
+        lookup_ids: impl FnOnce(&T) -> Vec<LookupId>,
+    ) -> T {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        let result = write.await;
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        for lookup_id in lookup_ids(&result) {
+            self.records.invalidate(&lookup_id).await;
+        }
+        result
+    }
+
+    async fn fill(&self, lookup_id: &LookupId, started: u64) -> Result<Option<KeyRecord>, Fill> {
+        let found = self.inner.find(lookup_id).await.map_err(Fill::Store)?;
+        if self.writes_so_far() != started {
+            return Err(Fill::Overlapped);
+        }
+        Ok(found)
+    }
+
+    fn with_recent_use(
+        &self,
+        lookup_id: &LookupId,
+        mut found: Option<KeyRecord>,
+    ) -> Option<KeyRecord> {
+        if let (Some(record), Some(used)) = (&mut found, self.recent_uses.get(lookup_id)) {
+            record.last_used_at = record.last_used_at.max(Some(used));
+        }
+        found
+    }
+}
+
+#[async_trait]
+impl<S: KeyStore> KeyStore for CachedKeyStore<S> {
+    async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
+        let started = self.writes_so_far();
+        match self
+            .records
+            .try_get_with(*lookup_id, self.fill(lookup_id, started))
+            .await
+        {
+            Ok(found) if self.writes_so_far() == started => {
+                Ok(self.with_recent_use(lookup_id, found))
+            }
+            // A write overlapped this lookup: what was cached may predate it, so drop it and ask
+            // the store itself.
+            Ok(_) => {
+                self.records.invalidate(lookup_id).await;
+                self.inner.find(lookup_id).await
+            }
+            Err(error) => match &*error {
+                Fill::Overlapped => self.inner.find(lookup_id).await,
+                Fill::Store(_) => Err(StoreError::new(error)),
+            },
+        }
+    }
+
+    fn record_use(&self, record: &KeyRecord, at: SystemTime) {
+        self.recent_uses.insert(record.digest.lookup_id(), at);
+        self.inner.record_use(record, at);
+    }
+}
+
+#[async_trait]
+impl<S: WritableKeyStore> WritableKeyStore for CachedKeyStore<S> {
+    async fn create(&self, record: KeyRecord, quota: Quota) -> Result<(), CreateError> {
+        let mut changed = vec![record.digest.lookup_id()];
+        if let Some((retiring, _)) = &quota.retiring {
+            // The retired key's cached record must learn its new expiry: find it before the
+            // write, so that a failure here changes nothing.
+            let records = self.inner.list(record.identity.account_id()).await?;
+            let retired = records.iter().find(|old| old.identity.key_id() == retiring);
+            changed.extend(retired.map(|old| old.digest.lookup_id()));
+        }
+        self.write(self.inner.create(record, quota), |_| changed)
+            .await
+    }
+
+    async fn list(&self, account_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.list(account_id).await
+    }
+
+    async fn revoke(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        at: SystemTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.write(self.inner.revoke(account_id, key_id, at), changed_lookup_id)
+            .await
+    }
+
+    async fn delete(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.write(self.inner.delete(account_id, key_id), changed_lookup_id)
+            .await
+    }
+}
+
+fn changed_lookup_id(result: &Result<Option<KeyRecord>, StoreError>) -> Vec<LookupId> {
+    match result {
+        Ok(Some(record)) => vec![record.digest.lookup_id()],
+        _ => Vec::new(),
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for CachedKeyStore<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedKeyStore")
+            .field("inner", &self.inner)
+            .field("entries", &self.records.entry_count())
+            .field("max_capacity", &self.config.max_capacity)
+            .field("ttl", &self.config.ttl)
+            .field("negative_ttl", &self.config.negative_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a lookup's result was not cached.
+#[derive(Debug)]
+enum Fill {
+    Store(StoreError),
+    Overlapped,
+}
+
+impl fmt::Display for Fill {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Store(error) => error.fmt(f),
+            Self::Overlapped => f.write_str("a write overlapped the lookup"),
+        }
+    }
+}
+
+impl std::error::Error for Fill {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Store(error) => error.source(),
+            Self::Overlapped => None,
+        }
+    }
+}
+
+/// Known keys live for the TTL but not past their own expiry; unknown keys for the negative TTL.
+struct EntryExpiry(CacheConfig);
+
+impl Expiry<LookupId, Option<KeyRecord>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _lookup_id: &LookupId,
+        found: &Option<KeyRecord>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        let Some(record) = found else {
+            return Some(self.0.negative_ttl);
+        };
+        let until_expiry = record.expires_at.map(|expires_at| {
+            expires_at
+                .duration_since(self.0.clock.now())
+                .unwrap_or(Duration::ZERO)
+        });
+        Some(until_expiry.map_or(self.0.ttl, |left| left.min(self.0.ttl)))
+    }
+}

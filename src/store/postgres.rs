@@ -1,0 +1,578 @@
+//! A store in PostgreSQL (feature `postgres`), through sqlx.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{
+    PgArgumentBuffer, PgArguments, PgRow, PgTypeInfo, PgValueFormat, PgValueRef, Postgres,
+};
+use sqlx::query::Query;
+use sqlx::types::time::OffsetDateTime;
+use sqlx::{AssertSqlSafe, Decode, Encode, PgPool, Row, Type};
+
+use super::usage::UsageQueue;
+use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
+use crate::identity::{KeyId, KeyIdentity, Tier};
+use crate::key::{KeyDigest, LookupId};
+
+/// The schema, for the default table name; [`PgKeyStore::migrate`] applies it.
+const SCHEMA: &str = include_str!("postgres.sql");
+
+/// The table name as the schema spells it, quoted, which [`Statements::new`] replaces.
+const SCHEMA_TABLE: &str = "\"api_keys";
+
+/// The first half of the advisory lock that serializes one account's creates.
+const ACCOUNT_LOCK: i32 = 0x746b_6101;
+
+/// The first half of the advisory lock that serializes migrations of one table.
+const MIGRATION_LOCK: i32 = 0x746b_6102;
+
+/// How long an operation may take by default before it fails.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// PostgreSQL's longest identifier, in bytes.
+const MAX_IDENTIFIER_LEN: usize = 63;
+
+/// The columns of a record, in the order every query selects them.
+const COLUMNS: &str = "key_id, digest, account_id, name, tier, metadata, hint, \
+                       created_at, expires_at, revoked_at, last_used_at";
+
+/// A store that keeps keys in PostgreSQL, through your [`sqlx`] pool, so that every instance
+/// of a service sees the same keys, revocations and quotas.
+///
+/// Requests find keys by their [`LookupId`], a `UNIQUE` (so indexed) column; the store never
+/// sees a key and never compares digests. [`WritableKeyStore::create`] counts the account's active keys and inserts in one
+/// transaction, under a transaction-scoped advisory lock on the account
+/// (`pg_advisory_xact_lock(1953194241, hashtext(account_id))`), so that the quota holds across
+/// processes, including for an account that has no key yet.
+///
+/// Every operation fails with a [`StoreError`] after the [timeout](PgKeyStore::timeout) (2 s by
+/// default), so that a database that is down or hung makes the layer answer `503`; the pool
+/// reconnects by itself once the database is back. Last-used times are written by a background
+/// task, so requests never wait for them. Clones are cheap and share the pool.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// use sqlx::postgres::PgPoolOptions;
+/// use tower_api_key::{ApiKeyLayer, KeyManager, NewKey, PgKeyStore, Tier};
+///
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = PgPoolOptions::new()
+///     .max_connections(10)
+///     .connect("postgres://app@127.0.0.1/app")
+///     .await?;
+/// let store = PgKeyStore::new(pool)
+///     .table("api_keys")
+///     .timeout(Duration::from_secs(1));
+/// // Creates the table and its index unless they exist; or apply `postgres.sql` yourself.
+/// store.migrate().await?;
+///
+/// let keys = KeyManager::new(store.clone());
+/// let created = keys.create(NewKey::new("acct_42", Tier::FREE, "ci")).await?;
+/// println!("your key, shown once: {}", created.key.expose_secret());
+///
+/// let layer = ApiKeyLayer::new(store);
+/// # let _ = layer;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PgKeyStore {
+    pool: PgPool,
+    statements: Arc<Statements>,
+    timeout: Duration,
+    usage: UsageQueue,
+}
+
+impl PgKeyStore {
+    /// A store over `pool`, in table `api_keys`, with a 2-second timeout.
+    ///
+    /// Apply the schema once with [`PgKeyStore::migrate`] (or with your own migrations).
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime: it starts the task that writes last-used times.
+    pub fn new(pool: PgPool) -> Self {
+        Self::build(pool, Statements::new("api_keys"), DEFAULT_TIMEOUT)
+    }
+
+    /// Keeps the keys in table `name` (found through the connection's `search_path`) instead of
+    /// `api_keys`.
+    ///
+    /// # Panics
+    ///
+    /// Unless `name` is a plain SQL identifier of at most 63 bytes: a lowercase ASCII letter or
+    /// `_`, then lowercase ASCII letters, digits or `_`. The name is written into SQL, so
+    /// nothing else is accepted. Also outside a tokio runtime, as [`PgKeyStore::new`].
+    pub fn table(self, name: &str) -> Self {
+        assert!(
+            is_plain_identifier(name),
+            "PgKeyStore::table: {name:?} is not a plain SQL identifier \
+             ([a-z_][a-z0-9_]*, at most {MAX_IDENTIFIER_LEN} bytes)"
+        );
+        Self::build(self.pool, Statements::new(name), self.timeout)
+    }
+
+    /// Fails each operation that takes longer than `timeout` (2 s by default), including the
+    /// wait for a pooled connection.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as [`PgKeyStore::new`].
+    pub fn timeout(self, timeout: Duration) -> Self {
+        Self::build(self.pool, self.statements, timeout)
+    }
+
+    /// Creates the table and its index unless they exist.
+    ///
+    /// Safe to run at every start, from any number of instances at once: migrations of one
+    /// table are serialized by an advisory lock. The schema is `src/store/postgres.sql` in the
+    /// crate, to copy into your own migrations instead if you prefer.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        within(self.timeout, async {
+            let mut transaction = self.pool.begin().await.map_err(StoreError::new)?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+                .bind(MIGRATION_LOCK)
+                .bind(&self.statements.table)
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::new)?;
+            sqlx::raw_sql(sql(&self.statements.schema))
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::new)?;
+            transaction.commit().await.map_err(StoreError::new)
+        })
+        .await
+    }
+
+    fn build(pool: PgPool, statements: Arc<Statements>, timeout: Duration) -> Self {
+        let usage = {
+            let (pool, statements) = (pool.clone(), Arc::clone(&statements));
+            UsageQueue::spawn(move |key_id: KeyId, at: SystemTime| {
+                let (pool, statements) = (pool.clone(), Arc::clone(&statements));
+                within(timeout, async move {
+                    sqlx::query(sql(&statements.touch))
+                        .bind(key_id.as_str())
+                        .bind(PgTime(at))
+                        .execute(&pool)
+                        .await
+                        .map(drop)
+                        .map_err(StoreError::new)
+                })
+            })
+        };
+        Self {
+            pool,
+            statements,
+            timeout,
+            usage,
+        }
+    }
+
+    /// The count, the retirement and the insert of [`WritableKeyStore::create`], in one
+    /// transaction under the account's lock.
+    async fn create_locked(&self, record: &KeyRecord, quota: &Quota) -> Result<(), CreateError> {
+        let account_id = record.identity.account_id();
+        let retiring_id = quota.retiring.as_ref().map(|(key_id, _)| key_id.as_str());
+        // Read committed whatever the pool's default: the count must see what earlier holders
+        // of the lock committed, so its snapshot has to be taken after the lock is granted.
+        let mut transaction = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL READ COMMITTED")
+            .await
+            .map_err(StoreError::new)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(ACCOUNT_LOCK)
+            .bind(account_id)
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::new)?;
+        let (others, retiring_is_active): (i64, bool) =
+            sqlx::query_as(sql(&self.statements.count_active))
+                .bind(account_id)
+                .bind(PgTime(quota.now))
+                .bind(retiring_id)
+                .fetch_one(&mut *transaction)
+                .await
+                .map_err(StoreError::new)?;
+        let refusal = if retiring_id.is_some() && !retiring_is_active {
+            Some(CreateError::RetiringKeyNotFound)
+        } else if usize::try_from(others).map_or(true, |others| others >= quota.limit) {
+            Some(CreateError::LimitReached)
+        } else {
+            None
+        };
+        if let Some(refusal) = refusal {
+            transaction.rollback().await.map_err(StoreError::new)?;
+            return Err(refusal);
+        }
+        if let Some((key_id, expires_at)) = &quota.retiring {
+            sqlx::query(sql(&self.statements.retire))
+                .bind(account_id)
+                .bind(key_id.as_str())
+                .bind(PgTime(*expires_at))
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::new)?;
+        }
+        let identity = &record.identity;
+        sqlx::query(sql(&self.statements.insert))
+            .bind(identity.key_id().as_str())
+            .bind(&record.digest.lookup_id().as_bytes()[..])
+            .bind(&record.digest.as_bytes()[..])
+            .bind(account_id)
+            .bind(identity.name())
+            .bind(identity.tier().as_str())
+            .bind(identity.metadata())
+            .bind(record.hint.as_deref())
+            .bind(record.created_at.map(PgTime))
+            .bind(record.expires_at.map(PgTime))
+            .bind(record.revoked_at.map(PgTime))
+            .bind(record.last_used_at.map(PgTime))
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::new)?;
+        transaction.commit().await.map_err(StoreError::new)?;
+        Ok(())
+    }
+
+    /// Runs `query`, which returns at most one record.
+    async fn fetch_record(
+        &self,
+        query: Query<'_, Postgres, PgArguments>,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        within(self.timeout, async {
+            let row = query
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(StoreError::new)?;
+            row.as_ref().map(record_from_row).transpose()
+        })
+        .await
+    }
+}
+
+impl fmt::Debug for PgKeyStore {
+    // Not the pool: its connect options hold the database password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgKeyStore")
+            .field("table", &self.statements.table)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl KeyStore for PgKeyStore {
+    async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
+        let query = sqlx::query(sql(&self.statements.find)).bind(&lookup_id.as_bytes()[..]);
+        self.fetch_record(query).await
+    }
+
+    fn record_use(&self, record: &KeyRecord, at: SystemTime) {
+        self.usage.push(record.identity.key_id(), at);
+    }
+}
+
+#[async_trait]
+impl WritableKeyStore for PgKeyStore {
+    async fn create(&self, record: KeyRecord, quota: Quota) -> Result<(), CreateError> {
+        within(self.timeout, self.create_locked(&record, &quota)).await
+    }
+
+    async fn list(&self, account_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        within(self.timeout, async {
+            let rows = sqlx::query(sql(&self.statements.list))
+                .bind(account_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::new)?;
+            rows.iter().map(record_from_row).collect()
+        })
+        .await
+    }
+
+    async fn revoke(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        at: SystemTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let query = sqlx::query(sql(&self.statements.revoke))
+            .bind(account_id)
+            .bind(key_id.as_str())
+            .bind(PgTime(at));
+        self.fetch_record(query).await
+    }
+
+    async fn delete(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let query = sqlx::query(sql(&self.statements.delete))
+            .bind(account_id)
+            .bind(key_id.as_str());
+        self.fetch_record(query).await
+    }
+}
+
+/// The SQL of every operation, written once for the store's table.
+struct Statements {
+    table: String,
+    schema: Arc<str>,
+    find: Arc<str>,
+    count_active: Arc<str>,
+    retire: Arc<str>,
+    insert: Arc<str>,
+    list: Arc<str>,
+    revoke: Arc<str>,
+    delete: Arc<str>,
+    touch: Arc<str>,
+}
+
+impl Statements {
+    /// The statements for table `table`, which must be a plain identifier.
+    fn new(table: &str) -> Arc<Self> {
+        let statement = |text: String| Arc::<str>::from(text);
+        // Active at $2: neither revoked nor expired, as `KeyRecord::is_active`.
+        let active = "revoked_at IS NULL AND (expires_at IS NULL OR expires_at > $2)";
+        Arc::new(Self {
+            table: table.to_owned(),
+            schema: statement(SCHEMA.replace(SCHEMA_TABLE, &format!("\"{table}"))),
+            find: statement(format!(
+                "SELECT {COLUMNS} FROM \"{table}\" WHERE lookup_id = $1"
+            )),
+            count_active: statement(format!(
+                "SELECT count(*) FILTER (WHERE key_id IS DISTINCT FROM $3), \
+                        coalesce(bool_or(key_id = $3), false) \
+                 FROM \"{table}\" WHERE account_id = $1 AND {active}"
+            )),
+            // `least` ignores NULL: a key that never expired gets the given expiry.
+            retire: statement(format!(
+                "UPDATE \"{table}\" SET expires_at = least(expires_at, $3) \
+                 WHERE account_id = $1 AND key_id = $2"
+            )),
+            // As `MemoryKeyStore`, a record replaces the one with the same key id.
+            insert: statement(format!(
+                "INSERT INTO \"{table}\" (key_id, lookup_id, {columns}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 ON CONFLICT (key_id) DO UPDATE SET lookup_id = EXCLUDED.lookup_id, {updates}",
+                columns = COLUMNS.trim_start_matches("key_id, "),
+                updates = COLUMNS
+                    .split(", ")
+                    .skip(1)
+                    .map(|column| format!("{column} = EXCLUDED.{column}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )),
+            list: statement(format!(
+                "SELECT {COLUMNS} FROM \"{table}\" WHERE account_id = $1 \
+                 ORDER BY created_at NULLS FIRST, key_id COLLATE \"C\""
+            )),
+            // `coalesce` keeps the first revocation's time.
+            revoke: statement(format!(
+                "UPDATE \"{table}\" SET revoked_at = coalesce(revoked_at, $3) \
+                 WHERE account_id = $1 AND key_id = $2 RETURNING {COLUMNS}"
+            )),
+            delete: statement(format!(
+                "DELETE FROM \"{table}\" WHERE account_id = $1 AND key_id = $2 \
+                 RETURNING {COLUMNS}"
+            )),
+            // `greatest` ignores NULL, and never moves a last use back.
+            touch: statement(format!(
+                "UPDATE \"{table}\" SET last_used_at = greatest(last_used_at, $2) \
+                 WHERE key_id = $1"
+            )),
+        })
+    }
+}
+
+/// A statement for sqlx, which asks that SQL built at run time be marked as audited: the only
+/// value written into it is the table name, a checked plain identifier.
+fn sql(statement: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
+    AssertSqlSafe(Arc::clone(statement))
+}
+
+/// Whether `name` is `[a-z_][a-z0-9_]*` and fits in a PostgreSQL identifier.
+fn is_plain_identifier(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|byte| byte.is_ascii_lowercase() || byte == b'_');
+    first_ok
+        && name.len() <= MAX_IDENTIFIER_LEN
+        && bytes.all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_')
+}
+
+/// `operation`, or a [`StoreError`] if it takes longer than `timeout`.
+async fn within<T, E: From<StoreError>>(
+    timeout: Duration,
+    operation: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    tokio::time::timeout(timeout, operation)
+        .await
+        .unwrap_or_else(|_| {
+            let message = format!("PostgreSQL did not answer within {timeout:?}");
+            Err(StoreError::new(message).into())
+        })
+}
+
+/// A record from a row of [`COLUMNS`]; an error for anything the store would not have written.
+fn record_from_row(row: &PgRow) -> Result<KeyRecord, StoreError> {
+    let text = |column: &str| row.try_get::<String, _>(column).map_err(StoreError::new);
+    let time = |column: &str| {
+        row.try_get::<Option<PgTime>, _>(column)
+            .map(|time| time.map(|PgTime(time)| time))
+            .map_err(StoreError::new)
+    };
+    let digest: Vec<u8> = row.try_get("digest").map_err(StoreError::new)?;
+    let digest = <[u8; 32]>::try_from(digest.as_slice())
+        .map_err(|_| StoreError::new("a stored key digest is not 32 bytes long"))?;
+    let metadata: Option<serde_json::Value> = row.try_get("metadata").map_err(StoreError::new)?;
+    let mut identity = KeyIdentity::new(
+        KeyId::new(text("key_id")?),
+        text("account_id")?,
+        text("name")?,
+        Tier::new(text("tier")?),
+    );
+    if let Some(metadata) = metadata {
+        identity = identity.with_metadata(metadata);
+    }
+    let mut record = KeyRecord::new(KeyDigest::from_bytes(digest), identity);
+    record.hint = row.try_get("hint").map_err(StoreError::new)?;
+    record.created_at = time("created_at")?;
+    record.expires_at = time("expires_at")?;
+    record.revoked_at = time("revoked_at")?;
+    record.last_used_at = time("last_used_at")?;
+    Ok(record)
+}
+
+/// A `TIMESTAMPTZ` as a [`SystemTime`], exact to the microsecond.
+///
+/// Not through sqlx's `OffsetDateTime`, whose decoding panics on values it cannot represent
+/// (past year 9999, or `infinity`); here such a value is a decoding error, so a `503`.
+struct PgTime(SystemTime);
+
+/// Microseconds from the Unix epoch to PostgreSQL's, 2000-01-01 UTC.
+const PG_EPOCH_MICROS: i128 = 946_684_800_000_000;
+
+impl Type<Postgres> for PgTime {
+    fn type_info() -> PgTypeInfo {
+        <OffsetDateTime as Type<Postgres>>::type_info()
+    }
+}
+
+impl Encode<'_, Postgres> for PgTime {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        // Sub-microsecond parts are dropped towards the past, as PostgreSQL keeps microseconds.
+        let unix_micros = match self.0.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(after) => i128::try_from(after.as_micros())?,
+            Err(before) => {
+                let before = before.duration();
+                let micros = i128::try_from(before.as_micros())?;
+                let partial = i128::from(before.subsec_nanos() % 1_000 != 0);
+                -(micros + partial)
+            }
+        };
+        let micros = i64::try_from(unix_micros - PG_EPOCH_MICROS)
+            .map_err(|_| "a time is out of PostgreSQL's range")?;
+        <i64 as Encode<Postgres>>::encode_by_ref(&micros, buf)
+    }
+
+    fn size_hint(&self) -> usize {
+        size_of::<i64>()
+    }
+}
+
+impl Decode<'_, Postgres> for PgTime {
+    fn decode(value: PgValueRef<'_>) -> Result<Self, BoxDynError> {
+        if value.format() != PgValueFormat::Binary {
+            return Err("a TIMESTAMPTZ arrived as text".into());
+        }
+        let micros = <i64 as Decode<Postgres>>::decode(value)?;
+        if micros == i64::MAX || micros == i64::MIN {
+            return Err("an infinite TIMESTAMPTZ is not a time".into());
+        }
+        let unix_micros = i128::from(micros) + PG_EPOCH_MICROS;
+        let magnitude = Duration::from_micros(u64::try_from(unix_micros.unsigned_abs())?);
+        let time = if unix_micros >= 0 {
+            SystemTime::UNIX_EPOCH.checked_add(magnitude)
+        } else {
+            SystemTime::UNIX_EPOCH.checked_sub(magnitude)
+        };
+        time.map(PgTime)
+            .ok_or_else(|| "a TIMESTAMPTZ is out of this system's time range".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_account_lock_is_the_one_taken() {
+        assert_eq!(ACCOUNT_LOCK, 1_953_194_241);
+    }
+
+    #[test]
+    fn plain_identifiers_are_valid_table_names() {
+        for name in [
+            "api_keys",
+            "_keys",
+            "keys_2",
+            &"k".repeat(MAX_IDENTIFIER_LEN),
+        ] {
+            assert!(is_plain_identifier(name), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn other_names_are_invalid_table_names() {
+        let long = "k".repeat(MAX_IDENTIFIER_LEN + 1);
+        for name in [
+            "",
+            "2keys",
+            "Keys",
+            "api-keys",
+            "a.b",
+            "k\"; DROP",
+            "clé",
+            &long,
+        ] {
+            assert!(!is_plain_identifier(name), "{name:?}");
+        }
+    }
+
+    #[test]
+    fn schema_names_only_the_chosen_table() {
+        let statements = Statements::new("tenant_keys");
+        assert!(!statements.schema.contains("api_keys"));
+        assert!(statements
+            .schema
+            .contains("CREATE TABLE IF NOT EXISTS \"tenant_keys\""));
+        assert!(statements
+            .schema
+            .contains("\"tenant_keys_account_id_idx\" ON \"tenant_keys\""));
+    }
+
+    #[test]
+    fn insert_sets_every_column_on_conflict() {
+        let insert = &Statements::new("api_keys").insert;
+        for column in COLUMNS.split(", ").skip(1) {
+            assert!(
+                insert.contains(&format!("{column} = EXCLUDED.{column}")),
+                "{column}"
+            );
+        }
+        assert!(insert.contains("$12)"));
+        assert!(!insert.contains("$13"));
+    }
+}

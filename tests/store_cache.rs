@@ -1,0 +1,321 @@
+//! `CachedKeyStore`: the store suite over a cached `MemoryKeyStore`, and the cache's own rules.
+#![cfg(feature = "cache")]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use common::suite::{self, Backend};
+use common::{echo_identity, request, Answer};
+use tokio::sync::Notify;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_api_key::{
+    ApiKeyLayer, CachedKeyStore, KeyDigest, KeyFormat, KeyId, KeyIdentity, KeyRecord, KeyStore,
+    LookupId, MemoryKeyStore, StoreError, Tier,
+};
+
+/// Each instance has its own cache over one shared memory store, as two processes over one
+/// database would.
+#[derive(Default)]
+struct CachedMemory(MemoryKeyStore);
+
+#[async_trait]
+impl Backend for CachedMemory {
+    type Store = CachedKeyStore<MemoryKeyStore>;
+
+    async fn instance(&self) -> Self::Store {
+        CachedKeyStore::new(self.0.clone())
+    }
+}
+
+store_suite!(CachedMemory::default());
+
+/// A store that counts lookups and can be made to fail or to wait.
+#[derive(Clone, Default)]
+struct Probe {
+    inner: MemoryKeyStore,
+    lookups: Arc<AtomicUsize>,
+    uses: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
+    delay: Option<Duration>,
+    /// When set, a lookup reads the record, then waits for this before answering.
+    gate: Option<Arc<Notify>>,
+}
+
+impl Probe {
+    fn lookups(&self) -> usize {
+        self.lookups.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl KeyStore for Probe {
+    async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::new("the database is down"));
+        }
+        if let Some(delay) = self.delay {
+            tokio::time::sleep(delay).await;
+        }
+        let found = self.inner.find(lookup_id).await;
+        if let Some(gate) = &self.gate {
+            gate.notified().await;
+        }
+        found
+    }
+
+    fn record_use(&self, record: &KeyRecord, at: SystemTime) {
+        self.uses.fetch_add(1, Ordering::SeqCst);
+        self.inner.record_use(record, at);
+    }
+}
+
+#[async_trait]
+impl tower_api_key::WritableKeyStore for Probe {
+    async fn create(
+        &self,
+        record: KeyRecord,
+        quota: tower_api_key::Quota,
+    ) -> Result<(), tower_api_key::CreateError> {
+        self.inner.create(record, quota).await
+    }
+
+    async fn list(&self, account_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.list(account_id).await
+    }
+
+    async fn revoke(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        at: SystemTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.revoke(account_id, key_id, at).await
+    }
+
+    async fn delete(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.delete(account_id, key_id).await
+    }
+}
+
+/// A stored key and its record.
+fn stored_key(store: &MemoryKeyStore) -> (tower_api_key::ApiKey, KeyRecord) {
+    let key = KeyFormat::default().generate();
+    let identity = KeyIdentity::new(KeyId::random(), "acct_1", "ci", Tier::FREE);
+    let record = KeyRecord::new(key.digest(), identity);
+    store.insert(record.clone());
+    (key, record)
+}
+
+async fn verdict_through(store: impl KeyStore, key: &tower_api_key::ApiKey) -> String {
+    let service = ServiceBuilder::new()
+        .layer(ApiKeyLayer::new(store))
+        .service_fn(echo_identity);
+    let request = request(&[("x-api-key", key.expose_secret().as_bytes())]);
+    let answer = Answer::read(service.oneshot(request).await.unwrap()).await;
+    match answer.status {
+        http::StatusCode::OK => "ok".to_owned(),
+        _ => answer.error_code(),
+    }
+}
+
+#[tokio::test]
+async fn repeated_lookups_of_a_key_reach_the_store_once() {
+    let probe = Probe::default();
+    let (key, _) = stored_key(&probe.inner);
+    let cache = CachedKeyStore::new(probe.clone());
+    for _ in 0..100 {
+        assert!(cache
+            .find(&key.digest().lookup_id())
+            .await
+            .unwrap()
+            .is_some());
+    }
+    assert_eq!(probe.lookups(), 1);
+}
+
+#[tokio::test]
+async fn unknown_keys_are_cached_for_the_negative_ttl() {
+    let probe = Probe::default();
+    let cache = CachedKeyStore::new(probe.clone()).negative_ttl(Duration::from_millis(100));
+    let unknown = KeyDigest::of("sk_live_unknown").lookup_id();
+    for _ in 0..100 {
+        assert!(cache.find(&unknown).await.unwrap().is_none());
+    }
+    assert_eq!(
+        probe.lookups(),
+        1,
+        "a flood of one bad key reaches the store once"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    cache.find(&unknown).await.unwrap();
+    assert_eq!(probe.lookups(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_of_one_key_make_one_store_call() {
+    let probe = Probe {
+        delay: Some(Duration::from_millis(50)),
+        ..Probe::default()
+    };
+    let (key, _) = stored_key(&probe.inner);
+    let cache = CachedKeyStore::new(probe.clone());
+    let lookups: Vec<_> = (0..50)
+        .map(|_| {
+            let cache = cache.clone();
+            let lookup_id = key.digest().lookup_id();
+            tokio::spawn(async move { cache.find(&lookup_id).await.unwrap().is_some() })
+        })
+        .collect();
+    for lookup in lookups {
+        assert!(lookup.await.unwrap());
+    }
+    assert_eq!(probe.lookups(), 1);
+}
+
+#[tokio::test]
+async fn store_errors_are_not_cached() {
+    let probe = Probe::default();
+    let (key, _) = stored_key(&probe.inner);
+    let cache = CachedKeyStore::new(probe.clone());
+    probe.failing.store(true, Ordering::SeqCst);
+    assert_eq!(
+        verdict_through(cache.clone(), &key).await,
+        "authentication_unavailable"
+    );
+    probe.failing.store(false, Ordering::SeqCst);
+    assert_eq!(verdict_through(cache, &key).await, "ok");
+}
+
+#[tokio::test]
+async fn revocation_through_the_cache_is_seen_at_once() {
+    let store = MemoryKeyStore::new();
+    let clock = suite::clock();
+    let keys = suite::manager(CachedKeyStore::new(store), &clock);
+    let created = suite::create(&keys, "acct_1").await;
+    assert_eq!(suite::verdict(&keys, &created.key).await, "ok");
+    keys.revoke("acct_1", &created.info.id).await.unwrap();
+    assert_eq!(suite::verdict(&keys, &created.key).await, "expired_api_key");
+}
+
+#[tokio::test]
+async fn deletion_through_the_cache_is_seen_at_once() {
+    let clock = suite::clock();
+    let keys = suite::manager(CachedKeyStore::new(MemoryKeyStore::new()), &clock);
+    let created = suite::create(&keys, "acct_1").await;
+    assert_eq!(suite::verdict(&keys, &created.key).await, "ok");
+    keys.delete("acct_1", &created.info.id).await.unwrap();
+    assert_eq!(suite::verdict(&keys, &created.key).await, "invalid_api_key");
+}
+
+#[tokio::test]
+async fn rotation_through_the_cache_ends_the_old_key_after_its_grace() {
+    let clock = suite::clock();
+    let keys = suite::manager(CachedKeyStore::new(MemoryKeyStore::new()), &clock);
+    let old = suite::create(&keys, "acct_1").await;
+    assert_eq!(
+        suite::verdict(&keys, &old.key).await,
+        "ok",
+        "now cached without an expiry"
+    );
+    let grace = Duration::from_secs(60);
+    keys.rotate("acct_1", &old.info.id, grace).await.unwrap();
+    clock.advance(grace);
+    assert_eq!(suite::verdict(&keys, &old.key).await, "expired_api_key");
+}
+
+#[tokio::test]
+async fn another_instance_sees_a_revocation_within_the_ttl() {
+    let shared = MemoryKeyStore::new();
+    let ttl = Duration::from_millis(200);
+    let clock = suite::clock();
+    let here = suite::manager(CachedKeyStore::new(shared.clone()).ttl(ttl), &clock);
+    let elsewhere = suite::manager(CachedKeyStore::new(shared), &clock);
+    let created = suite::create(&here, "acct_1").await;
+    assert_eq!(suite::verdict(&here, &created.key).await, "ok");
+    elsewhere.revoke("acct_1", &created.info.id).await.unwrap();
+    assert_eq!(
+        suite::verdict(&here, &created.key).await,
+        "ok",
+        "within the TTL this instance may still accept the key: the documented bound"
+    );
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    assert_eq!(suite::verdict(&here, &created.key).await, "expired_api_key");
+}
+
+#[tokio::test]
+async fn entries_end_at_their_key_s_expiry() {
+    let probe = Probe::default();
+    let key = KeyFormat::default().generate();
+    let identity = KeyIdentity::new(KeyId::random(), "acct_1", "ci", Tier::FREE);
+    let expires_at = SystemTime::now() + Duration::from_millis(100);
+    probe
+        .inner
+        .insert(KeyRecord::new(key.digest(), identity).with_expires_at(expires_at));
+    let cache = CachedKeyStore::new(probe.clone()).ttl(Duration::from_secs(60));
+    cache.find(&key.digest().lookup_id()).await.unwrap();
+    cache.find(&key.digest().lookup_id()).await.unwrap();
+    assert_eq!(probe.lookups(), 1);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    cache.find(&key.digest().lookup_id()).await.unwrap();
+    assert_eq!(probe.lookups(), 2, "the entry ended with the key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_in_flight_during_a_revocation_does_not_cache_the_old_record() {
+    let gate = Arc::new(Notify::new());
+    let probe = Probe {
+        gate: Some(Arc::clone(&gate)),
+        ..Probe::default()
+    };
+    let (key, record) = stored_key(&probe.inner);
+    let cache = CachedKeyStore::new(probe.clone());
+    let lookup_id = key.digest().lookup_id();
+
+    // The lookup reads the active record, then stalls before answering.
+    let in_flight = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.find(&lookup_id).await.unwrap() })
+    };
+    while probe.lookups() == 0 {
+        tokio::task::yield_now().await;
+    }
+    let revoke = {
+        use tower_api_key::WritableKeyStore;
+        cache.revoke("acct_1", record.identity.key_id(), SystemTime::now())
+    };
+    // The revocation writes straight through; no lookup of its own waits at the gate.
+    revoke.await.unwrap().unwrap();
+    let releaser = tokio::spawn(async move {
+        loop {
+            gate.notify_one();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    in_flight.await.unwrap();
+    let after = cache.find(&lookup_id).await.unwrap().unwrap();
+    releaser.abort();
+    assert!(
+        after.revoked_at.is_some(),
+        "the pre-revocation record was cached"
+    );
+}
+
+#[tokio::test]
+async fn uses_are_recorded_once_per_interval_through_the_cache() {
+    let probe = Probe::default();
+    let (key, _) = stored_key(&probe.inner);
+    let cache = CachedKeyStore::new(probe.clone());
+    for _ in 0..100 {
+        assert_eq!(verdict_through(cache.clone(), &key).await, "ok");
+    }
+    assert_eq!(probe.uses.load(Ordering::SeqCst), 1);
+}

@@ -1,0 +1,383 @@
+//! The store suite against `PgKeyStore` on the server at `DATABASE_URL`, then what only this
+//! store has: its schema, its table name, and how it fails when the server does.
+//!
+//! Each test process keeps its keys in a table of its own, `api_keys_<uuid>`, so nothing an
+//! earlier run left in the database matters.
+#![cfg(feature = "postgres")]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use common::proxy::{self, Proxy};
+use common::suite::{self, Backend};
+use common::{assert_envelope, echo_identity, request, Answer};
+use http::StatusCode;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgPool};
+use tokio::sync::OnceCell;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_api_key::{
+    ApiKey, Clock, KeyDigest, KeyFormat, KeyId, KeyIdentity, KeyManager, KeyRecord, KeyStore,
+    PgKeyStore, Quota, Tier, WritableKeyStore,
+};
+
+/// Two application instances over one database: each instance has its own pool.
+struct Pg;
+
+#[async_trait]
+impl Backend for Pg {
+    type Store = PgKeyStore;
+
+    async fn instance(&self) -> PgKeyStore {
+        static MIGRATED: OnceCell<()> = OnceCell::const_new();
+        let store = PgKeyStore::new(pool(server())).table(table());
+        MIGRATED
+            .get_or_init(|| async {
+                store
+                    .migrate()
+                    .await
+                    .expect("the schema applies to the DATABASE_URL server");
+            })
+            .await;
+        store
+    }
+}
+
+store_suite!(Pg);
+
+/// The server's connection options, from `DATABASE_URL`, which must be set.
+fn server() -> PgConnectOptions {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "DATABASE_URL is not set: the PostgreSQL store's tests need a server, as in \
+             DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo test --features postgres"
+        )
+    });
+    PgConnectOptions::from_str(&url).expect("DATABASE_URL is a PostgreSQL URL")
+}
+
+/// This process's table, which no earlier run used.
+fn table() -> &'static str {
+    static TABLE: OnceLock<String> = OnceLock::new();
+    TABLE.get_or_init(unique_table)
+}
+
+fn unique_table() -> String {
+    format!("api_keys_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A small pool that connects on first use, so that making it never blocks.
+fn pool(options: PgConnectOptions) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options)
+}
+
+/// The server's options, sent to `address` instead.
+fn server_at(address: SocketAddr) -> PgConnectOptions {
+    server()
+        .host(&address.ip().to_string())
+        .port(address.port())
+}
+
+/// The server's loopback address, for a proxy in front of it.
+async fn server_address() -> SocketAddr {
+    let options = server();
+    let mut addresses = tokio::net::lookup_host((options.get_host(), options.get_port()))
+        .await
+        .expect("DATABASE_URL's host resolves");
+    addresses
+        .find(|address| address.ip().is_loopback())
+        .expect("DATABASE_URL names a server on this machine")
+}
+
+/// What the layer over `keys`'s store answers to a request with `key`.
+async fn answer(keys: &KeyManager<PgKeyStore>, key: &ApiKey) -> Answer {
+    let service = ServiceBuilder::new()
+        .layer(keys.layer())
+        .service_fn(echo_identity);
+    let request = request(&[("x-api-key", key.expose_secret().as_bytes())]);
+    Answer::read(service.oneshot(request).await.unwrap()).await
+}
+
+fn assert_unavailable(answer: &Answer) {
+    assert_envelope(
+        answer,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "authentication_unavailable",
+    );
+}
+
+/// Runs `sql` on this process's table, written as `{table}`, as someone other than the store.
+async fn run_on_table(sql: &str, key_id: &KeyId) {
+    let sql = sql.replace("{table}", table());
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(key_id.as_str())
+        .execute(&pool(server()))
+        .await
+        .unwrap();
+}
+
+const SHORT_TIMEOUT: Duration = Duration::from_millis(200);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_port_gives_503() {
+    let store = PgKeyStore::new(pool(server_at(proxy::closed_port().await))).timeout(SHORT_TIMEOUT);
+    let keys = KeyManager::new(store);
+    assert_unavailable(&answer(&keys, &KeyFormat::default().generate()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_server_gives_503_within_the_timeout() {
+    let store =
+        PgKeyStore::new(pool(server_at(proxy::silent_server().await))).timeout(SHORT_TIMEOUT);
+    let keys = KeyManager::new(store);
+    let started = Instant::now();
+    assert_unavailable(&answer(&keys, &KeyFormat::default().generate()).await);
+    assert!(
+        started.elapsed() < SHORT_TIMEOUT * 5,
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_server_gives_503_and_auth_resumes_by_itself() {
+    let clock = suite::clock();
+    let direct = suite::manager(Pg.instance().await, &clock);
+    let created = suite::create(&direct, &suite::account()).await;
+    let proxy = Proxy::start(server_address().await).await;
+    let timeout = Duration::from_millis(500);
+    let store = PgKeyStore::new(pool(server_at(proxy.address)))
+        .table(table())
+        .timeout(timeout);
+    let keys = suite::manager(store, &clock);
+    assert_eq!(answer(&keys, &created.key).await.status, StatusCode::OK);
+
+    proxy.hang();
+    let started = Instant::now();
+    assert_unavailable(&answer(&keys, &created.key).await);
+    assert!(started.elapsed() < timeout * 3, "{:?}", started.elapsed());
+
+    proxy.resume();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = answer(&keys, &created.key).await;
+        if answer.status == StatusCode::OK {
+            break;
+        }
+        assert_unavailable(&answer);
+        assert!(Instant::now() < deadline, "auth did not resume within 5 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_digest_gives_503() {
+    let clock = suite::clock();
+    let keys = suite::manager(Pg.instance().await, &clock);
+    let created = suite::create(&keys, &suite::account()).await;
+    run_on_table(
+        "UPDATE \"{table}\" SET digest = '\\x00ff'::bytea WHERE key_id = $1",
+        &created.info.id,
+    )
+    .await;
+    assert_unavailable(&answer(&keys, &created.key).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_expiry_gives_503_not_a_panic() {
+    let clock = suite::clock();
+    let keys = suite::manager(Pg.instance().await, &clock);
+    let created = suite::create(&keys, &suite::account()).await;
+    run_on_table(
+        "UPDATE \"{table}\" SET expires_at = 'infinity' WHERE key_id = $1",
+        &created.info.id,
+    )
+    .await;
+    assert_unavailable(&answer(&keys, &created.key).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_round_trip_to_the_microsecond() {
+    let store = Pg.instance().await;
+    let at = |seconds: i64, micros: u32| {
+        let since = Duration::new(seconds.unsigned_abs(), micros * 1_000);
+        if seconds >= 0 {
+            SystemTime::UNIX_EPOCH + since
+        } else {
+            SystemTime::UNIX_EPOCH - since
+        }
+    };
+    let identity = KeyIdentity::new(KeyId::random(), suite::account(), "times", Tier::FREE);
+    let mut record = KeyRecord::new(KeyDigest::of(&uuid::Uuid::new_v4().to_string()), identity)
+        .with_created_at(at(1_800_000_000, 123_456))
+        .with_expires_at(at(1_900_000_000, 999_999))
+        .with_revoked_at(at(-86_400, 1));
+    record.last_used_at = Some(at(0, 0));
+    let now = at(1_800_000_000, 0);
+    store
+        .create(record.clone(), Quota::new(3, now))
+        .await
+        .unwrap();
+    let found = store
+        .find(&record.digest.lookup_id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.created_at, record.created_at);
+    assert_eq!(found.expires_at, record.expires_at);
+    assert_eq!(found.revoked_at, record.revoked_at);
+    assert_eq!(found.last_used_at, record.last_used_at);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_round_trips_whole() {
+    let store = Pg.instance().await;
+    let metadata = serde_json::json!({
+        "roles": ["reader", "writer"],
+        "limits": {"rps": 12.5, "burst": 40},
+        "note": "clé \u{1F511}",
+        "none": null,
+    });
+    let identity = KeyIdentity::new(KeyId::random(), suite::account(), "meta", Tier::PRO)
+        .with_metadata(metadata.clone());
+    let record = KeyRecord::new(KeyDigest::of(&uuid::Uuid::new_v4().to_string()), identity);
+    store
+        .create(record.clone(), Quota::new(3, SystemTime::now()))
+        .await
+        .unwrap();
+    let found = store
+        .find(&record.digest.lookup_id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.identity, record.identity);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retiring_keeps_the_earlier_expiry() {
+    let store = Pg.instance().await;
+    let account = suite::account();
+    let now = suite::clock().now();
+    let expiring = |name: &str, after: u64| {
+        let identity = KeyIdentity::new(KeyId::random(), &account, name, Tier::PRO);
+        KeyRecord::new(KeyDigest::of(&uuid::Uuid::new_v4().to_string()), identity)
+            .with_expires_at(now + Duration::from_secs(after))
+    };
+    let (soon, late) = (expiring("soon", 10), expiring("late", 1_000));
+    let retire_at = now + Duration::from_secs(300);
+    for old in [&soon, &late] {
+        store.create(old.clone(), Quota::new(5, now)).await.unwrap();
+        let retiring = Quota::new(5, now).retiring(old.identity.key_id().clone(), retire_at);
+        store
+            .create(expiring("new", 5_000), retiring)
+            .await
+            .unwrap();
+    }
+    let expiry = |record: &KeyRecord| {
+        let store = store.clone();
+        let lookup_id = record.digest.lookup_id();
+        async move { store.find(&lookup_id).await.unwrap().unwrap().expires_at }
+    };
+    assert_eq!(expiry(&soon).await, soon.expires_at);
+    assert_eq!(expiry(&late).await, Some(retire_at));
+}
+
+/// Waits (at most 2 s) until the background writer has recorded `at` as `record`'s last use.
+async fn wait_for_last_use(store: &PgKeyStore, record: &KeyRecord, at: SystemTime) {
+    for _ in 0..100 {
+        let found = store.find(&record.digest.lookup_id()).await.unwrap();
+        if found.unwrap().last_used_at == Some(at) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the last use was not recorded within 2 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_use_never_moves_back() {
+    let store = Pg.instance().await;
+    let account = suite::account();
+    let record = |name: &str| {
+        let identity = KeyIdentity::new(KeyId::random(), &account, name, Tier::PRO);
+        KeyRecord::new(KeyDigest::of(&uuid::Uuid::new_v4().to_string()), identity)
+    };
+    let (used, marker) = (record("used"), record("marker"));
+    let now = suite::clock().now();
+    for record in [&used, &marker] {
+        store
+            .create(record.clone(), Quota::new(3, now))
+            .await
+            .unwrap();
+    }
+    let later = now + Duration::from_secs(60);
+    store.record_use(&used, later);
+    wait_for_last_use(&store, &used, later).await;
+    store.record_use(&used, now);
+    // The writer finishes a batch before it takes the next: once the second marker is written,
+    // the earlier use has been.
+    store.record_use(&marker, now);
+    wait_for_last_use(&store, &marker, now).await;
+    store.record_use(&marker, later);
+    wait_for_last_use(&store, &marker, later).await;
+    wait_for_last_use(&store, &used, later).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_twice_and_concurrently_is_fine() {
+    let table = unique_table();
+    let a = PgKeyStore::new(pool(server())).table(&table);
+    let b = PgKeyStore::new(pool(server())).table(&table);
+    let (first, second) = tokio::join!(a.migrate(), b.migrate());
+    first.unwrap();
+    second.unwrap();
+    a.migrate().await.unwrap();
+    let unknown = KeyFormat::default().generate().digest().lookup_id();
+    assert!(b.find(&unknown).await.unwrap().is_none());
+    sqlx::query(AssertSqlSafe(format!("DROP TABLE \"{table}\"")))
+        .execute(&pool(server()))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[should_panic(expected = "is not a plain SQL identifier")]
+async fn invalid_table_name_panics_at_construction() {
+    let _ = PgKeyStore::new(pool(server())).table("api_keys; DROP TABLE api_keys");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_shows_no_password() {
+    let store = PgKeyStore::new(pool(server().password("hunter2-secret")));
+    let debug = format!("{store:?}");
+    assert!(debug.contains("api_keys"), "{debug}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+}
+
+/// The suite again over a cache in front of each instance.
+#[cfg(feature = "cache")]
+mod cached {
+    use super::*;
+    use tower_api_key::CachedKeyStore;
+
+    struct CachedPg;
+
+    #[async_trait]
+    impl Backend for CachedPg {
+        type Store = CachedKeyStore<PgKeyStore>;
+
+        async fn instance(&self) -> Self::Store {
+            CachedKeyStore::new(Pg.instance().await)
+        }
+    }
+
+    store_suite!(CachedPg);
+}

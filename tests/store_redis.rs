@@ -1,0 +1,408 @@
+//! The store suite and the fault tests against `RedisKeyStore`, on the Redis at `REDIS_URL`.
+//!
+//! ```text
+//! REDIS_URL=redis://127.0.0.1:6379 cargo test --features redis --test store_redis
+//! ```
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use common::proxy::{self, Proxy};
+use common::suite::{account, clock, create, manager, verdict, Backend};
+use common::{assert_envelope, echo_identity, request, Answer};
+use http::StatusCode;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_api_key::{
+    ApiKey, ApiKeyLayer, Clock, KeyDigest, KeyFormat, KeyId, KeyIdentity, KeyRecord, KeyStore,
+    ManualClock, Quota, RedisKeyStore, Tier, WritableKeyStore,
+};
+
+/// A prefix no earlier run used, shared by this process's stores, so that whatever earlier
+/// runs left in Redis does not matter.
+static PREFIX: LazyLock<String> =
+    LazyLock::new(|| format!("tower-api-key-test-{}", uuid::Uuid::new_v4().simple()));
+
+/// Where the tests' Redis is. Unset, the tests fail: a backend test that cannot reach its server
+/// must not pass.
+fn redis_info() -> ConnectionInfo {
+    let url = std::env::var("REDIS_URL").unwrap_or_default();
+    assert!(
+        !url.is_empty(),
+        "REDIS_URL is not set: the `redis` feature's tests need a Redis server, \
+         e.g. REDIS_URL=redis://127.0.0.1:6379 cargo test --features redis --test store_redis"
+    );
+    url.as_str()
+        .into_connection_info()
+        .unwrap_or_else(|error| panic!("REDIS_URL is not a Redis URL: {error}"))
+}
+
+/// The Redis server's socket address, for the proxy.
+fn redis_address() -> SocketAddr {
+    let ConnectionAddr::Tcp(host, port) = redis_info().addr().clone() else {
+        panic!("the fault tests need REDIS_URL to be a plain redis:// URL");
+    };
+    (host.as_str(), port)
+        .to_socket_addrs()
+        .unwrap()
+        .find(|address| address.ip().is_loopback())
+        .expect("the tests only talk to a Redis on loopback")
+}
+
+/// A new connection to the tests' Redis.
+async fn connect() -> ConnectionManager {
+    let client = Client::open(redis_info()).unwrap();
+    ConnectionManager::new(client)
+        .await
+        .unwrap_or_else(|error| panic!("cannot reach the Redis at REDIS_URL: {error}"))
+}
+
+/// Short timeouts and few retries, so that a fault shows within the tests' patience.
+fn impatient() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(200)))
+        .set_response_timeout(Some(Duration::from_millis(200)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(100))
+}
+
+/// Each instance has its own connection, as separate application instances would.
+struct Redis {
+    prefix: String,
+}
+
+impl Redis {
+    fn shared() -> Self {
+        Self {
+            prefix: PREFIX.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for Redis {
+    type Store = RedisKeyStore;
+
+    async fn instance(&self) -> RedisKeyStore {
+        RedisKeyStore::new(connect().await).prefix(self.prefix.clone())
+    }
+}
+
+store_suite!(Redis::shared());
+
+/// The layer's answer to `key` over `store`.
+async fn answer(store: RedisKeyStore, key: &ApiKey, clock: &ManualClock) -> Answer {
+    let layer = ApiKeyLayer::new(store).clock(clock.clone());
+    let service = ServiceBuilder::new().layer(layer).service_fn(echo_identity);
+    let request = request(&[("x-api-key", key.expose_secret().as_bytes())]);
+    Answer::read(service.oneshot(request).await.unwrap()).await
+}
+
+/// Asserts that the layer over `store` answers 503 to a key, within `patience`.
+async fn assert_unavailable(store: RedisKeyStore, patience: Duration) {
+    let key = KeyFormat::default().generate();
+    let started = Instant::now();
+    let answer = answer(store, &key, &clock()).await;
+    assert_envelope(
+        &answer,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "authentication_unavailable",
+    );
+    assert!(
+        started.elapsed() < patience,
+        "answered after {:?}",
+        started.elapsed()
+    );
+}
+
+/// A store whose connection is made on first use: the redis crate builds such a
+/// `ConnectionManager` without reaching the server, so it can point at a server that is down.
+fn lazy_store(address: SocketAddr, timeout: Duration) -> RedisKeyStore {
+    let client = Client::open(format!("redis://{address}")).unwrap();
+    let connection = ConnectionManager::new_lazy_with_config(client, impatient()).unwrap();
+    RedisKeyStore::new(connection)
+        .prefix(PREFIX.clone())
+        .timeout(timeout)
+}
+
+fn record_key(prefix: &str, key: &ApiKey) -> String {
+    format!("{prefix}:lookup:{}", &key.digest().to_hex()[..32])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_port_gives_503() {
+    let store = lazy_store(proxy::closed_port().await, Duration::from_millis(200));
+    assert_unavailable(store, Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_that_never_answers_gives_503_within_the_timeout() {
+    let store = lazy_store(proxy::silent_server().await, Duration::from_millis(200));
+    assert_unavailable(store, Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_server_gives_503_and_auth_resumes_when_it_answers_again() {
+    let proxy = Proxy::start(redis_address()).await;
+    let (host, port) = (proxy.address.ip().to_string(), proxy.address.port());
+    let info = redis_info().set_addr(ConnectionAddr::Tcp(host, port));
+    let connection = ConnectionManager::new_with_config(Client::open(info).unwrap(), impatient())
+        .await
+        .unwrap();
+    let timeout = Duration::from_millis(300);
+    let store = RedisKeyStore::new(connection)
+        .prefix(PREFIX.clone())
+        .timeout(timeout);
+    let clock = clock();
+    let created = create(&manager(store.clone(), &clock), &account()).await;
+    assert_eq!(
+        answer(store.clone(), &created.key, &clock).await.status,
+        StatusCode::OK
+    );
+
+    proxy.hang();
+    let started = Instant::now();
+    let hung = answer(store.clone(), &created.key, &clock).await;
+    assert_envelope(
+        &hung,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "authentication_unavailable",
+    );
+    assert!(started.elapsed() < timeout + Duration::from_millis(500));
+
+    proxy.resume();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = answer(store.clone(), &created.key, &clock).await;
+        if answer.status == StatusCode::OK {
+            break;
+        }
+        assert_envelope(
+            &answer,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "authentication_unavailable",
+        );
+        assert!(Instant::now() < deadline, "auth did not resume within 5 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_that_is_not_a_hash_gives_503() {
+    let clock = clock();
+    let keys = manager(Redis::shared().instance().await, &clock);
+    let created = create(&keys, &account()).await;
+    let mut raw = connect().await;
+    let _: () = redis::cmd("SET")
+        .arg(record_key(&PREFIX, &created.key))
+        .arg("not a record")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        verdict(&keys, &created.key).await,
+        "authentication_unavailable"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_with_a_malformed_field_gives_503() {
+    let clock = clock();
+    let keys = manager(Redis::shared().instance().await, &clock);
+    let created = create(&keys, &account()).await;
+    let mut raw = connect().await;
+    let _: () = redis::cmd("HSET")
+        .arg(record_key(&PREFIX, &created.key))
+        .arg("expires_at")
+        .arg("tomorrow")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let answer = answer(keys.store().clone(), &created.key, &clock).await;
+    assert_envelope(
+        &answer,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "authentication_unavailable",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_with_different_prefixes_do_not_see_each_other_s_keys() {
+    let clock = clock();
+    let unique = |name: &str| format!("{}-{name}", *PREFIX);
+    let (prefix_a, prefix_b) = (unique("a"), unique("b"));
+    let a = manager(
+        Redis {
+            prefix: prefix_a.clone(),
+        }
+        .instance()
+        .await,
+        &clock,
+    );
+    let b = manager(
+        Redis {
+            prefix: prefix_b.clone(),
+        }
+        .instance()
+        .await,
+        &clock,
+    );
+    let account = account();
+    let created = create(&a, &account).await;
+
+    assert_eq!(verdict(&b, &created.key).await, "invalid_api_key");
+    assert!(b.list(&account).await.unwrap().is_empty());
+    for _ in 0..3 {
+        create(&b, &account).await; // the free tier's 3, beside the key under `a`
+    }
+    assert_eq!(a.list(&account).await.unwrap().len(), 1);
+
+    let mut raw = connect().await;
+    let mut written: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix_a}:*"))
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    written.sort();
+    let expected = [
+        format!("{prefix_a}:account:{account}"),
+        format!("{prefix_a}:id:{}", created.info.id),
+        record_key(&prefix_a, &created.key),
+    ];
+    assert_eq!(written, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_round_trip_to_the_microsecond_and_metadata_exactly() {
+    let store = Redis::shared().instance().await;
+    let created_at = UNIX_EPOCH + Duration::new(1_800_000_000, 123_456_000);
+    let metadata = serde_json::json!({
+        "roles": [],
+        "limits": {},
+        "big": 9_007_199_254_740_993_u64,
+        "ratio": 0.1,
+        "nested": [null, true, "é"],
+    });
+    let identity = KeyIdentity::new(KeyId::random(), account(), "precise", Tier::new("gold"))
+        .with_metadata(metadata.clone());
+    let key = KeyFormat::default().generate();
+    let record = KeyRecord::new(key.digest(), identity)
+        .with_created_at(created_at)
+        .with_expires_at(created_at + Duration::from_micros(1));
+    store
+        .create(record, Quota::new(1, created_at))
+        .await
+        .unwrap();
+
+    let found = store
+        .find(&key.digest().lookup_id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.created_at, Some(created_at));
+    assert_eq!(
+        found.expires_at,
+        Some(created_at + Duration::from_micros(1))
+    );
+    assert_eq!(found.identity.metadata(), Some(&metadata));
+    assert_eq!(found.identity.tier(), &Tier::new("gold"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_use_never_moves_back() {
+    let clock = clock();
+    let keys = manager(Redis::shared().instance().await, &clock);
+    let account = account();
+    create(&keys, &account).await;
+    let record = keys.store().list(&account).await.unwrap().remove(0);
+    let later = clock.now() + Duration::from_secs(60);
+    keys.store().record_use(&record, later);
+    let recorded = async {
+        for _ in 0..100 {
+            if keys.list(&account).await.unwrap()[0].last_used_at == Some(later) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    };
+    assert!(recorded.await, "the later use was not recorded within 2 s");
+    keys.store().record_use(&record, clock.now());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        keys.list(&account).await.unwrap()[0].last_used_at,
+        Some(later)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_use_does_not_wait_for_a_hung_server() {
+    let store = lazy_store(proxy::silent_server().await, Duration::from_secs(2));
+    let key = KeyFormat::default().generate();
+    let identity = KeyIdentity::new(KeyId::random(), account(), "ci", Tier::FREE);
+    let record = KeyRecord::new(key.digest(), identity);
+    let started = Instant::now();
+    for _ in 0..1_000 {
+        store.record_use(&record, SystemTime::now());
+    }
+    assert!(started.elapsed() < Duration::from_millis(100));
+}
+
+#[tokio::test]
+async fn debug_shows_no_password() {
+    let client = Client::open("redis://:hunter2@127.0.0.1:1").unwrap();
+    let connection = ConnectionManager::new_lazy_with_config(client, impatient()).unwrap();
+    let store = RedisKeyStore::new(connection).prefix("billing");
+    let debug = format!("{store:?}");
+    assert!(debug.contains("billing"), "{debug}");
+    assert!(!debug.contains("hunter2"), "{debug}");
+}
+
+#[tokio::test]
+async fn digest_is_not_in_a_malformed_record_s_error() {
+    let store = Redis::shared().instance().await;
+    let key = KeyFormat::default().generate();
+    let mut raw = connect().await;
+    let _: () = redis::cmd("HSET")
+        .arg(record_key(&PREFIX, &key))
+        .arg("digest")
+        .arg(KeyDigest::of("sk_live_other").to_hex())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let error = store
+        .find(&key.digest().lookup_id())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        !error.contains(&KeyDigest::of("sk_live_other").to_hex()[..8]),
+        "{error}"
+    );
+}
+
+/// The suite again over a cache in front of each instance.
+#[cfg(feature = "cache")]
+mod cached {
+    use super::*;
+    use tower_api_key::CachedKeyStore;
+
+    struct CachedRedis(Redis);
+
+    #[async_trait]
+    impl Backend for CachedRedis {
+        type Store = CachedKeyStore<RedisKeyStore>;
+
+        async fn instance(&self) -> Self::Store {
+            CachedKeyStore::new(self.0.instance().await)
+        }
+    }
+
+    store_suite!(CachedRedis(Redis::shared()));
+}

@@ -28,7 +28,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tower_api_key::{KeyId, KeyIdentity, KeyManager, ManageError, MemoryKeyStore, NewKey, Tier};
+use tower_api_key::{
+    KeyId, KeyIdentity, KeyManager, ManageError, MemoryKeyStore, NewKey, Tier, WritableKeyStore,
+};
 
 const DEFAULT_PORT: u16 = 3000;
 const DEFAULT_LIMIT: usize = 10;
@@ -56,11 +58,11 @@ struct IocQuery {
 
 /// The whole service: `/health` is open, everything under `/api` needs a key from `keys`'s
 /// store, and `/api/v1/keys` manages them.
-pub fn app(keys: Keys) -> Router {
+pub fn app<S: WritableKeyStore + Clone>(keys: KeyManager<S>) -> Router {
     let api = Router::new()
         .route("/v1/iocs", get(list_iocs))
-        .route("/v1/keys", get(list_keys).post(create_key))
-        .route("/v1/keys/{id}", delete(revoke_key))
+        .route("/v1/keys", get(list_keys::<S>).post(create_key::<S>))
+        .route("/v1/keys/{id}", delete(revoke_key::<S>))
         // Inside the layer, so that callers without a key cannot map which routes exist.
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(map_response(no_store))
@@ -91,8 +93,8 @@ async fn list_iocs(identity: KeyIdentity, Query(query): Query<IocQuery>) -> Json
 
 /// `POST /api/v1/keys` `{"name": "ci", "expires_in": 3600}`: a new key for the caller's
 /// account, in the only response that ever contains a key.
-async fn create_key(
-    State(keys): State<Keys>,
+async fn create_key<S: WritableKeyStore>(
+    State(keys): State<KeyManager<S>>,
     identity: KeyIdentity,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -125,8 +127,8 @@ async fn create_key(
 }
 
 /// `GET /api/v1/keys`: the caller's account's keys, without secrets.
-async fn list_keys(
-    State(keys): State<Keys>,
+async fn list_keys<S: WritableKeyStore>(
+    State(keys): State<KeyManager<S>>,
     identity: KeyIdentity,
 ) -> Result<Json<Value>, ApiError> {
     let data = keys.list(identity.account_id()).await?;
@@ -134,16 +136,14 @@ async fn list_keys(
 }
 
 /// `DELETE /api/v1/keys/{id}`: revokes one of the caller's account's keys.
-async fn revoke_key(
-    State(keys): State<Keys>,
+async fn revoke_key<S: WritableKeyStore>(
+    State(keys): State<KeyManager<S>>,
     identity: KeyIdentity,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     keys.revoke(identity.account_id(), &KeyId::new(id)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
-
-type Keys = KeyManager<MemoryKeyStore>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -217,11 +217,56 @@ async fn health() -> &'static str {
 #[tokio::main]
 async fn main() {
     let port = port_from_env();
+    let store = std::env::var("STORE").unwrap_or_else(|_| "memory".to_owned());
+    match store.as_str() {
+        "memory" => serve(KeyManager::new(MemoryKeyStore::new()), port).await,
+        #[cfg(feature = "postgres")]
+        "postgres" => {
+            let url = required_env("DATABASE_URL");
+            let pool = sqlx::PgPool::connect(&url)
+                .await
+                .unwrap_or_else(|error| exit_with(1, &format!("cannot reach PostgreSQL: {error}")));
+            let store = tower_api_key::PgKeyStore::new(pool);
+            store
+                .migrate()
+                .await
+                .unwrap_or_else(|error| exit_with(1, &format!("cannot apply the schema: {error}")));
+            serve(KeyManager::new(store), port).await;
+        }
+        #[cfg(feature = "redis")]
+        "redis" => {
+            let url = required_env("REDIS_URL");
+            let connect =
+                async { redis::aio::ConnectionManager::new(redis::Client::open(url)?).await };
+            let connection = connect.await.unwrap_or_else(|error: redis::RedisError| {
+                exit_with(1, &format!("cannot reach Redis: {error}"))
+            });
+            serve(
+                KeyManager::new(tower_api_key::RedisKeyStore::new(connection)),
+                port,
+            )
+            .await;
+        }
+        other => exit_with(
+            2,
+            &format!(
+                "STORE must be memory, postgres (built with --features postgres) or redis \
+                 (built with --features redis), not {other:?}"
+            ),
+        ),
+    }
+}
 
-    let keys = KeyManager::new(MemoryKeyStore::new());
-    // The demo account is on the free tier: this key is the first of its 3.
+/// Creates the demo key, prints it, and serves until Ctrl-C.
+async fn serve<S: WritableKeyStore + Clone>(keys: KeyManager<S>, port: u16) {
+    // A fresh free-tier account per start, so a persistent store never fills its quota of 3;
+    // the printed key is the first of its 3.
+    let account = format!(
+        "acct_demo_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
     let demo_key = keys
-        .create(NewKey::new("acct_demo", Tier::FREE, "demo"))
+        .create(NewKey::new(&account, Tier::FREE, "demo"))
         .await
         .unwrap_or_else(|error| exit_with(1, &format!("cannot create the demo key: {error}")));
     let key = demo_key.key;
@@ -234,7 +279,7 @@ async fn main() {
     let address = listener
         .local_addr()
         .expect("a bound socket has an address");
-    println!("listening on http://{address}");
+    println!("listening on http://{address} (account {account})");
     println!("demo API key (shown once):");
     println!("{}", key.expose_secret());
     println!(
@@ -246,6 +291,11 @@ async fn main() {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .unwrap_or_else(|error| exit_with(1, &format!("server error: {error}")));
+}
+
+#[cfg(any(feature = "postgres", feature = "redis"))]
+fn required_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| exit_with(2, &format!("{name} must be set")))
 }
 
 /// The port from the `PORT` environment variable, or [`DEFAULT_PORT`].

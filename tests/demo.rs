@@ -13,23 +13,33 @@ use std::time::{Duration, SystemTime};
 
 use common::{assert_envelope, Answer};
 use http::{Method, StatusCode};
-use tower_api_key::{ApiKey, KeyManager, ManualClock, MemoryKeyStore, NewKey, Tier};
+use tower_api_key::{
+    ApiKey, KeyManager, ManualClock, MemoryKeyStore, NewKey, Tier, WritableKeyStore,
+};
 
-struct Demo {
+struct Demo<S = MemoryKeyStore> {
     address: SocketAddr,
     clock: ManualClock,
-    store: MemoryKeyStore,
-    /// The key the demo prints at start, of `acct_demo` on the free tier.
+    store: S,
+    /// The demo's free-tier account, new for each demo.
+    account: String,
+    /// The key the demo prints at start, the first of its account's 3.
     key: ApiKey,
 }
 
 impl Demo {
     async fn start() -> Self {
-        let store = MemoryKeyStore::new();
+        Self::start_with(MemoryKeyStore::new()).await
+    }
+}
+
+impl<S: WritableKeyStore + Clone> Demo<S> {
+    async fn start_with(store: S) -> Self {
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        let account = common::suite::account();
         let created = KeyManager::new(store.clone())
             .clock(clock.clone())
-            .create(NewKey::new("acct_demo", Tier::FREE, "demo"))
+            .create(NewKey::new(&account, Tier::FREE, "demo"))
             .await
             .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -40,6 +50,7 @@ impl Demo {
             address,
             clock,
             store,
+            account,
             key: created.key,
         }
     }
@@ -70,7 +81,10 @@ async fn printed_key_reads_iocs_and_health_is_open() {
     let demo = Demo::start().await;
     let answer = demo.iocs_with(demo.key.expose_secret()).await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(answer.json()["authenticated_as"]["account_id"], "acct_demo");
+    assert_eq!(
+        answer.json()["authenticated_as"]["account_id"],
+        demo.account.as_str()
+    );
     let health = common::http(demo.address, Method::GET, "/health", &[], "").await;
     assert_eq!(health.status, StatusCode::OK);
     let anonymous = common::http(demo.address, Method::GET, "/api/v1/iocs", &[], "").await;
@@ -79,7 +93,34 @@ async fn printed_key_reads_iocs_and_health_is_open() {
 
 #[tokio::test]
 async fn create_use_list_revoke_use_again() {
-    let demo = Demo::start().await;
+    create_use_list_revoke_use_again_on(Demo::start().await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn create_use_list_revoke_use_again_on_postgres() {
+    let url =
+        std::env::var("DATABASE_URL").expect("DATABASE_URL must be set for the postgres tests");
+    let pool = sqlx::PgPool::connect_lazy(&url).unwrap();
+    let table = format!("demo_{}", uuid::Uuid::new_v4().simple());
+    let store = tower_api_key::PgKeyStore::new(pool).table(&table);
+    store.migrate().await.unwrap();
+    create_use_list_revoke_use_again_on(Demo::start_with(store).await).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn create_use_list_revoke_use_again_on_redis() {
+    let url = std::env::var("REDIS_URL").expect("REDIS_URL must be set for the redis tests");
+    let client = redis::Client::open(url).unwrap();
+    let connection = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let prefix = format!("tower-api-key-demo-{}", uuid::Uuid::new_v4().simple());
+    let store = tower_api_key::RedisKeyStore::new(connection).prefix(prefix);
+    create_use_list_revoke_use_again_on(Demo::start_with(store).await).await;
+}
+
+/// The flow of the README's curl commands, the same on every store.
+async fn create_use_list_revoke_use_again_on<S: WritableKeyStore + Clone>(demo: Demo<S>) {
     let created = demo.create(r#"{"name": "ci", "expires_in": 3600}"#).await;
     assert_eq!(created.status, StatusCode::CREATED);
     assert_eq!(

@@ -75,6 +75,15 @@
 //!
 //! - `axum` (default): [`KeyIdentity`] is an axum extractor. It pulls in `axum-core` only;
 //!   hyper and tonic services can turn it off with `default-features = false`.
+//! - `postgres`: `PgKeyStore`, keys in PostgreSQL through sqlx.
+//! - `redis`: `RedisKeyStore`, keys in Redis through the redis crate's `ConnectionManager`.
+//! - `cache`: `CachedKeyStore`, an in-process cache in front of any store.
+//!
+//! # Choosing a store
+//!
+//! [`MemoryKeyStore`] serves tests and single instances. Several instances share keys through
+//! `PgKeyStore` or `RedisKeyStore`, usually behind a `CachedKeyStore`, whose TTL bounds how long
+//! another instance may accept a key revoked elsewhere (10 s by default).
 
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]

@@ -111,7 +111,7 @@ pub use identity::{KeyId, KeyIdentity, Tier};
 pub use key::{ApiKey, KeyDigest, KeyFormat, LookupId, MAX_KEY_LEN};
 pub use layer::{ApiKeyAuth, ApiKeyLayer, ResponseFuture};
 pub use lifecycle::{
-    CreatedKey, KeyInfo, KeyManager, ManageError, NewKey, TierLimits, MAX_NAME_LEN,
+    CreatedKey, KeyInfo, KeyManager, ManageError, NewKey, TierLimits, MAX_LIFETIME, MAX_NAME_LEN,
 };
 #[cfg(feature = "cache")]
 pub use store::CachedKeyStore;

@@ -17,6 +17,10 @@ use crate::store::{CreateError, KeyRecord, Quota, StoreError, WritableKeyStore};
 /// The longest key name, in characters.
 pub const MAX_NAME_LEN: usize = 100;
 
+/// The longest lifetime a key (or a rotation's grace period) may be given: 100 years, which
+/// keeps every time representable in every store and in RFC 3339.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// How many active keys an account of each tier may hold.
 ///
 /// The default allows 3 on [`Tier::FREE`] and 50 on [`Tier::PRO`]. A tier not listed may create
@@ -71,7 +75,8 @@ impl Expiry {
             Self::At(time) => Some(time),
             Self::After(lifetime) => now.checked_add(lifetime),
         };
-        time.filter(|time| *time > now)
+        let latest = now.checked_add(MAX_LIFETIME);
+        time.filter(|time| *time > now && latest.is_none_or(|latest| *time <= latest))
             .ok_or(ManageError::InvalidExpiry)
     }
 }
@@ -160,10 +165,24 @@ impl From<&KeyRecord> for KeyInfo {
 
 fn rfc3339<S: Serializer>(time: &Option<SystemTime>, serializer: S) -> Result<S::Ok, S::Error> {
     match time {
-        Some(time) => serializer.collect_str(&humantime::format_rfc3339_seconds(*time)),
+        // humantime panics before 1970 and cannot write years past 9999: a store's odd time is
+        // a serialization error, never a panic.
+        Some(time)
+            if time
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .is_ok_and(|since| since <= LATEST) =>
+        {
+            serializer.collect_str(&humantime::format_rfc3339_seconds(*time))
+        }
+        Some(_) => Err(serde::ser::Error::custom(
+            "a key time lies outside the years 1970 to 9999",
+        )),
         None => serializer.serialize_none(),
     }
 }
+
+/// 9999-12-31T23:59:59Z after the epoch: the last time RFC 3339 writes with four-digit years.
+const LATEST: Duration = Duration::from_secs(253_402_300_799);
 
 /// Why a key could not be created, revoked, deleted or rotated.
 #[derive(Debug)]
@@ -172,7 +191,8 @@ pub enum ManageError {
     /// The name is empty once trimmed, longer than [`MAX_NAME_LEN`] characters, or holds
     /// control characters.
     InvalidName,
-    /// The expiry is not in the future, or too far in it to represent.
+    /// The expiry is not in the future, or more than [`MAX_LIFETIME`] ahead; or a rotation's
+    /// grace period is longer than that.
     InvalidExpiry,
     /// The tier has no limit in the [`TierLimits`].
     UnknownTier(Tier),
@@ -347,9 +367,11 @@ impl<S: WritableKeyStore> KeyManager<S> {
     /// Creates a replacement for an active key and lets the old key work for `grace` more,
     /// then expire, so integrations can switch without downtime.
     ///
-    /// The replacement has the old key's name, tier and metadata, and, if the old key was made
-    /// to expire, the same lifetime from now. The old key does not count against the quota
-    /// while it is being rotated out.
+    /// The replacement has the old key's name, tier, metadata and expiry: rotation changes the
+    /// secret, not the policy. The old key does not count against the quota while it is rotated
+    /// out, so an account at its limit can rotate, and holds one key more than its limit until
+    /// the grace period ends. Rotate a key once: a replacement of a key already being rotated
+    /// out would expire with it.
     pub async fn rotate(
         &self,
         account_id: &str,
@@ -365,14 +387,10 @@ impl<S: WritableKeyStore> KeyManager<S> {
             .find(|record| record.identity.key_id() == key_id && record.is_active(now))
             .ok_or(ManageError::NotFound)?;
         let limit = self.limit(old.identity.tier())?;
-        let lifetime = old
-            .expires_at
-            .zip(old.created_at)
-            .and_then(|(expires_at, created_at)| expires_at.duration_since(created_at).ok());
+        let retire_at = Expiry::After(grace).time_after(now)?;
         let identity = old.identity.with_key_id(KeyId::random());
-        let quota = Quota::new(limit, now).retiring(key_id.clone(), now + grace);
-        self.insert(identity, lifetime.map(|lifetime| now + lifetime), quota)
-            .await
+        let quota = Quota::new(limit, now).retiring(key_id.clone(), retire_at);
+        self.insert(identity, old.expires_at, quota).await
     }
 
     fn limit(&self, tier: &Tier) -> Result<usize, ManageError> {

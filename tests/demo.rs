@@ -241,6 +241,7 @@ async fn bad_create_requests_are_400_invalid_request() {
         r#"{"name": "ci", "expires_in": 0}"#,
         r#"{"name": "ci", "expires_in": -5}"#,
         r#"{"name": "ci", "expires_in": "soon"}"#,
+        r#"{"name": "ci", "expires_in": 400000000000}"#,
     ] {
         let answer = demo.create(body).await;
         assert_envelope(&answer, StatusCode::BAD_REQUEST, "invalid_request");

@@ -267,7 +267,7 @@ async fn rotated_key_works_through_its_grace_period_then_expires() {
 }
 
 #[tokio::test]
-async fn rotation_keeps_an_earlier_expiry_and_the_key_s_lifetime() {
+async fn rotation_keeps_the_key_s_expiry_and_never_extends_it() {
     let world = World::new();
     let new = NewKey::new(ACCOUNT, Tier::FREE, "ci").expires_in(Duration::from_secs(100));
     let old = world.keys.create(new).await.unwrap();
@@ -277,16 +277,50 @@ async fn rotation_keeps_an_earlier_expiry_and_the_key_s_lifetime() {
         .rotate(ACCOUNT, &old.info.id, Duration::from_secs(3600))
         .await
         .unwrap();
-    assert_eq!(
-        replacement.info.expires_at,
-        Some(world.now() + Duration::from_secs(100))
-    );
+    assert_eq!(replacement.info.expires_at, old.info.expires_at);
     let listed = world.keys.list(ACCOUNT).await.unwrap();
     let old_info = listed.iter().find(|info| info.id == old.info.id).unwrap();
     assert_eq!(
         old_info.expires_at, old.info.expires_at,
         "grace never extends a key's life"
     );
+}
+
+#[tokio::test]
+async fn expiry_and_grace_are_bounded_by_max_lifetime() {
+    let world = World::new();
+    let far =
+        NewKey::new(ACCOUNT, Tier::FREE, "far").expires_in(Duration::from_secs(400_000_000_000));
+    assert!(matches!(
+        world.keys.create(far).await,
+        Err(ManageError::InvalidExpiry)
+    ));
+    let longest =
+        NewKey::new(ACCOUNT, Tier::FREE, "longest").expires_in(tower_api_key::MAX_LIFETIME);
+    let created = world.keys.create(longest).await.unwrap();
+    let rotated = world
+        .keys
+        .rotate(ACCOUNT, &created.info.id, Duration::MAX)
+        .await;
+    assert!(
+        matches!(rotated, Err(ManageError::InvalidExpiry)),
+        "{rotated:?}"
+    );
+    assert!(serde_json::to_string(&world.keys.list(ACCOUNT).await.unwrap()).is_ok());
+}
+
+#[tokio::test]
+async fn listing_a_time_before_1970_is_an_error_not_a_panic() {
+    let world = World::new();
+    let key = tower_api_key::KeyFormat::default().generate();
+    let identity =
+        tower_api_key::KeyIdentity::new(KeyId::new("key_old"), ACCOUNT, "old", Tier::FREE);
+    let created_at = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+    world
+        .store
+        .insert(KeyRecord::new(key.digest(), identity).with_created_at(created_at));
+    let listed = world.keys.list(ACCOUNT).await.unwrap();
+    assert!(serde_json::to_string(&listed).is_err());
 }
 
 #[tokio::test]

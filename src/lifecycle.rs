@@ -421,6 +421,10 @@ impl<S: WritableKeyStore> KeyManager<S> {
             .map_err(|error| match error {
                 CreateError::LimitReached => ManageError::KeyLimitReached { tier, limit },
                 CreateError::RetiringKeyNotFound => ManageError::NotFound,
+                // Random ids and keys do not collide; a store that says so is misbehaving.
+                CreateError::AlreadyExists => ManageError::Store(StoreError::new(
+                    "the store reports a fresh random key as existing",
+                )),
                 CreateError::Store(error) => ManageError::Store(error),
             })?;
         Ok(CreatedKey { key, info })

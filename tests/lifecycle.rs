@@ -12,9 +12,8 @@ use common::{echo_identity, request, Answer};
 use http::StatusCode;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKey, ApiKeyLayer, CreateError, KeyId, KeyManager, KeyRecord, KeyStore, LookupId,
-    ManageError, ManualClock, MemoryKeyStore, NewKey, Quota, StoreError, Tier, TierLimits,
-    WritableKeyStore,
+    ApiKey, ApiKeyLayer, KeyId, KeyManager, KeyRecord, KeyStore, LookupId, ManageError,
+    ManualClock, MemoryKeyStore, NewKey, StoreError, Tier, TierLimits, WritableKeyStore,
 };
 
 const ACCOUNT: &str = "acct_1";
@@ -541,23 +540,4 @@ async fn refused_requests_record_no_use() {
         world.keys.list(ACCOUNT).await.unwrap()[0].last_used_at,
         None
     );
-}
-
-#[tokio::test]
-async fn store_create_refuses_to_retire_an_unknown_key() {
-    let world = World::new();
-    let record = {
-        let created = world.create("ci").await;
-        world
-            .store
-            .list(ACCOUNT)
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|r| r.identity.key_id() == &created.info.id)
-            .unwrap()
-    };
-    let quota = Quota::new(3, world.now()).retiring(KeyId::new("key_unknown"), world.now());
-    let result = world.store.create(record, quota).await;
-    assert!(matches!(result, Err(CreateError::RetiringKeyNotFound)));
 }

@@ -139,6 +139,13 @@ impl KeyStore for MemoryKeyStore {
 impl WritableKeyStore for MemoryKeyStore {
     async fn create(&self, record: KeyRecord, quota: Quota) -> Result<(), CreateError> {
         let mut keys = self.write();
+        let taken = keys
+            .lookup_id_by_key_id
+            .contains_key(record.identity.key_id())
+            || keys.by_lookup_id.contains_key(&record.digest.lookup_id());
+        if taken {
+            return Err(CreateError::AlreadyExists);
+        }
         let account_id = record.identity.account_id();
         let retiring_id = quota.retiring.as_ref().map(|(key_id, _)| key_id);
         if let Some(key_id) = retiring_id {
@@ -164,7 +171,6 @@ impl WritableKeyStore for MemoryKeyStore {
                 );
             }
         }
-        keys.remove_by_key_id(record.identity.key_id());
         keys.add(record);
         Ok(())
     }

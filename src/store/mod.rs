@@ -96,8 +96,8 @@ impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
 /// [`create`](WritableKeyStore::create) atomic.
 #[async_trait]
 pub trait WritableKeyStore: KeyStore {
-    /// Adds `record`, unless that would leave its account with more than `quota.limit` active
-    /// keys. The count and the insert are one atomic step: of N concurrent creates for an
+    /// Adds `record`, unless a record with its key id or its key already exists, or it would
+    /// leave its account with more than `quota.limit` active keys. The count and the insert are one atomic step: of N concurrent creates for an
     /// account one below its limit, exactly one succeeds.
     ///
     /// With `quota.retiring`, that key is left out of the count and set to expire (no later than
@@ -162,6 +162,8 @@ pub enum CreateError {
     LimitReached,
     /// The key to retire is not an active key of the account.
     RetiringKeyNotFound,
+    /// A record with the same key id, or for the same key, already exists (in any account).
+    AlreadyExists,
     /// The store failed.
     Store(StoreError),
 }
@@ -171,6 +173,7 @@ impl fmt::Display for CreateError {
         match self {
             Self::LimitReached => f.write_str("the account holds its limit of active keys"),
             Self::RetiringKeyNotFound => f.write_str("the key to rotate is not an active key"),
+            Self::AlreadyExists => f.write_str("a key with this id or this secret already exists"),
             Self::Store(error) => error.fmt(f),
         }
     }

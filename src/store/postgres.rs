@@ -35,8 +35,9 @@ const MIGRATION_LOCK: i32 = 0x746b_6102;
 /// How long an operation may take by default before it fails.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// PostgreSQL's longest identifier, in bytes.
-const MAX_IDENTIFIER_LEN: usize = 63;
+/// The longest table name, in bytes: PostgreSQL's 63 less room for the index's
+/// `_account_id_idx` suffix, which PostgreSQL would otherwise truncate into a clash.
+const MAX_IDENTIFIER_LEN: usize = 63 - "_account_id_idx".len();
 
 /// The columns of a record, in the order every query selects them.
 const COLUMNS: &str = "key_id, digest, account_id, name, tier, metadata, hint, \
@@ -107,7 +108,7 @@ impl PgKeyStore {
     ///
     /// # Panics
     ///
-    /// Unless `name` is a plain SQL identifier of at most 63 bytes: a lowercase ASCII letter or
+    /// Unless `name` is a plain SQL identifier of at most 48 bytes: a lowercase ASCII letter or
     /// `_`, then lowercase ASCII letters, digits or `_`. The name is written into SQL, so
     /// nothing else is accepted. Also outside a tokio runtime, as [`PgKeyStore::new`].
     pub fn table(self, name: &str) -> Self {
@@ -223,7 +224,7 @@ impl PgKeyStore {
                 .map_err(StoreError::new)?;
         }
         let identity = &record.identity;
-        sqlx::query(sql(&self.statements.insert))
+        let inserted = sqlx::query(sql(&self.statements.insert))
             .bind(identity.key_id().as_str())
             .bind(&record.digest.lookup_id().as_bytes()[..])
             .bind(&record.digest.as_bytes()[..])
@@ -239,6 +240,10 @@ impl PgKeyStore {
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::new)?;
+        if inserted.rows_affected() == 0 {
+            // Dropping the transaction rolls the retirement back.
+            return Err(CreateError::AlreadyExists);
+        }
         transaction.commit().await.map_err(StoreError::new)?;
         Ok(())
     }
@@ -360,18 +365,12 @@ impl Statements {
                 "UPDATE \"{table}\" SET expires_at = least(expires_at, $3) \
                  WHERE account_id = $1 AND key_id = $2"
             )),
-            // As `MemoryKeyStore`, a record replaces the one with the same key id.
+            // Either unique column (key_id, lookup_id) taken: nothing is inserted.
             insert: statement(format!(
                 "INSERT INTO \"{table}\" (key_id, lookup_id, {columns}) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                 ON CONFLICT (key_id) DO UPDATE SET lookup_id = EXCLUDED.lookup_id, {updates}",
+                 ON CONFLICT DO NOTHING",
                 columns = COLUMNS.trim_start_matches("key_id, "),
-                updates = COLUMNS
-                    .split(", ")
-                    .skip(1)
-                    .map(|column| format!("{column} = EXCLUDED.{column}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
             )),
             list: statement(format!(
                 "SELECT {COLUMNS} FROM \"{table}\" WHERE account_id = $1 \
@@ -386,10 +385,10 @@ impl Statements {
                 "DELETE FROM \"{table}\" WHERE account_id = $1 AND key_id = $2 \
                  RETURNING {COLUMNS}"
             )),
-            // `greatest` ignores NULL, and never moves a last use back.
+            // Never moves a last use back, and writes no row it would not change.
             touch: statement(format!(
-                "UPDATE \"{table}\" SET last_used_at = greatest(last_used_at, $2) \
-                 WHERE key_id = $1"
+                "UPDATE \"{table}\" SET last_used_at = $2 \
+                 WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < $2)"
             )),
         })
     }
@@ -564,15 +563,10 @@ mod tests {
     }
 
     #[test]
-    fn insert_sets_every_column_on_conflict() {
+    fn insert_binds_every_column_and_replaces_nothing() {
         let insert = &Statements::new("api_keys").insert;
-        for column in COLUMNS.split(", ").skip(1) {
-            assert!(
-                insert.contains(&format!("{column} = EXCLUDED.{column}")),
-                "{column}"
-            );
-        }
         assert!(insert.contains("$12)"));
         assert!(!insert.contains("$13"));
+        assert!(insert.ends_with("ON CONFLICT DO NOTHING"));
     }
 }

@@ -196,6 +196,7 @@ impl WritableKeyStore for RedisKeyStore {
             "created" => Ok(()),
             "limit_reached" => Err(CreateError::LimitReached),
             "retiring_key_not_found" => Err(CreateError::RetiringKeyNotFound),
+            "already_exists" => Err(CreateError::AlreadyExists),
             _ => Err(StoreError::new("the Redis create script gave an unknown answer").into()),
         }
     }
@@ -445,6 +446,10 @@ local limit, now = tonumber(ARGV[2]), micros(ARGV[3])
 local has_retiring, retiring, retire_at = ARGV[4] == '1', ARGV[5], ARGV[6]
 local lookup_hex, key_id, account_id = ARGV[7], ARGV[8], ARGV[9]
 
+if redis.call('EXISTS', id_key(key_id)) == 1 or redis.call('EXISTS', record_key(lookup_hex)) == 1 then
+  return 'already_exists'
+end
+
 local retiring_key = nil
 if has_retiring then
   retiring_key = record_of(account_id, retiring)
@@ -469,15 +474,7 @@ if retiring_key then
   end
 end
 
--- As `MemoryKeyStore`: the new record replaces any with the same key id or the same key.
-remove(key_id)
-local key = record_key(lookup_hex)
-if redis.call('EXISTS', key) == 1 then
-  local replaced = redis.call('HGET', key, 'key_id')
-  if replaced then remove(replaced) end
-  redis.call('DEL', key)
-end
-redis.call('HSET', key, unpack(ARGV, 10))
+redis.call('HSET', record_key(lookup_hex), unpack(ARGV, 10))
 redis.call('SET', id_key(key_id), lookup_hex)
 redis.call('SADD', account_key(account_id), key_id)
 return 'created'

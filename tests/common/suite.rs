@@ -201,6 +201,36 @@ pub async fn deleting_returns_the_record_and_respects_accounts(backend: impl Bac
     assert!(keys.list(&account).await.unwrap().is_empty());
 }
 
+pub async fn create_refuses_an_existing_key_id_or_key(backend: impl Backend) {
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let account = account();
+    let created = create(&keys, &account).await;
+    let store = keys.store();
+    let record = store
+        .find(&created.key.digest().lookup_id())
+        .await
+        .unwrap()
+        .unwrap();
+    let quota = || Quota::new(50, clock.now());
+    let same = store.create(record.clone(), quota()).await;
+    assert!(matches!(same, Err(CreateError::AlreadyExists)), "{same:?}");
+
+    // The same key id for another account and another key must not take the key over.
+    let other_key = tower_api_key::KeyFormat::default().generate();
+    let identity =
+        tower_api_key::KeyIdentity::new(created.info.id.clone(), "acct_thief", "x", Tier::FREE);
+    let thief = tower_api_key::KeyRecord::new(other_key.digest(), identity);
+    let taken = store.create(thief, quota()).await;
+    assert!(
+        matches!(taken, Err(CreateError::AlreadyExists)),
+        "{taken:?}"
+    );
+    assert_eq!(verdict(&keys, &created.key).await, "ok");
+    assert_eq!(verdict(&keys, &other_key).await, "invalid_api_key");
+    assert_eq!(keys.list(&account).await.unwrap().len(), 1);
+}
+
 pub async fn quota_counts_only_active_keys(backend: impl Backend) {
     let clock = clock();
     let keys = manager(backend.instance().await, &clock);
@@ -242,12 +272,9 @@ pub async fn rotation_retires_the_old_key_atomically(backend: impl Backend) {
     assert_eq!(verdict(&keys, &old.key).await, "expired_api_key");
     assert_eq!(verdict(&keys, &new.key).await, "ok");
 
-    let record = keys
-        .store()
-        .find(&new.key.digest().lookup_id())
-        .await
-        .unwrap()
-        .unwrap();
+    let fresh = tower_api_key::KeyFormat::default().generate();
+    let identity = tower_api_key::KeyIdentity::new(KeyId::random(), &account, "fresh", Tier::FREE);
+    let record = tower_api_key::KeyRecord::new(fresh.digest(), identity);
     let quota = Quota::new(50, clock.now()).retiring(KeyId::new("key_none"), clock.now());
     let refused = keys.store().create(record, quota).await;
     assert!(
@@ -328,6 +355,7 @@ macro_rules! store_suite {
             listing_is_per_account_and_keeps_revoked_keys,
             revoking_keeps_the_first_time_and_respects_accounts,
             deleting_returns_the_record_and_respects_accounts,
+            create_refuses_an_existing_key_id_or_key,
             quota_counts_only_active_keys,
             rotation_retires_the_old_key_atomically,
             concurrent_creates_one_below_the_limit_give_one_key,

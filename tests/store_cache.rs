@@ -160,6 +160,25 @@ async fn unknown_keys_are_cached_for_the_negative_ttl() {
     assert_eq!(probe.lookups(), 2);
 }
 
+#[tokio::test]
+async fn a_key_created_through_the_cache_is_not_hidden_by_a_cached_miss() {
+    use tower_api_key::WritableKeyStore;
+    let cache = CachedKeyStore::new(MemoryKeyStore::new());
+    let key = KeyFormat::default().generate();
+    let lookup_id = key.digest().lookup_id();
+    assert!(
+        cache.find(&lookup_id).await.unwrap().is_none(),
+        "now cached as unknown"
+    );
+    let identity = KeyIdentity::new(KeyId::random(), "acct_1", "ci", Tier::FREE);
+    let quota = tower_api_key::Quota::new(3, SystemTime::now());
+    cache
+        .create(KeyRecord::new(key.digest(), identity), quota)
+        .await
+        .unwrap();
+    assert!(cache.find(&lookup_id).await.unwrap().is_some());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_lookups_of_one_key_make_one_store_call() {
     let probe = Probe {

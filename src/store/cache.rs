@@ -15,6 +15,21 @@ const DEFAULT_MAX_CAPACITY: u64 = 100_000;
 const DEFAULT_TTL: Duration = Duration::from_secs(10);
 const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
+/// How many write generations the cache keeps: a write makes the entries of its stripe (about
+/// 1 in 64) be read again, which keeps the bookkeeping small and fixed.
+const STRIPES: usize = 64;
+
+/// What a lookup found, and the write generation of its stripe when the lookup began.
+///
+/// A write bumps the generation after the store has changed. An entry whose generation is no
+/// longer current may have been read before that change, so it is dropped and read again:
+/// this closes the race where a lookup in flight during a write caches what it read before it.
+#[derive(Clone)]
+struct Cached {
+    found: Option<KeyRecord>,
+    generation: u64,
+}
+
 /// An in-process cache in front of any [`KeyStore`] (feature `cache`), so that most requests
 /// never reach the database.
 ///
@@ -27,8 +42,9 @@ const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 ///   once, including lookups that were in flight during the change.
 ///
 /// **Staleness bound**: another instance (another process with its own cache) may go on
-/// accepting a key revoked elsewhere for at most `ttl` (10 seconds by default). Lower the TTL
-/// if revocations must take effect sooner everywhere.
+/// accepting a key revoked, deleted or rotated out elsewhere for at most `ttl` (10 seconds by
+/// default) plus the duration of one lookup of the inner store. Lower the TTL if revocations
+/// must take effect sooner everywhere.
 ///
 /// ```
 /// use std::time::Duration;
@@ -40,12 +56,13 @@ const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct CachedKeyStore<S> {
     inner: S,
-    records: moka::future::Cache<LookupId, Option<KeyRecord>>,
+    records: moka::future::Cache<LookupId, Cached>,
     /// Last uses seen since a record was cached, laid over the cached records so that the layer
     /// does not ask for a store write on every request.
     recent_uses: moka::sync::Cache<LookupId, SystemTime>,
-    /// Bumped around every write, so a lookup that overlapped one does not cache what it read.
-    writes: Arc<AtomicU64>,
+    /// Write generations, one per stripe of lookup ids: an entry read before a write to its
+    /// stripe is not trusted after it (see [`Cached`]).
+    writes: Arc<[AtomicU64; STRIPES]>,
     config: CacheConfig,
 }
 
@@ -124,36 +141,35 @@ impl<S: KeyStore> CachedKeyStore<S> {
             inner,
             records,
             recent_uses,
-            writes: Arc::default(),
+            writes: Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
             config,
         }
     }
 
-    fn writes_so_far(&self) -> u64 {
-        self.writes.load(Ordering::SeqCst)
+    /// The write generation of `lookup_id`'s stripe.
+    fn generation(&self, lookup_id: &LookupId) -> &AtomicU64 {
+        &self.writes[usize::from(lookup_id.as_bytes()[0]) % STRIPES]
     }
 
-    /// Runs a write of the inner store, and forgets `lookup_ids`'s records once it is done.
+    /// Runs a write of the inner store; once it is done, retires what was cached of
+    /// `lookup_ids`, including lookups still in flight.
     async fn write<T>(
         &self,
         write: impl std::future::Future<Output = T>,
         lookup_ids: impl FnOnce(&T) -> Vec<LookupId>,
     ) -> T {
-        self.writes.fetch_add(1, Ordering::SeqCst);
         let result = write.await;
-        self.writes.fetch_add(1, Ordering::SeqCst);
         for lookup_id in lookup_ids(&result) {
+            self.generation(&lookup_id).fetch_add(1, Ordering::SeqCst);
             self.records.invalidate(&lookup_id).await;
         }
         result
     }
 
-    async fn fill(&self, lookup_id: &LookupId, started: u64) -> Result<Option<KeyRecord>, Fill> {
-        let found = self.inner.find(lookup_id).await.map_err(Fill::Store)?;
-        if self.writes_so_far() != started {
-            return Err(Fill::Overlapped);
-        }
-        Ok(found)
+    async fn fill(&self, lookup_id: &LookupId) -> Result<Cached, StoreError> {
+        let generation = self.generation(lookup_id).load(Ordering::SeqCst);
+        let found = self.inner.find(lookup_id).await?;
+        Ok(Cached { found, generation })
     }
 
     fn with_recent_use(
@@ -171,26 +187,17 @@ impl<S: KeyStore> CachedKeyStore<S> {
 #[async_trait]
 impl<S: KeyStore> KeyStore for CachedKeyStore<S> {
     async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
-        let started = self.writes_so_far();
-        match self
+        let cached = self
             .records
-            .try_get_with(*lookup_id, self.fill(lookup_id, started))
+            .try_get_with(*lookup_id, self.fill(lookup_id))
             .await
-        {
-            Ok(found) if self.writes_so_far() == started => {
-                Ok(self.with_recent_use(lookup_id, found))
-            }
-            // A write overlapped this lookup: what was cached may predate it, so drop it and ask
-            // the store itself.
-            Ok(_) => {
-                self.records.invalidate(lookup_id).await;
-                self.inner.find(lookup_id).await
-            }
-            Err(error) => match &*error {
-                Fill::Overlapped => self.inner.find(lookup_id).await,
-                Fill::Store(_) => Err(StoreError::new(error)),
-            },
+            .map_err(StoreError::new)?;
+        if cached.generation == self.generation(lookup_id).load(Ordering::SeqCst) {
+            return Ok(self.with_recent_use(lookup_id, cached.found));
         }
+        // Read before a write to its stripe: maybe stale. Ask the store; the next lookup caches.
+        self.records.invalidate(lookup_id).await;
+        self.inner.find(lookup_id).await
     }
 
     fn record_use(&self, record: &KeyRecord, at: SystemTime) {
@@ -257,42 +264,17 @@ impl<S: fmt::Debug> fmt::Debug for CachedKeyStore<S> {
     }
 }
 
-/// Why a lookup's result was not cached.
-#[derive(Debug)]
-enum Fill {
-    Store(StoreError),
-    Overlapped,
-}
-
-impl fmt::Display for Fill {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Store(error) => error.fmt(f),
-            Self::Overlapped => f.write_str("a write overlapped the lookup"),
-        }
-    }
-}
-
-impl std::error::Error for Fill {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Store(error) => error.source(),
-            Self::Overlapped => None,
-        }
-    }
-}
-
 /// Known keys live for the TTL but not past their own expiry; unknown keys for the negative TTL.
 struct EntryExpiry(CacheConfig);
 
-impl Expiry<LookupId, Option<KeyRecord>> for EntryExpiry {
+impl Expiry<LookupId, Cached> for EntryExpiry {
     fn expire_after_create(
         &self,
         _lookup_id: &LookupId,
-        found: &Option<KeyRecord>,
+        cached: &Cached,
         _created_at: Instant,
     ) -> Option<Duration> {
-        let Some(record) = found else {
+        let Some(record) = &cached.found else {
             return Some(self.0.negative_ttl);
         };
         let until_expiry = record.expires_at.map(|expires_at| {

@@ -277,15 +277,26 @@ impl Config {
     }
 }
 
-/// Step 4, as the future that waits for the store: look up, verify, note the use.
+/// Step 4, as the future that waits for the store: look up, then conclude.
 async fn authenticate(
     store: Arc<dyn KeyStore>,
     config: Arc<Config>,
     digest: KeyDigest,
 ) -> Result<KeyIdentity, AuthError> {
     let found = store.find(&digest.lookup_id()).await;
+    conclude(&*store, &config, found, &digest)
+}
+
+/// Step 4 once the store has answered: verify the record, and note the key's use when the last
+/// one noted is older than the interval.
+fn conclude(
+    store: &dyn KeyStore,
+    config: &Config,
+    found: Result<Option<KeyRecord>, StoreError>,
+    digest: &KeyDigest,
+) -> Result<KeyIdentity, AuthError> {
     let now = config.clock.now();
-    let record = verify(found, &digest, now)?;
+    let record = verify(found, digest, now)?;
     let due = record.last_used_at.is_none_or(|last| {
         now.duration_since(last)
             .is_ok_and(|elapsed| elapsed >= config.last_used_interval)
@@ -371,6 +382,19 @@ where
         };
         self.config.headers.mark_sensitive(request.headers_mut());
 
+        // A store that holds its records in memory answers at once: no future to box.
+        if let Some(found) = self.store.find_now(&digest.lookup_id()) {
+            return match conclude(&*self.store, &self.config, found, &digest) {
+                Ok(identity) => {
+                    request.extensions_mut().insert(identity);
+                    ResponseFuture::inner(self.inner.call(request))
+                }
+                Err(error) => {
+                    ResponseFuture::rejected(self.config.reject(error, request.headers()))
+                }
+            };
+        }
+
         // `self.inner` is the clone that was made ready; keep it and leave a fresh clone behind.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
@@ -429,6 +453,12 @@ impl<S, ReqBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>>,
 {
+    fn inner(future: S::Future) -> Self {
+        Self {
+            state: State::Inner { future },
+        }
+    }
+
     fn rejected(response: Response<Bytes>) -> Self {
         Self {
             state: State::Rejected {

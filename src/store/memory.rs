@@ -127,6 +127,10 @@ impl KeyStore for MemoryKeyStore {
         Ok(self.read().by_lookup_id.get(lookup_id).cloned())
     }
 
+    fn find_now(&self, lookup_id: &LookupId) -> Option<Result<Option<KeyRecord>, StoreError>> {
+        Some(Ok(self.read().by_lookup_id.get(lookup_id).cloned()))
+    }
+
     fn record_use(&self, record: &KeyRecord, at: SystemTime) {
         let mut keys = self.write();
         if let Some(stored) = keys.by_lookup_id.get_mut(&record.digest.lookup_id()) {

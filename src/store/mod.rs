@@ -64,6 +64,16 @@ pub trait KeyStore: Send + Sync + 'static {
     /// An error makes the layer answer `503`, never `401` and never a pass.
     async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError>;
 
+    /// What [`find`](KeyStore::find) would answer, if the store can tell at once without waiting
+    /// (its records are in memory); `None` to be asked through `find`.
+    ///
+    /// The layer tries it first: an answer here spares a boxed future per request. The default
+    /// answers `None`; remote stores keep it.
+    fn find_now(&self, lookup_id: &LookupId) -> Option<Result<Option<KeyRecord>, StoreError>> {
+        let _ = lookup_id;
+        None
+    }
+
     /// Notes that the key of `record` authenticated a request at `at`, for
     /// [`KeyRecord::last_used_at`].
     ///
@@ -80,6 +90,10 @@ pub trait KeyStore: Send + Sync + 'static {
 impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
     async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
         (**self).find(lookup_id).await
+    }
+
+    fn find_now(&self, lookup_id: &LookupId) -> Option<Result<Option<KeyRecord>, StoreError>> {
+        (**self).find_now(lookup_id)
     }
 
     fn record_use(&self, record: &KeyRecord, at: SystemTime) {

@@ -52,7 +52,7 @@ fn store_with(count: usize) -> (MemoryKeyStore, Vec<String>) {
             "bench",
             Tier::FREE,
         );
-        store.insert(KeyRecord::new(key.digest(), identity));
+        store.insert(KeyRecord::new(key.digest(), identity).with_hint("sk_live_...abcd"));
         if index % step == 0 && sample.len() < ROTATION {
             sample.push(format!("Bearer {}", key.expose_secret()));
         }

@@ -151,8 +151,18 @@ impl fmt::Debug for KeyDigest {
 /// let lookup_id = tower_api_key::KeyDigest::of("sk_live_x").lookup_id();
 /// let _ = lookup_id.to_string(); // no `Display`: does not compile
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct LookupId([u8; 16]);
+
+// The bytes come from SHA-256, so any eight of them are already a uniform hash: hashing those
+// alone lets a map's hasher pass them through (equal ids hash equal, as `Eq` requires).
+impl std::hash::Hash for LookupId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut first = [0; 8];
+        first.copy_from_slice(&self.0[..8]);
+        state.write_u64(u64::from_le_bytes(first));
+    }
+}
 
 impl LookupId {
     /// Rebuilds a lookup id from the 16 bytes a store kept.

@@ -154,7 +154,7 @@ impl From<&KeyRecord> for KeyInfo {
         Self {
             id: record.identity.key_id().clone(),
             name: record.identity.name().to_owned(),
-            hint: record.hint.clone(),
+            hint: record.hint.as_deref().map(str::to_owned),
             created_at: record.created_at,
             expires_at: record.expires_at,
             revoked_at: record.revoked_at,

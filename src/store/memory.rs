@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
@@ -31,7 +32,7 @@ pub struct MemoryKeyStore {
 /// The records and their indexes, changed together under one lock.
 #[derive(Debug, Default)]
 struct Keys {
-    by_lookup_id: HashMap<LookupId, KeyRecord>,
+    by_lookup_id: HashMap<LookupId, KeyRecord, BuildHasherDefault<PassThrough>>,
     lookup_id_by_key_id: HashMap<KeyId, LookupId>,
     key_ids_by_account: HashMap<String, Vec<KeyId>>,
 }
@@ -76,6 +77,29 @@ impl MemoryKeyStore {
 
     fn write(&self) -> RwLockWriteGuard<'_, Keys> {
         self.keys.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A hasher for [`LookupId`]s, whose `Hash` writes one uniformly random `u64`: it passes that
+/// through instead of running SipHash over it. Callers choose which ids to look up, never which
+/// are stored (those are digests of keys this crate generated), so they cannot crowd a bucket.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `LookupId` is hashed here, and it writes a single `u64`.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 

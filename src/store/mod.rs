@@ -227,7 +227,7 @@ pub struct KeyRecord {
     pub last_used_at: Option<SystemTime>,
     /// A non-secret reminder of the key for its owner: its prefix and last four characters,
     /// `sk_live_...Xy12`.
-    pub hint: Option<String>,
+    pub hint: Option<Arc<str>>,
 }
 
 impl KeyRecord {
@@ -263,7 +263,7 @@ impl KeyRecord {
     }
 
     /// The same record, with a [hint](KeyRecord::hint).
-    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+    pub fn with_hint(mut self, hint: impl Into<Arc<str>>) -> Self {
         self.hint = Some(hint.into());
         self
     }

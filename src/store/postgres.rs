@@ -446,7 +446,8 @@ fn record_from_row(row: &PgRow) -> Result<KeyRecord, StoreError> {
         identity = identity.with_metadata(metadata);
     }
     let mut record = KeyRecord::new(KeyDigest::from_bytes(digest), identity);
-    record.hint = row.try_get("hint").map_err(StoreError::new)?;
+    let hint: Option<String> = row.try_get("hint").map_err(StoreError::new)?;
+    record.hint = hint.map(Into::into);
     record.created_at = time("created_at")?;
     record.expires_at = time("expires_at")?;
     record.revoked_at = time("revoked_at")?;

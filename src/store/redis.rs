@@ -287,7 +287,7 @@ fn record_fields(record: &KeyRecord) -> Result<Vec<String>, StoreError> {
         fields.push(("metadata", metadata.to_string()));
     }
     if let Some(hint) = &record.hint {
-        fields.push(("hint", hint.clone()));
+        fields.push(("hint", hint.to_string()));
     }
     let times = [
         ("created_at", record.created_at),
@@ -331,7 +331,7 @@ fn parse_record(fields: HashMap<String, String>) -> Result<Option<KeyRecord>, St
         revoked_at: fields.time("revoked_at")?,
         created_at: fields.time("created_at")?,
         last_used_at: fields.time("last_used_at")?,
-        hint: fields.optional("hint"),
+        hint: fields.optional("hint").map(Into::into),
     }))
 }
 

@@ -86,7 +86,7 @@ pub async fn created_key_is_found_with_its_whole_record(backend: impl Backend) {
         Some(clock.now() + Duration::from_secs(3600))
     );
     assert_eq!(found.revoked_at, None);
-    assert_eq!(found.hint, created.info.hint);
+    assert_eq!(found.hint.as_deref(), created.info.hint.as_deref());
 }
 
 pub async fn unknown_key_is_not_found(backend: impl Backend) {

@@ -1,6 +1,7 @@
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -24,10 +25,27 @@ const STRIPES: usize = 64;
 /// A write bumps the generation after the store has changed. An entry whose generation is no
 /// longer current may have been read before that change, so it is dropped and read again:
 /// this closes the race where a lookup in flight during a write caches what it read before it.
-#[derive(Clone)]
+///
+/// It also keeps the latest use the layer reported since it was cached, laid over the record's
+/// own `last_used_at` so that the layer does not ask again before its interval.
 struct Cached {
     found: Option<KeyRecord>,
     generation: u64,
+    /// Microseconds since the epoch of the latest use; 0 for none.
+    last_used: AtomicU64,
+}
+
+impl Cached {
+    /// The record found, with the latest use reported since.
+    fn record(&self) -> Option<KeyRecord> {
+        let mut found = self.found.clone();
+        let micros = self.last_used.load(Ordering::Relaxed);
+        if let (Some(record), true) = (&mut found, micros > 0) {
+            let used = SystemTime::UNIX_EPOCH + Duration::from_micros(micros);
+            record.last_used_at = record.last_used_at.max(Some(used));
+        }
+        found
+    }
 }
 
 /// An in-process cache in front of any [`KeyStore`] (feature `cache`), so that most requests
@@ -56,10 +74,9 @@ struct Cached {
 #[derive(Clone)]
 pub struct CachedKeyStore<S> {
     inner: S,
-    records: moka::future::Cache<LookupId, Cached>,
-    /// Last uses seen since a record was cached, laid over the cached records so that the layer
-    /// does not ask for a store write on every request.
-    recent_uses: moka::sync::Cache<LookupId, SystemTime>,
+    records: moka::sync::Cache<LookupId, Arc<Cached>>,
+    /// Lookups under way, so that concurrent misses of one key make one store call.
+    in_flight: Arc<Mutex<HashMap<LookupId, Arc<Fill>>>>,
     /// Write generations, one per stripe of lookup ids: an entry read before a write to its
     /// stripe is not trusted after it (see [`Cached`]).
     writes: Arc<[AtomicU64; STRIPES]>,
@@ -129,18 +146,14 @@ impl<S: KeyStore> CachedKeyStore<S> {
     }
 
     fn with_config(inner: S, config: CacheConfig) -> Self {
-        let records = moka::future::Cache::builder()
+        let records = moka::sync::Cache::builder()
             .max_capacity(config.max_capacity)
             .expire_after(EntryExpiry(config.clone()))
-            .build();
-        let recent_uses = moka::sync::Cache::builder()
-            .max_capacity(config.max_capacity)
-            .time_to_live(config.ttl)
             .build();
         Self {
             inner,
             records,
-            recent_uses,
+            in_flight: Arc::default(),
             writes: Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
             config,
         }
@@ -161,47 +174,78 @@ impl<S: KeyStore> CachedKeyStore<S> {
         let result = write.await;
         for lookup_id in lookup_ids(&result) {
             self.generation(&lookup_id).fetch_add(1, Ordering::SeqCst);
-            self.records.invalidate(&lookup_id).await;
+            self.records.invalidate(&lookup_id);
         }
         result
     }
 
-    async fn fill(&self, lookup_id: &LookupId) -> Result<Cached, StoreError> {
-        let generation = self.generation(lookup_id).load(Ordering::SeqCst);
-        let found = self.inner.find(lookup_id).await?;
-        Ok(Cached { found, generation })
+    /// Reads `lookup_id` from the store and caches it; concurrent callers share one read.
+    async fn fill(&self, lookup_id: &LookupId) -> Result<Arc<Cached>, StoreError> {
+        let fill = Arc::clone(lock(&self.in_flight).entry(*lookup_id).or_default());
+        let filled = fill
+            .get_or_init(|| async {
+                let generation = self.generation(lookup_id).load(Ordering::SeqCst);
+                let found = self.inner.find(lookup_id).await.map_err(Arc::new)?;
+                let cached = Arc::new(Cached {
+                    found,
+                    generation,
+                    last_used: AtomicU64::new(0),
+                });
+                self.records.insert(*lookup_id, Arc::clone(&cached));
+                Ok(cached)
+            })
+            .await
+            .clone();
+        let mut in_flight = lock(&self.in_flight);
+        if in_flight
+            .get(lookup_id)
+            .is_some_and(|current| Arc::ptr_eq(current, &fill))
+        {
+            in_flight.remove(lookup_id);
+        }
+        filled.map_err(StoreError::new)
     }
 
-    fn with_recent_use(
-        &self,
-        lookup_id: &LookupId,
-        mut found: Option<KeyRecord>,
-    ) -> Option<KeyRecord> {
-        if let (Some(record), Some(used)) = (&mut found, self.recent_uses.get(lookup_id)) {
-            record.last_used_at = record.last_used_at.max(Some(used));
+    /// The cached answer for `lookup_id`, if there is one no write has overtaken.
+    fn cached(&self, lookup_id: &LookupId) -> Option<Option<KeyRecord>> {
+        let cached = self.records.get(lookup_id)?;
+        if cached.generation != self.generation(lookup_id).load(Ordering::SeqCst) {
+            // Read before a write to its stripe: maybe stale.
+            self.records.invalidate(lookup_id);
+            return None;
         }
-        found
+        Some(cached.record())
     }
 }
 
 #[async_trait]
 impl<S: KeyStore> KeyStore for CachedKeyStore<S> {
     async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
-        let cached = self
-            .records
-            .try_get_with(*lookup_id, self.fill(lookup_id))
-            .await
-            .map_err(StoreError::new)?;
-        if cached.generation == self.generation(lookup_id).load(Ordering::SeqCst) {
-            return Ok(self.with_recent_use(lookup_id, cached.found));
+        if let Some(found) = self.cached(lookup_id) {
+            return Ok(found);
         }
-        // Read before a write to its stripe: maybe stale. Ask the store; the next lookup caches.
-        self.records.invalidate(lookup_id).await;
+        let filled = self.fill(lookup_id).await?;
+        if filled.generation == self.generation(lookup_id).load(Ordering::SeqCst) {
+            return Ok(filled.record());
+        }
+        // A write overtook the read: what it found may be stale, so ask the store itself.
+        self.records.invalidate(lookup_id);
         self.inner.find(lookup_id).await
     }
 
+    fn find_now(&self, lookup_id: &LookupId) -> Option<Result<Option<KeyRecord>, StoreError>> {
+        self.cached(lookup_id).map(Ok)
+    }
+
     fn record_use(&self, record: &KeyRecord, at: SystemTime) {
-        self.recent_uses.insert(record.digest.lookup_id(), at);
+        if let Some(cached) = self.records.get(&record.digest.lookup_id()) {
+            let micros = at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| since.as_micros());
+            cached
+                .last_used
+                .fetch_max(u64::try_from(micros).unwrap_or(u64::MAX), Ordering::Relaxed);
+        }
         self.inner.record_use(record, at);
     }
 }
@@ -264,14 +308,22 @@ impl<S: fmt::Debug> fmt::Debug for CachedKeyStore<S> {
     }
 }
 
+/// One read of the store that concurrent lookups of a key wait for.
+type Fill = tokio::sync::OnceCell<Result<Arc<Cached>, Arc<StoreError>>>;
+
+// No code panics while holding the lock, so a poisoned lock still holds a consistent map.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Known keys live for the TTL but not past their own expiry; unknown keys for the negative TTL.
 struct EntryExpiry(CacheConfig);
 
-impl Expiry<LookupId, Cached> for EntryExpiry {
+impl Expiry<LookupId, Arc<Cached>> for EntryExpiry {
     fn expire_after_create(
         &self,
         _lookup_id: &LookupId,
-        cached: &Cached,
+        cached: &Arc<Cached>,
         _created_at: Instant,
     ) -> Option<Duration> {
         let Some(record) = &cached.found else {

@@ -145,7 +145,8 @@ async fn repeated_lookups_of_a_key_reach_the_store_once() {
 #[tokio::test]
 async fn unknown_keys_are_cached_for_the_negative_ttl() {
     let probe = Probe::default();
-    let cache = CachedKeyStore::new(probe.clone()).negative_ttl(Duration::from_millis(100));
+    // Long enough that 100 lookups fit in it even on a loaded machine.
+    let cache = CachedKeyStore::new(probe.clone()).negative_ttl(Duration::from_secs(1));
     let unknown = KeyDigest::of("sk_live_unknown").lookup_id();
     for _ in 0..100 {
         assert!(cache.find(&unknown).await.unwrap().is_none());
@@ -155,7 +156,7 @@ async fn unknown_keys_are_cached_for_the_negative_ttl() {
         1,
         "a flood of one bad key reaches the store once"
     );
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     cache.find(&unknown).await.unwrap();
     assert_eq!(probe.lookups(), 2);
 }
@@ -254,7 +255,8 @@ async fn rotation_through_the_cache_ends_the_old_key_after_its_grace() {
 #[tokio::test]
 async fn another_instance_sees_a_revocation_within_the_ttl() {
     let shared = MemoryKeyStore::new();
-    let ttl = Duration::from_millis(200);
+    // Long enough that the lookups before the sleep fit in it even on a loaded machine.
+    let ttl = Duration::from_secs(1);
     let clock = suite::clock();
     let here = suite::manager(CachedKeyStore::new(shared.clone()).ttl(ttl), &clock);
     let elsewhere = suite::manager(CachedKeyStore::new(shared), &clock);
@@ -275,7 +277,7 @@ async fn entries_end_at_their_key_s_expiry() {
     let probe = Probe::default();
     let key = KeyFormat::default().generate();
     let identity = KeyIdentity::new(KeyId::random(), "acct_1", "ci", Tier::FREE);
-    let expires_at = SystemTime::now() + Duration::from_millis(100);
+    let expires_at = SystemTime::now() + Duration::from_millis(500);
     probe
         .inner
         .insert(KeyRecord::new(key.digest(), identity).with_expires_at(expires_at));
@@ -283,7 +285,7 @@ async fn entries_end_at_their_key_s_expiry() {
     cache.find(&key.digest().lookup_id()).await.unwrap();
     cache.find(&key.digest().lookup_id()).await.unwrap();
     assert_eq!(probe.lookups(), 1);
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     cache.find(&key.digest().lookup_id()).await.unwrap();
     assert_eq!(probe.lookups(), 2, "the entry ended with the key");
 }

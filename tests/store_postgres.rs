@@ -163,7 +163,12 @@ async fn hung_server_gives_503_and_auth_resumes_by_itself() {
     proxy.hang();
     let started = Instant::now();
     assert_unavailable(&answer(&keys, &created.key).await);
-    assert!(started.elapsed() < timeout * 3, "{:?}", started.elapsed());
+    // Bounded by the timeout, not by TCP's minutes; the margin absorbs a loaded machine.
+    assert!(
+        started.elapsed() < timeout + Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 
     proxy.resume();
     let deadline = Instant::now() + Duration::from_secs(5);

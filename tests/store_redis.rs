@@ -174,7 +174,8 @@ async fn hung_server_gives_503_and_auth_resumes_when_it_answers_again() {
         StatusCode::SERVICE_UNAVAILABLE,
         "authentication_unavailable",
     );
-    assert!(started.elapsed() < timeout + Duration::from_millis(500));
+    // Bounded by the timeout, not by TCP's minutes; the margin absorbs a loaded machine.
+    assert!(started.elapsed() < timeout + Duration::from_secs(2));
 
     proxy.resume();
     let deadline = Instant::now() + Duration::from_secs(5);

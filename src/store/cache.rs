@@ -166,23 +166,40 @@ impl<S: KeyStore> CachedKeyStore<S> {
 
     /// Runs a write of the inner store; once it is done, retires what was cached of
     /// `lookup_ids`, including lookups still in flight.
+    /// `lookup_ids` answers `None` when the write failed without saying what changed (it may
+    /// have timed out after the store committed): then every entry is retired.
     async fn write<T>(
         &self,
         write: impl std::future::Future<Output = T>,
-        lookup_ids: impl FnOnce(&T) -> Vec<LookupId>,
+        lookup_ids: impl FnOnce(&T) -> Option<Vec<LookupId>>,
     ) -> T {
         let result = write.await;
-        for lookup_id in lookup_ids(&result) {
-            self.generation(&lookup_id).fetch_add(1, Ordering::SeqCst);
-            self.records.invalidate(&lookup_id);
+        match lookup_ids(&result) {
+            Some(lookup_ids) => {
+                for lookup_id in lookup_ids {
+                    self.generation(&lookup_id).fetch_add(1, Ordering::SeqCst);
+                    self.records.invalidate(&lookup_id);
+                }
+            }
+            None => {
+                self.writes
+                    .iter()
+                    .for_each(|generation| _ = generation.fetch_add(1, Ordering::SeqCst));
+                self.records.invalidate_all();
+            }
         }
         result
     }
 
     /// Reads `lookup_id` from the store and caches it; concurrent callers share one read.
     async fn fill(&self, lookup_id: &LookupId) -> Result<Arc<Cached>, StoreError> {
-        let fill = Arc::clone(lock(&self.in_flight).entry(*lookup_id).or_default());
-        let filled = fill
+        let waiter = Waiter {
+            in_flight: &self.in_flight,
+            lookup_id: *lookup_id,
+            fill: Arc::clone(lock(&self.in_flight).entry(*lookup_id).or_default()),
+        };
+        let filled = waiter
+            .fill
             .get_or_init(|| async {
                 let generation = self.generation(lookup_id).load(Ordering::SeqCst);
                 let found = self.inner.find(lookup_id).await.map_err(Arc::new)?;
@@ -196,13 +213,6 @@ impl<S: KeyStore> CachedKeyStore<S> {
             })
             .await
             .clone();
-        let mut in_flight = lock(&self.in_flight);
-        if in_flight
-            .get(lookup_id)
-            .is_some_and(|current| Arc::ptr_eq(current, &fill))
-        {
-            in_flight.remove(lookup_id);
-        }
         filled.map_err(StoreError::new)
     }
 
@@ -261,7 +271,7 @@ impl<S: WritableKeyStore> WritableKeyStore for CachedKeyStore<S> {
             let retired = records.iter().find(|old| old.identity.key_id() == retiring);
             changed.extend(retired.map(|old| old.digest.lookup_id()));
         }
-        self.write(self.inner.create(record, quota), |_| changed)
+        self.write(self.inner.create(record, quota), |_| Some(changed))
             .await
     }
 
@@ -289,10 +299,11 @@ impl<S: WritableKeyStore> WritableKeyStore for CachedKeyStore<S> {
     }
 }
 
-fn changed_lookup_id(result: &Result<Option<KeyRecord>, StoreError>) -> Vec<LookupId> {
+fn changed_lookup_id(result: &Result<Option<KeyRecord>, StoreError>) -> Option<Vec<LookupId>> {
     match result {
-        Ok(Some(record)) => vec![record.digest.lookup_id()],
-        _ => Vec::new(),
+        Ok(Some(record)) => Some(vec![record.digest.lookup_id()]),
+        Ok(None) => Some(Vec::new()),
+        Err(_) => None,
     }
 }
 
@@ -310,6 +321,29 @@ impl<S: fmt::Debug> fmt::Debug for CachedKeyStore<S> {
 
 /// One read of the store that concurrent lookups of a key wait for.
 type Fill = tokio::sync::OnceCell<Result<Arc<Cached>, Arc<StoreError>>>;
+
+/// A lookup waiting on a [`Fill`]. However it ends, done or dropped (a client gone, a timeout),
+/// it takes the fill out of the in-flight map once the fill is done or nobody else waits, so
+/// that cancelled lookups of many keys cannot grow the map.
+struct Waiter<'a> {
+    in_flight: &'a Mutex<HashMap<LookupId, Arc<Fill>>>,
+    lookup_id: LookupId,
+    fill: Arc<Fill>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = lock(self.in_flight);
+        let ours = in_flight
+            .get(&self.lookup_id)
+            .is_some_and(|current| Arc::ptr_eq(current, &self.fill));
+        // Under the lock no one else can take a clone: 2 means the map's and ours.
+        let last = self.fill.initialized() || Arc::strong_count(&self.fill) == 2;
+        if ours && last {
+            in_flight.remove(&self.lookup_id);
+        }
+    }
+}
 
 // No code panics while holding the lock, so a poisoned lock still holds a consistent map.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -335,5 +369,53 @@ impl Expiry<LookupId, Arc<Cached>> for EntryExpiry {
                 .unwrap_or(Duration::ZERO)
         });
         Some(until_expiry.map_or(self.0.ttl, |left| left.min(self.0.ttl)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::KeyDigest;
+
+    /// A store whose lookups never finish, as one hung during an outage.
+    #[derive(Clone)]
+    struct Hung;
+
+    #[async_trait]
+    impl KeyStore for Hung {
+        async fn find(&self, _lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn cancelled_lookups_leave_nothing_in_flight() {
+        let cache = CachedKeyStore::new(Hung);
+        for index in 0..100 {
+            let lookup_id = KeyDigest::of(&format!("sk_live_{index}")).lookup_id();
+            let lookup = tokio::time::timeout(Duration::from_millis(1), cache.find(&lookup_id));
+            assert!(lookup.await.is_err(), "the hung store never answers");
+        }
+        assert!(lock(&cache.in_flight).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_leaves_the_fill_to_the_others() {
+        let cache = CachedKeyStore::new(Hung);
+        let lookup_id = KeyDigest::of("sk_live_shared").lookup_id();
+        let spawn = || {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.find(&lookup_id).await })
+        };
+        let (first, second) = (spawn(), spawn());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        first.abort();
+        assert!(first.await.unwrap_err().is_cancelled());
+        assert_eq!(lock(&cache.in_flight).len(), 1, "the second still waits");
+        second.abort();
+        assert!(second.await.unwrap_err().is_cancelled());
+        assert!(lock(&cache.in_flight).is_empty());
     }
 }

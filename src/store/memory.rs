@@ -45,6 +45,10 @@ impl MemoryKeyStore {
 
     /// Adds a record as it is, with no quota check, replacing any with the same key id or the
     /// same key. To create keys for users, use [`KeyManager`](crate::KeyManager).
+    ///
+    /// The store indexes records by bytes of their digest without a secret seed, which is safe
+    /// for digests of keys this crate generated. Do not insert keys that untrusted users chose:
+    /// they could pick keys whose digests crowd one bucket.
     pub fn insert(&self, record: KeyRecord) {
         let mut keys = self.write();
         keys.remove_by_key_id(record.identity.key_id());

@@ -451,33 +451,6 @@ async fn tiers_and_limits_are_configurable() {
     assert!(matches!(free, Err(ManageError::UnknownTier(tier)) if tier == Tier::FREE));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_creates_one_below_the_limit_give_exactly_one_key() {
-    let world = World::new();
-    world.create("a").await;
-    world.create("b").await;
-    let keys = Arc::new(world.keys.clone());
-    let attempts: Vec<_> = (0..64)
-        .map(|index| {
-            let keys = Arc::clone(&keys);
-            tokio::spawn(async move {
-                keys.create(NewKey::new(ACCOUNT, Tier::FREE, format!("race {index}")))
-                    .await
-            })
-        })
-        .collect();
-    let mut created = 0;
-    for attempt in attempts {
-        match attempt.await.unwrap() {
-            Ok(_) => created += 1,
-            Err(ManageError::KeyLimitReached { .. }) => {}
-            Err(other) => panic!("unexpected {other}"),
-        }
-    }
-    assert_eq!(created, 1);
-    assert_eq!(world.keys.list(ACCOUNT).await.unwrap().len(), 3);
-}
-
 /// Counts the layer's `record_use` calls, to show they are coalesced.
 #[derive(Clone)]
 struct CountingUses {

@@ -3,15 +3,14 @@
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
-use http::{Response, StatusCode};
-use serde::Serialize;
-
 use crate::credentials::CredentialHeaders;
+use crate::envelope::envelope;
 use crate::key::KeyFormat;
 use crate::request_id::X_REQUEST_ID;
 use crate::store::StoreError;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{Response, StatusCode};
 
 /// Why the layer refused a request.
 ///
@@ -233,30 +232,6 @@ fn display_name(name: &HeaderName) -> String {
         .join("-")
 }
 
-/// `{"error":{"code":...,"message":...,"request_id":...}}`
-pub(crate) fn envelope(code: &str, message: &str, request_id: &str) -> Bytes {
-    #[derive(Serialize)]
-    struct Envelope<'a> {
-        error: Fields<'a>,
-    }
-    #[derive(Serialize)]
-    struct Fields<'a> {
-        code: &'a str,
-        message: &'a str,
-        request_id: &'a str,
-    }
-    let envelope = Envelope {
-        error: Fields {
-            code,
-            message,
-            request_id,
-        },
-    };
-    serde_json::to_vec(&envelope)
-        .expect("a struct of strings always serializes")
-        .into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,14 +304,6 @@ mod tests {
         assert_eq!(headers[CACHE_CONTROL], "private");
         assert_eq!(headers[X_REQUEST_ID], "req_1");
         assert_eq!(headers[WWW_AUTHENTICATE], r#"Bearer error="invalid_token""#);
-    }
-
-    #[test]
-    fn envelope_bytes_are_exactly_the_documented_shape() {
-        assert_eq!(
-            envelope("invalid_api_key", "Fix \"it\".", "req_1"),
-            r#"{"error":{"code":"invalid_api_key","message":"Fix \"it\".","request_id":"req_1"}}"#
-        );
     }
 
     #[test]

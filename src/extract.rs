@@ -9,7 +9,7 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::request::Parts;
 use http::StatusCode;
 
-use crate::error::envelope;
+use crate::envelope::envelope;
 use crate::identity::KeyIdentity;
 use crate::request_id::{request_id, X_REQUEST_ID};
 

@@ -92,6 +92,7 @@
 mod body;
 mod clock;
 mod credentials;
+mod envelope;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
@@ -104,6 +105,7 @@ mod store;
 
 pub use body::ResponseBody;
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use envelope::ErrorResponse;
 pub use error::{AuthError, Rejection};
 #[cfg(feature = "axum")]
 pub use extract::MissingIdentity;

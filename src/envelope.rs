@@ -1,0 +1,207 @@
+//! The JSON error envelope, and [`ErrorResponse`] to answer in it from outside the layer.
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
+use http::{Response, StatusCode};
+use serde::Serialize;
+
+use crate::request_id::{request_id, X_REQUEST_ID};
+
+/// A refusal in the crate's JSON envelope, for answers the layer does not give itself: `429`
+/// from a rate limiter, `403` from a permission check, `404` from a handler.
+///
+/// The response has the same shape as the layer's own refusals:
+/// `{"error":{"code":"...","message":"...","request_id":"req_..."}}`, with
+/// `Content-Type: application/json`, `Cache-Control: no-store` and `X-Request-Id`.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// use http::{HeaderMap, StatusCode};
+/// use tower_api_key::ErrorResponse;
+///
+/// let mut request_headers = HeaderMap::new();
+/// request_headers.insert("x-request-id", "req_42".parse().unwrap());
+///
+/// let response = ErrorResponse::new(
+///     StatusCode::TOO_MANY_REQUESTS,
+///     "rate_limited",
+///     "Too many failed attempts. Retry after the time in the Retry-After header.",
+/// )
+/// .request_id_from(&request_headers)
+/// .retry_after(Duration::from_millis(1500))
+/// .into_response();
+///
+/// assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+/// assert_eq!(response.headers()["retry-after"], "2");
+/// assert_eq!(response.headers()["x-request-id"], "req_42");
+/// let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+/// assert_eq!(body["error"]["code"], "rate_limited");
+/// assert_eq!(body["error"]["request_id"], "req_42");
+/// ```
+#[derive(Clone, Debug)]
+pub struct ErrorResponse {
+    status: StatusCode,
+    code: Cow<'static, str>,
+    message: Cow<'static, str>,
+    request_id: Option<HeaderValue>,
+    headers: HeaderMap,
+}
+
+impl ErrorResponse {
+    /// A refusal with `status`, a machine-readable `code` and a `message` for the caller.
+    ///
+    /// The message is sent as given: never put a key or a secret in it.
+    pub fn new(
+        status: StatusCode,
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
+        Self {
+            status,
+            code: code.into(),
+            message: message.into(),
+            request_id: None,
+            headers: HeaderMap::new(),
+        }
+    }
+
+    /// Takes the request id from the request's headers: its `X-Request-Id` when that is sane
+    /// (by the rule documented on [`ApiKeyLayer`](crate::ApiKeyLayer)), else a new one.
+    /// Without this call, the response gets a new id.
+    pub fn request_id_from(mut self, request_headers: &HeaderMap) -> Self {
+        self.request_id = Some(request_id(request_headers));
+        self
+    }
+
+    /// Adds a header to the response, such as a `WWW-Authenticate` challenge.
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.append(name, value);
+        self
+    }
+
+    /// Sets `Retry-After` to `wait` in whole seconds, rounded up (at least 1).
+    pub fn retry_after(self, wait: Duration) -> Self {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        self.header(RETRY_AFTER, HeaderValue::from(seconds.max(1)))
+    }
+
+    /// The response.
+    pub fn into_response(self) -> Response<Bytes> {
+        let request_id = self
+            .request_id
+            .unwrap_or_else(|| request_id(&HeaderMap::new()));
+        let id = request_id.to_str().unwrap_or_default();
+        let mut response = Response::new(envelope(&self.code, &self.message, id));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(X_REQUEST_ID, request_id);
+        headers.extend(self.headers);
+        response
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for ErrorResponse {
+    fn into_response(self) -> axum_core::response::Response {
+        self.into_response().map(axum_core::body::Body::from)
+    }
+}
+
+/// `{"error":{"code":...,"message":...,"request_id":...}}`
+pub(crate) fn envelope(code: &str, message: &str, request_id: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct Envelope<'a> {
+        error: Fields<'a>,
+    }
+    #[derive(Serialize)]
+    struct Fields<'a> {
+        code: &'a str,
+        message: &'a str,
+        request_id: &'a str,
+    }
+    let envelope = Envelope {
+        error: Fields {
+            code,
+            message,
+            request_id,
+        },
+    };
+    serde_json::to_vec(&envelope)
+        .expect("a struct of strings always serializes")
+        .into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(response: &Response<Bytes>) -> serde_json::Value {
+        serde_json::from_slice(response.body()).unwrap()
+    }
+
+    #[test]
+    fn envelope_bytes_are_exactly_the_documented_shape() {
+        assert_eq!(
+            envelope("invalid_api_key", "Fix \"it\".", "req_1"),
+            r#"{"error":{"code":"invalid_api_key","message":"Fix \"it\".","request_id":"req_1"}}"#
+        );
+    }
+
+    #[test]
+    fn error_response_has_the_envelope_and_its_headers() {
+        let response = ErrorResponse::new(StatusCode::FORBIDDEN, "nope", "Ask for access.")
+            .header(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            )
+            .into_response();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let headers = response.headers();
+        assert_eq!(headers[CONTENT_TYPE], "application/json");
+        assert_eq!(headers[CACHE_CONTROL], "no-store");
+        assert_eq!(headers[http::header::WWW_AUTHENTICATE], "Bearer");
+        let id = headers[X_REQUEST_ID].to_str().unwrap();
+        assert!(id.starts_with("req_"));
+        assert_eq!(
+            body(&response),
+            serde_json::json!({"error": {"code": "nope", "message": "Ask for access.", "request_id": id}})
+        );
+    }
+
+    #[test]
+    fn error_response_reuses_a_sane_request_id_and_replaces_an_insane_one() {
+        let mut headers = HeaderMap::new();
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc-1"));
+        let kept = ErrorResponse::new(StatusCode::NOT_FOUND, "not_found", "No such key.")
+            .request_id_from(&headers)
+            .into_response();
+        assert_eq!(kept.headers()[X_REQUEST_ID], "abc-1");
+        assert_eq!(body(&kept)["error"]["request_id"], "abc-1");
+
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
+        let replaced = ErrorResponse::new(StatusCode::NOT_FOUND, "not_found", "No such key.")
+            .request_id_from(&headers)
+            .into_response();
+        assert_ne!(replaced.headers()[X_REQUEST_ID], "has space");
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let retry_after = |wait| {
+            ErrorResponse::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Wait.")
+                .retry_after(wait)
+                .into_response()
+                .headers()[RETRY_AFTER]
+                .clone()
+        };
+        assert_eq!(retry_after(Duration::from_secs(3)), "3");
+        assert_eq!(retry_after(Duration::from_millis(3001)), "4");
+        assert_eq!(retry_after(Duration::ZERO), "1");
+    }
+}

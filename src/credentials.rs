@@ -16,6 +16,9 @@
 //!   carry the same key, which is then used; two different keys are rejected as
 //!   `invalid_api_key`, never resolved by picking one.
 //! - No key at all is `missing_api_key`.
+//! - A key in the URL query string is refused, even beside a good key in a header: a parameter
+//!   named `access_token`, `api_key`, `apikey`, `api-key` or `x-api-key` (any case) with a value,
+//!   or any parameter whose name or value starts with an accepted key prefix.
 
 use http::header::{Entry, HeaderMap, HeaderName, HeaderValue};
 
@@ -84,6 +87,73 @@ impl CredentialHeaders {
     }
 }
 
+/// Query parameter names that carry credentials by convention: RFC 6750's `access_token`, and
+/// the usual names of API keys.
+const CREDENTIAL_PARAMETERS: [&str; 5] =
+    ["access_token", "api_key", "apikey", "api-key", "x-api-key"];
+
+/// The name of the first query parameter that carries a key, by the rule of this module. A key
+/// sent as a parameter's name is never returned: the name is then replaced by a placeholder.
+pub(crate) fn key_in_query<'q, 'p>(
+    query: &'q str,
+    prefixes: impl Iterator<Item = &'p str> + Clone,
+) -> Option<&'q str> {
+    let is_key = |component: &str| {
+        prefixes
+            .clone()
+            .any(|prefix| percent_decoded_starts_with(component, prefix))
+    };
+    query.split('&').find_map(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if is_key(name) {
+            return Some("(a key sent as a parameter name)");
+        }
+        let credential_name = || {
+            CREDENTIAL_PARAMETERS
+                .iter()
+                .any(|known| percent_decoded_eq_ignore_case(name, known))
+        };
+        (!value.is_empty() && (credential_name() || is_key(value))).then_some(name)
+    })
+}
+
+/// The bytes of a query component, percent-decoded, with `+` as a space.
+fn percent_decoded(component: &str) -> impl Iterator<Item = u8> + '_ {
+    let mut bytes = component.bytes();
+    std::iter::from_fn(move || {
+        let byte = bytes.next()?;
+        Some(match byte {
+            b'+' => b' ',
+            b'%' => {
+                let mut lookahead = bytes.clone();
+                let hex = |digit: Option<u8>| char::from(digit?).to_digit(16);
+                match (hex(lookahead.next()), hex(lookahead.next())) {
+                    (Some(high), Some(low)) => {
+                        bytes = lookahead;
+                        (high * 16 + low) as u8
+                    }
+                    _ => b'%',
+                }
+            }
+            byte => byte,
+        })
+    })
+}
+
+fn percent_decoded_eq_ignore_case(component: &str, expected: &str) -> bool {
+    let mut decoded = percent_decoded(component);
+    expected.bytes().all(|want| {
+        decoded
+            .next()
+            .is_some_and(|got| got.eq_ignore_ascii_case(&want))
+    }) && decoded.next().is_none()
+}
+
+fn percent_decoded_starts_with(component: &str, prefix: &str) -> bool {
+    let mut decoded = percent_decoded(component);
+    prefix.bytes().all(|want| decoded.next() == Some(want))
+}
+
 /// The bytes after `Bearer ` in an `Authorization` value, or `None` for another scheme.
 fn bearer_token(value: &HeaderValue) -> Option<&[u8]> {
     const SCHEME: &[u8] = b"bearer";
@@ -136,6 +206,47 @@ mod tests {
         CredentialHeaders::default()
             .read_key(&headers)
             .map(str::to_owned)
+    }
+
+    fn query_key(query: &str) -> Option<&str> {
+        key_in_query(query, ["sk_live_", "sk_test_"].into_iter())
+    }
+
+    #[test]
+    fn query_with_a_credential_parameter_carries_a_key() {
+        assert_eq!(query_key("page=2&api_key=whatever"), Some("api_key"));
+        assert_eq!(query_key("ACCESS_TOKEN=x"), Some("ACCESS_TOKEN"));
+        assert_eq!(query_key("api%5Fkey=x"), Some("api%5Fkey"));
+        assert_eq!(query_key("X-Api-Key=x&b=c"), Some("X-Api-Key"));
+    }
+
+    #[test]
+    fn query_with_a_key_as_any_value_carries_a_key() {
+        assert_eq!(query_key("token=sk_live_abc"), Some("token"));
+        assert_eq!(query_key("a=1&k=sk%5Ftest%5Fabc"), Some("k"));
+    }
+
+    #[test]
+    fn query_with_a_key_as_a_name_never_returns_the_name() {
+        let name = query_key("sk_live_abc").unwrap();
+        assert!(!name.contains("sk_live_"));
+        assert!(query_key("a=1&sk_live_abc=1").is_some_and(|name| !name.contains("abc")));
+    }
+
+    #[test]
+    fn query_without_a_key_carries_none() {
+        for query in [
+            "",
+            "page=2",
+            "api_key=",
+            "key=abc",
+            "q=sk_live",
+            "a=%zz",
+            "a=%",
+            "apikeys=1",
+        ] {
+            assert_eq!(query_key(query), None, "{query}");
+        }
     }
 
     #[test]

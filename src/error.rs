@@ -21,6 +21,7 @@ use http::{Response, StatusCode};
 /// |---------------|--------|------------------------------|--------------------------------|
 /// | `Missing`     | 401    | `missing_api_key`            | `Bearer`                       |
 /// | `Conflicting` | 401    | `invalid_api_key`            | `Bearer error="invalid_token"` |
+/// | `KeyInQuery`  | 401    | `invalid_api_key`            | `Bearer error="invalid_request"` |
 /// | `Invalid`     | 401    | `invalid_api_key`            | `Bearer error="invalid_token"` |
 /// | `Expired`     | 401    | `expired_api_key`            | `Bearer error="invalid_token"` |
 /// | `Unavailable` | 503    | `authentication_unavailable` | (none)                         |
@@ -36,6 +37,9 @@ pub enum AuthError {
     Missing,
     /// The request carried two different keys.
     Conflicting,
+    /// The request carried a key in its URL query string, where logs and browser histories keep
+    /// it. Refused even beside a good key in a header, so the client learns before it leaks more.
+    KeyInQuery,
     /// The key is malformed, has a wrong checksum, is unknown or was deleted.
     Invalid,
     /// The key was revoked or is past its expiry.
@@ -57,7 +61,7 @@ impl AuthError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Missing => "missing_api_key",
-            Self::Conflicting | Self::Invalid => "invalid_api_key",
+            Self::Conflicting | Self::KeyInQuery | Self::Invalid => "invalid_api_key",
             Self::Expired => "expired_api_key",
             Self::Unavailable(_) => "authentication_unavailable",
         }
@@ -67,6 +71,7 @@ impl AuthError {
     fn challenge(&self) -> Option<HeaderValue> {
         let challenge = match self {
             Self::Missing => "Bearer",
+            Self::KeyInQuery => r#"Bearer error="invalid_request""#,
             Self::Conflicting | Self::Invalid | Self::Expired => r#"Bearer error="invalid_token""#,
             Self::Unavailable(_) => return None,
         };
@@ -79,6 +84,7 @@ impl fmt::Display for AuthError {
         match self {
             Self::Missing => f.write_str("no API key in the request"),
             Self::Conflicting => f.write_str("the request carries two different API keys"),
+            Self::KeyInQuery => f.write_str("the request carries an API key in its query string"),
             Self::Invalid => f.write_str("the API key is not valid"),
             Self::Expired => f.write_str("the API key was revoked or has expired"),
             Self::Unavailable(_) => f.write_str("the key store is unavailable"),
@@ -110,6 +116,7 @@ impl Rejection {
         let message = match &error {
             AuthError::Missing => &messages.missing,
             AuthError::Conflicting => &messages.conflicting,
+            AuthError::KeyInQuery => &messages.key_in_query,
             AuthError::Invalid => &messages.invalid,
             AuthError::Expired => &messages.expired,
             AuthError::Unavailable(_) => &messages.unavailable,
@@ -176,6 +183,7 @@ pub(crate) type ErrorResponseFn = dyn Fn(&Rejection) -> Response<Bytes> + Send +
 pub(crate) struct Messages {
     missing: Arc<str>,
     conflicting: Arc<str>,
+    key_in_query: Arc<str>,
     invalid: Arc<str>,
     expired: Arc<str>,
     unavailable: Arc<str>,
@@ -202,6 +210,11 @@ impl Messages {
             missing: format!("API key is required. Include it {place}.").into(),
             conflicting: format!(
                 "The request carries two different API keys. Send one key, {place}."
+            )
+            .into(),
+            key_in_query: format!(
+                "API keys are not accepted in the URL query string, where logs and browser \
+                 history keep them. Send the key {place}, and replace the key that was in the URL."
             )
             .into(),
             invalid: "The API key is not valid. Check it for typos or extra whitespace, and \

@@ -247,6 +247,11 @@ impl KeyFormat {
         &self.prefixes[0]
     }
 
+    /// Every accepted prefix, the generated keys' first.
+    pub(crate) fn prefixes(&self) -> impl Iterator<Item = &str> + Clone {
+        self.prefixes.iter().map(|prefix| &**prefix)
+    }
+
     /// Whether `key` has an accepted prefix, a body of the right length and alphabet, and the
     /// right checksum. Always true for an [`unchecked`](KeyFormat::unchecked) format.
     pub fn is_well_formed(&self, key: &str) -> bool {

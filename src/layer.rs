@@ -9,14 +9,14 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName};
-use http::{Request, Response};
+use http::{Request, Response, Uri};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::clock::{Clock, SystemClock};
-use crate::credentials::{CredentialError, CredentialHeaders};
+use crate::credentials::{key_in_query, CredentialError, CredentialHeaders};
 use crate::error::{AuthError, ErrorResponseFn, Messages, Rejection};
 use crate::identity::KeyIdentity;
 use crate::key::{KeyDigest, KeyFormat};
@@ -28,8 +28,9 @@ use crate::store::{KeyRecord, KeyStore, StoreError};
 /// A request with an active key goes on with the key's [`KeyIdentity`] in its extensions; any
 /// other gets the JSON error envelope (see [`AuthError`] for the codes). The steps:
 ///
-/// 1. Read the key from `Authorization: Bearer <key>` or `X-API-Key: <key>` (never the query
-///    string). The scheme is case-insensitive; spaces and tabs around the key are ignored; an
+/// 1. Read the key from `Authorization: Bearer <key>` or `X-API-Key: <key>`. A key in the URL
+///    query string is refused (`invalid_api_key`, and a warning in the log that names the
+///    parameter, never its value), even beside a good key in a header. The scheme is case-insensitive; spaces and tabs around the key are ignored; an
 ///    `Authorization` of another scheme (`Basic ...`) is ignored; an empty key is no key. Two
 ///    different keys in one request (in both headers, or a header repeated) are refused, never
 ///    resolved by picking one; the same key twice is fine. A value that is not 1 to
@@ -244,7 +245,14 @@ impl Config {
     }
 
     /// Steps 1 and 2: the digest of the request's key, if it has a well-formed one.
-    fn read_digest(&self, headers: &HeaderMap) -> Result<KeyDigest, AuthError> {
+    fn read_digest(&self, uri: &Uri, headers: &HeaderMap) -> Result<KeyDigest, AuthError> {
+        let parameter = uri
+            .query()
+            .and_then(|query| key_in_query(query, self.format.prefixes()));
+        if let Some(parameter) = parameter {
+            tracing::warn!(parameter, "API key sent in the URL query string; refused");
+            return Err(AuthError::KeyInQuery);
+        }
         let key = self
             .headers
             .read_key(headers)
@@ -373,7 +381,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let digest = match self.config.read_digest(request.headers()) {
+        let digest = match self.config.read_digest(request.uri(), request.headers()) {
             Ok(digest) => digest,
             Err(error) => {
                 let response = self.config.reject(error, request.headers());

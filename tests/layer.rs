@@ -187,18 +187,53 @@ async fn ten_kilobyte_value_is_invalid_without_lookup() {
     assert_eq!(store.lookups(), 0);
 }
 
-#[tokio::test]
-async fn key_in_query_string_is_never_read() {
-    let keys = Keys::new();
+async fn send_to(keys: Keys, uri: &str, headers: &[(&str, &[u8])]) -> Answer {
     let service = ServiceBuilder::new()
         .layer(ApiKeyLayer::new(keys.store))
         .service_fn(echo_identity);
-    let uri = format!(
-        "/api/v1/iocs?api_key={0}&key={0}",
-        keys.active.expose_secret()
-    );
-    let request = Request::builder().uri(uri).body(Full::default()).unwrap();
+    let mut request = request(headers);
+    *request.uri_mut() = uri.parse().unwrap();
+    Answer::read(service.oneshot(request).await.unwrap()).await
+}
+
+#[tokio::test]
+async fn key_in_query_string_is_refused_even_beside_a_good_header() {
+    let keys = Keys::new();
+    let key = keys.active.expose_secret();
+    let service = ServiceBuilder::new()
+        .layer(ApiKeyLayer::new(keys.store))
+        .service_fn(echo_identity);
+    let request = Request::builder()
+        .uri(format!("/api/v1/iocs?page=2&token={key}"))
+        .header("x-api-key", key)
+        .body(Full::default())
+        .unwrap();
     let answer = Answer::read(service.oneshot(request).await.unwrap()).await;
+    assert_envelope(&answer, StatusCode::UNAUTHORIZED, "invalid_api_key");
+    assert_eq!(
+        answer.headers["www-authenticate"],
+        r#"Bearer error="invalid_request""#
+    );
+    assert!(answer.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("API keys are not accepted in the URL query string"));
+}
+
+#[tokio::test]
+async fn credential_parameter_in_query_string_is_refused_whatever_its_value() {
+    let answer = send_to(Keys::new(), "/api/v1/iocs?api_key=not-a-key", &[]).await;
+    assert_envelope(&answer, StatusCode::UNAUTHORIZED, "invalid_api_key");
+}
+
+#[tokio::test]
+async fn other_query_parameters_do_not_matter() {
+    let keys = Keys::new();
+    let key = keys.active.expose_secret().to_owned();
+    let uri = "/api/v1/iocs?key=abc&q=sk_live&api_key=";
+    let answer = send_to(keys, uri, &[("x-api-key", key.as_bytes())]).await;
+    assert!(answer.reached_inner_service());
+    let answer = send_to(Keys::new(), uri, &[]).await;
     assert_envelope(&answer, StatusCode::UNAUTHORIZED, "missing_api_key");
 }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::credentials::CredentialHeaders;
 use crate::envelope::envelope;
+use crate::grpc;
 use crate::key::KeyFormat;
 use crate::request_id::X_REQUEST_ID;
 use crate::store::StoreError;
@@ -154,6 +155,15 @@ impl Rejection {
         response
             .headers_mut()
             .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+
+    /// The answer to a gRPC call: HTTP 200 with `grpc-status` 16 (UNAUTHENTICATED), or 14
+    /// (UNAVAILABLE) when the store failed, `code: message` in `grpc-message`, and the request
+    /// id in `X-Request-Id`.
+    pub(crate) fn to_grpc_response(&self) -> Response<Bytes> {
+        let mut response = grpc::response(self.error.status(), self.error.code(), self.message());
+        (response.headers_mut()).insert(X_REQUEST_ID, self.request_id.clone());
         response
     }
 

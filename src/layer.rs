@@ -13,14 +13,16 @@ use http::{Request, Response, Uri};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::Instrument;
 
 use crate::body::ResponseBody;
 use crate::clock::{Clock, SystemClock};
 use crate::credentials::{key_in_query, CredentialError, CredentialHeaders};
 use crate::error::{AuthError, ErrorResponseFn, Messages, Rejection};
+use crate::grpc;
 use crate::identity::KeyIdentity;
 use crate::key::{KeyDigest, KeyFormat};
-use crate::request_id::request_id;
+use crate::request_id::{request_id, X_REQUEST_ID};
 use crate::store::{KeyRecord, KeyStore, StoreError};
 
 /// A [`Layer`] that authenticates every request by API key before it reaches the inner service.
@@ -47,6 +49,15 @@ use crate::store::{KeyRecord, KeyStore, StoreError};
 /// earlier in the stack) keeps it, so logs correlate: exactly one value of 1 to 128 characters,
 /// each an ASCII letter or digit or one of `-` `_` `.` `:`. Otherwise the layer makes a new one,
 /// `req_` and 32 random hexadecimal digits.
+///
+/// A gRPC call (`Content-Type: application/grpc...`) is refused the way gRPC clients understand:
+/// HTTP 200 with `grpc-status: 16` (UNAUTHENTICATED), or `14` (UNAVAILABLE) when the store fails,
+/// and `grpc-message: <code>: <message>`, so `tonic` reports `Code::Unauthenticated`.
+///
+/// Each decision is one `tracing` event inside a `api_key_auth` span (DEBUG): `outcome`
+/// (`accepted` or the error code), `key_id` and `account_id` when accepted, and `request_id`;
+/// never the key. Acceptances are DEBUG, refusals INFO, a key in a URL WARN, a store failure
+/// ERROR.
 ///
 /// ```
 /// use std::convert::Infallible;
@@ -145,7 +156,8 @@ impl ApiKeyLayer {
     /// problem details.
     ///
     /// The layer still adds `Cache-Control: no-store`, `X-Request-Id` and, on a 401,
-    /// `WWW-Authenticate` to the response, unless `render` set them.
+    /// `WWW-Authenticate` to the response, unless `render` set them. gRPC calls are always
+    /// refused the gRPC way, without `render`.
     ///
     /// ```
     /// use bytes::Bytes;
@@ -246,11 +258,7 @@ impl Config {
 
     /// Steps 1 and 2: the digest of the request's key, if it has a well-formed one.
     fn read_digest(&self, uri: &Uri, headers: &HeaderMap) -> Result<KeyDigest, AuthError> {
-        let parameter = uri
-            .query()
-            .and_then(|query| key_in_query(query, self.format.prefixes()));
-        if let Some(parameter) = parameter {
-            tracing::warn!(parameter, "API key sent in the URL query string; refused");
+        if query_parameter_with_key(uri, &self.format).is_some() {
             return Err(AuthError::KeyInQuery);
         }
         let key = self
@@ -267,14 +275,30 @@ impl Config {
         Ok(KeyDigest::of(key))
     }
 
-    fn reject(&self, error: AuthError, headers: &HeaderMap) -> Response<Bytes> {
+    /// Step 5: the identity goes on in the request's extensions, or the refusal (returned) is
+    /// the answer.
+    fn decide<B>(
+        &self,
+        verdict: Result<KeyIdentity, AuthError>,
+        request: &mut Request<B>,
+    ) -> Option<Response<Bytes>> {
+        match verdict {
+            Ok(identity) => {
+                log_acceptance(&identity, request.headers());
+                request.extensions_mut().insert(identity);
+                None
+            }
+            Err(error) => Some(self.reject(error, request.uri(), request.headers())),
+        }
+    }
+
+    /// The answer to a refused request: gRPC's for a gRPC call, else the hook's or the JSON
+    /// envelope.
+    fn reject(&self, error: AuthError, uri: &Uri, headers: &HeaderMap) -> Response<Bytes> {
         let rejection = Rejection::new(error, &self.messages, request_id(headers));
-        if let AuthError::Unavailable(cause) = rejection.error() {
-            tracing::error!(
-                request_id = rejection.request_id(),
-                error = cause as &dyn std::error::Error,
-                "API key store failed; answering 503"
-            );
+        self.log_refusal(&rejection, uri);
+        if grpc::is_grpc(headers) {
+            return rejection.to_grpc_response();
         }
         let mut response = match &self.error_response {
             Some(render) => render(&rejection),
@@ -283,6 +307,50 @@ impl Config {
         rejection.finish(&mut response);
         response
     }
+
+    /// The one event of a refusal: a store failure is an error, a key in a URL a warning (the
+    /// key has leaked), any other refusal is the client's business.
+    fn log_refusal(&self, rejection: &Rejection, uri: &Uri) {
+        let outcome = rejection.error().code();
+        let request_id = rejection.request_id();
+        match rejection.error() {
+            AuthError::Unavailable(cause) => tracing::error!(
+                outcome,
+                request_id,
+                error = cause as &dyn std::error::Error,
+                "API key store failed; request refused"
+            ),
+            AuthError::KeyInQuery => tracing::warn!(
+                outcome,
+                request_id,
+                parameter = query_parameter_with_key(uri, &self.format),
+                "API key sent in the URL query string; request refused"
+            ),
+            _ => tracing::info!(
+                outcome,
+                request_id,
+                reason = %rejection.error(),
+                "API key refused"
+            ),
+        }
+    }
+}
+
+/// The name of the query parameter that carries a key, if one does.
+fn query_parameter_with_key<'u>(uri: &'u Uri, format: &KeyFormat) -> Option<&'u str> {
+    uri.query()
+        .and_then(|query| key_in_query(query, format.prefixes()))
+}
+
+/// The one event of an accepted request.
+fn log_acceptance(identity: &KeyIdentity, headers: &HeaderMap) {
+    tracing::debug!(
+        outcome = "accepted",
+        key_id = identity.key_id().as_str(),
+        account_id = identity.account_id(),
+        request_id = headers.get(X_REQUEST_ID).and_then(|id| id.to_str().ok()),
+        "API key accepted"
+    );
 }
 
 /// Step 4, as the future that waits for the store: look up, then conclude.
@@ -381,10 +449,12 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let span = tracing::debug_span!("api_key_auth");
+        let _entered = span.enter();
         let digest = match self.config.read_digest(request.uri(), request.headers()) {
             Ok(digest) => digest,
             Err(error) => {
-                let response = self.config.reject(error, request.headers());
+                let response = self.config.reject(error, request.uri(), request.headers());
                 return ResponseFuture::rejected(response);
             }
         };
@@ -392,14 +462,10 @@ where
 
         // A store that holds its records in memory answers at once: no future to box.
         if let Some(found) = self.store.find_now(&digest.lookup_id()) {
-            return match conclude(&*self.store, &self.config, found, &digest) {
-                Ok(identity) => {
-                    request.extensions_mut().insert(identity);
-                    ResponseFuture::inner(self.inner.call(request))
-                }
-                Err(error) => {
-                    ResponseFuture::rejected(self.config.reject(error, request.headers()))
-                }
+            let verdict = conclude(&*self.store, &self.config, found, &digest);
+            return match self.config.decide(verdict, &mut request) {
+                None => ResponseFuture::inner(self.inner.call(request)),
+                Some(refusal) => ResponseFuture::rejected(refusal),
             };
         }
 
@@ -407,18 +473,16 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let config = Arc::clone(&self.config);
-        let lookup = Box::pin(authenticate(
-            Arc::clone(&self.store),
-            config.clone(),
-            digest,
-        ));
+        let lookup = authenticate(Arc::clone(&self.store), config.clone(), digest);
+        drop(_entered);
         ResponseFuture {
             state: State::Lookup {
-                lookup,
+                lookup: Box::pin(lookup.instrument(span.clone())),
                 pending: Some(Pending {
                     request,
                     inner,
                     config,
+                    span,
                 }),
             },
         }
@@ -432,6 +496,7 @@ struct Pending<S, ReqBody> {
     request: Request<ReqBody>,
     inner: S,
     config: Arc<Config>,
+    span: tracing::Span,
 }
 
 pin_project! {
@@ -492,18 +557,16 @@ where
                         mut request,
                         mut inner,
                         config,
+                        span,
                     } = pending
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    match verdict {
-                        Ok(identity) => {
-                            request.extensions_mut().insert(identity);
-                            State::Inner {
-                                future: inner.call(request),
-                            }
-                        }
-                        Err(error) => State::Rejected {
-                            response: Some(config.reject(error, request.headers())),
+                    match span.in_scope(|| config.decide(verdict, &mut request)) {
+                        None => State::Inner {
+                            future: inner.call(request),
+                        },
+                        Some(refusal) => State::Rejected {
+                            response: Some(refusal),
                         },
                     }
                 }

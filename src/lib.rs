@@ -96,6 +96,7 @@ mod envelope;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+mod grpc;
 mod identity;
 mod key;
 mod layer;

@@ -123,12 +123,13 @@ async fn ten_kilobyte_header_is_invalid_over_http() {
 }
 
 #[tokio::test]
-async fn key_in_query_string_is_missing_over_http() {
+async fn key_in_query_string_is_refused_over_http() {
     let keys = Keys::new();
     let address = serve(ApiKeyLayer::new(keys.store)).await;
-    let path = format!("/api/whoami?api_key={}", keys.active.expose_secret());
-    let answer = get_with(address, &path, &[]).await;
-    assert_envelope(&answer, StatusCode::UNAUTHORIZED, "missing_api_key");
+    let key = keys.active.expose_secret();
+    let path = format!("/api/whoami?api_key={key}");
+    let answer = get_with(address, &path, &[("x-api-key", key.as_bytes())]).await;
+    assert_envelope(&answer, StatusCode::UNAUTHORIZED, "invalid_api_key");
 }
 
 #[tokio::test]

@@ -631,3 +631,60 @@ async fn inner_service_is_never_called_for_a_refused_request() {
     }
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+async fn send_grpc(layer: ApiKeyLayer, headers: &[(&str, &[u8])]) -> Answer {
+    let service = ServiceBuilder::new().layer(layer).service_fn(echo_identity);
+    let mut request = request(headers);
+    request.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    Answer::read(service.oneshot(request).await.unwrap()).await
+}
+
+#[tokio::test]
+async fn grpc_call_without_key_gets_unauthenticated() {
+    let answer = send_grpc(ApiKeyLayer::new(Keys::new().store), &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers["content-type"], "application/grpc");
+    assert_eq!(answer.headers["grpc-status"], "16");
+    let message = answer.headers["grpc-message"].to_str().unwrap();
+    assert!(message.starts_with("missing_api_key: API key is required."));
+    assert!(answer.headers.contains_key("x-request-id"));
+    assert!(answer.body.is_empty());
+}
+
+#[tokio::test]
+async fn grpc_call_with_revoked_key_gets_unauthenticated_with_its_code() {
+    let keys = Keys::new();
+    let key = keys.revoked.expose_secret().as_bytes().to_vec();
+    let answer = send_grpc(ApiKeyLayer::new(keys.store), &[("x-api-key", &key)]).await;
+    assert_eq!(answer.headers["grpc-status"], "16");
+    let message = answer.headers["grpc-message"].to_str().unwrap();
+    assert!(message.starts_with("expired_api_key: "));
+}
+
+#[tokio::test]
+async fn grpc_call_during_store_failure_gets_unavailable() {
+    let key = Keys::new().active.expose_secret().as_bytes().to_vec();
+    let answer = send_grpc(ApiKeyLayer::new(FailingStore), &[("x-api-key", &key)]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.headers["grpc-status"], "14");
+}
+
+#[tokio::test]
+async fn grpc_call_with_good_key_reaches_the_service() {
+    let keys = Keys::new();
+    let key = keys.active.expose_secret().as_bytes().to_vec();
+    let answer = send_grpc(ApiKeyLayer::new(keys.store), &[("x-api-key", &key)]).await;
+    assert!(answer.reached_inner_service());
+}
+
+#[tokio::test]
+async fn grpc_call_skips_the_error_response_hook() {
+    let layer = ApiKeyLayer::new(Keys::new().store)
+        .error_response(|_: &Rejection| Response::new(Bytes::from_static(b"custom")));
+    let answer = send_grpc(layer, &[]).await;
+    assert_eq!(answer.headers["grpc-status"], "16");
+    assert!(answer.body.is_empty());
+}

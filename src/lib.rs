@@ -85,6 +85,7 @@
 //! `PgKeyStore` or `RedisKeyStore`, usually behind a `CachedKeyStore`, whose TTL bounds how long
 //! another instance may accept a key revoked elsewhere (10 s by default).
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]

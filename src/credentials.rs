@@ -92,8 +92,9 @@ impl CredentialHeaders {
 const CREDENTIAL_PARAMETERS: [&str; 5] =
     ["access_token", "api_key", "apikey", "api-key", "x-api-key"];
 
-/// The name of the first query parameter that carries a key, by the rule of this module. A key
-/// sent as a parameter's name is never returned: the name is then replaced by a placeholder.
+/// The name of the first query parameter that carries a key, by the rule of this module, as it
+/// may be logged: a name that could hold a key itself (longer than a key's body could hide in,
+/// or holding a key prefix) is replaced by a placeholder.
 pub(crate) fn key_in_query<'q, 'p>(
     query: &'q str,
     prefixes: impl Iterator<Item = &'p str> + Clone,
@@ -103,19 +104,31 @@ pub(crate) fn key_in_query<'q, 'p>(
             .clone()
             .any(|prefix| percent_decoded_starts_with(component, prefix))
     };
+    let loggable = |name: &'q str| {
+        let plain = name.len() <= MAX_LOGGED_NAME_LEN
+            && (name.bytes()).all(|byte| byte.is_ascii_alphanumeric() || b"_-.[]%".contains(&byte))
+            && !prefixes.clone().any(|prefix| name.contains(prefix));
+        if plain {
+            name
+        } else {
+            "(a parameter whose name is not shown)"
+        }
+    };
     query.split('&').find_map(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        if is_key(name) {
-            return Some("(a key sent as a parameter name)");
-        }
         let credential_name = || {
             CREDENTIAL_PARAMETERS
                 .iter()
                 .any(|known| percent_decoded_eq_ignore_case(name, known))
         };
-        (!value.is_empty() && (credential_name() || is_key(value))).then_some(name)
+        let carries_key =
+            is_key(name) || (!value.is_empty() && (credential_name() || is_key(value)));
+        carries_key.then(|| loggable(name))
     })
 }
+
+/// Longer parameter names are not logged: a key's random part (38 characters) cannot hide in one.
+const MAX_LOGGED_NAME_LEN: usize = 32;
 
 /// The bytes of a query component, percent-decoded, with `+` as a space.
 fn percent_decoded(component: &str) -> impl Iterator<Item = u8> + '_ {
@@ -231,6 +244,21 @@ mod tests {
         let name = query_key("sk_live_abc").unwrap();
         assert!(!name.contains("sk_live_"));
         assert!(query_key("a=1&sk_live_abc=1").is_some_and(|name| !name.contains("abc")));
+    }
+
+    #[test]
+    fn names_that_could_hide_a_key_are_never_returned() {
+        for query in [
+            "note_sk_live_abc=sk_live_def",
+            "abcdefghijklmnopqrstuvwxyz0123456789AB=sk_live_x",
+            "a+b=sk_live_x",
+        ] {
+            assert_eq!(
+                query_key(query),
+                Some("(a parameter whose name is not shown)"),
+                "{query}"
+            );
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::hint::black_box;
 
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
@@ -131,8 +132,18 @@ impl KeyDigest {
 
     /// Whether two digests are equal, compared in constant time.
     pub fn matches(&self, other: &KeyDigest) -> bool {
-        self.0.ct_eq(&other.0).into()
+        // Every word is compared, whatever the first difference; `subtle` keeps the compiler
+        // from turning the last test into a branch on the data. Words, not bytes: 8 times fewer
+        // operations than `subtle`'s byte slices, and as constant.
+        let difference = (self.0.chunks_exact(8).zip(other.0.chunks_exact(8)))
+            .map(|(ours, theirs)| word(ours) ^ word(theirs))
+            .fold(0, |all, word| all | black_box(word));
+        difference.ct_eq(&0).into()
     }
+}
+
+fn word(bytes: &[u8]) -> u64 {
+    u64::from_ne_bytes(bytes.try_into().expect("chunks of 8 bytes"))
 }
 
 impl fmt::Debug for KeyDigest {
@@ -414,6 +425,21 @@ mod tests {
         let digest = KeyDigest::of("sk_live_a");
         assert!(digest.matches(&KeyDigest::of("sk_live_a")));
         assert!(!digest.matches(&KeyDigest::of("sk_live_b")));
+    }
+
+    #[test]
+    fn digests_differing_in_any_one_bit_do_not_match() {
+        let digest = KeyDigest::of("sk_live_a");
+        for byte in 0..32 {
+            for bit in 0..8 {
+                let mut changed = digest.0;
+                changed[byte] ^= 1 << bit;
+                assert!(
+                    !digest.matches(&KeyDigest(changed)),
+                    "byte {byte} bit {bit}"
+                );
+            }
+        }
     }
 
     #[test]

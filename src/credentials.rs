@@ -20,7 +20,7 @@
 //!   named `access_token`, `api_key`, `apikey`, `api-key` or `x-api-key` (any case) with a value,
 //!   or any parameter whose name or value starts with an accepted key prefix.
 
-use http::header::{Entry, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::key::MAX_KEY_LEN;
 
@@ -54,15 +54,17 @@ impl Default for CredentialHeaders {
 impl CredentialHeaders {
     /// The one key the request carries, by the rules of this module.
     pub(crate) fn read_key<'a>(&self, headers: &'a HeaderMap) -> Result<&'a str, CredentialError> {
-        let bearer_tokens = (self.authorization.iter())
-            .flat_map(|name| headers.get_all(name))
-            .filter_map(bearer_token);
-        let api_key_values = (self.api_key.iter())
-            .flat_map(|name| headers.get_all(name))
-            .map(HeaderValue::as_bytes);
-
+        // One pass over the few headers a request has costs less than hashing both names.
         let mut found: Option<&str> = None;
-        for raw in bearer_tokens.chain(api_key_values) {
+        for (name, value) in headers {
+            let raw = match self.kind_of(name) {
+                Some(Kind::Authorization) => match bearer_token(value) {
+                    Some(token) => token,
+                    None => continue,
+                },
+                Some(Kind::ApiKey) => value.as_bytes(),
+                None => continue,
+            };
             let token = trim_whitespace(raw);
             if token.is_empty() {
                 continue;
@@ -79,12 +81,29 @@ impl CredentialHeaders {
     /// Marks every value of both headers sensitive, so that well-behaved loggers and HTTP/2's
     /// header compression leave them alone.
     pub(crate) fn mark_sensitive(&self, headers: &mut HeaderMap) {
-        for name in self.authorization.iter().chain(&self.api_key) {
-            if let Entry::Occupied(mut entry) = headers.entry(name) {
-                entry.iter_mut().for_each(|value| value.set_sensitive(true));
+        for (name, value) in headers.iter_mut() {
+            if self.kind_of(name).is_some() {
+                value.set_sensitive(true);
             }
         }
     }
+
+    fn kind_of(&self, name: &HeaderName) -> Option<Kind> {
+        if self.authorization.as_ref() == Some(name) {
+            Some(Kind::Authorization)
+        } else if self.api_key.as_ref() == Some(name) {
+            Some(Kind::ApiKey)
+        } else {
+            None
+        }
+    }
+}
+
+/// Which of the two headers a header is.
+#[derive(Clone, Copy)]
+enum Kind {
+    Authorization,
+    ApiKey,
 }
 
 /// Query parameter names that carry credentials by convention: RFC 6750's `access_token`, and

@@ -8,6 +8,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TY
 use http::{Response, StatusCode};
 use serde::Serialize;
 
+use crate::grpc;
 use crate::request_id::{request_id, X_REQUEST_ID};
 
 /// A refusal in the crate's JSON envelope, for answers the layer does not give itself: `429`
@@ -31,7 +32,7 @@ use crate::request_id::{request_id, X_REQUEST_ID};
 ///     "rate_limited",
 ///     "Too many failed attempts. Retry after the time in the Retry-After header.",
 /// )
-/// .request_id_from(&request_headers)
+/// .for_request(&request_headers)
 /// .retry_after(Duration::from_millis(1500))
 /// .into_response();
 ///
@@ -48,6 +49,7 @@ pub struct ErrorResponse {
     code: Cow<'static, str>,
     message: Cow<'static, str>,
     request_id: Option<HeaderValue>,
+    grpc: bool,
     headers: HeaderMap,
 }
 
@@ -65,15 +67,19 @@ impl ErrorResponse {
             code: code.into(),
             message: message.into(),
             request_id: None,
+            grpc: false,
             headers: HeaderMap::new(),
         }
     }
 
-    /// Takes the request id from the request's headers: its `X-Request-Id` when that is sane
-    /// (by the rule documented on [`ApiKeyLayer`](crate::ApiKeyLayer)), else a new one.
-    /// Without this call, the response gets a new id.
-    pub fn request_id_from(mut self, request_headers: &HeaderMap) -> Self {
+    /// Answers the request that has these headers: keeps its `X-Request-Id` when that is sane
+    /// (by the rule documented on [`ApiKeyLayer`](crate::ApiKeyLayer)), and answers a gRPC
+    /// call the gRPC way, as the layer does (HTTP 200, the status in `grpc-status`:
+    /// 7 PERMISSION_DENIED for a 403, 8 RESOURCE_EXHAUSTED for a 429, 16 UNAUTHENTICATED for
+    /// a 401, 14 UNAVAILABLE for a 503). Without this call, the response is JSON with a new id.
+    pub fn for_request(mut self, request_headers: &HeaderMap) -> Self {
         self.request_id = Some(request_id(request_headers));
+        self.grpc = grpc::is_grpc(request_headers);
         self
     }
 
@@ -94,11 +100,17 @@ impl ErrorResponse {
         let request_id = self
             .request_id
             .unwrap_or_else(|| request_id(&HeaderMap::new()));
-        let id = request_id.to_str().unwrap_or_default();
-        let mut response = Response::new(envelope(&self.code, &self.message, id));
-        *response.status_mut() = self.status;
+        let mut response = if self.grpc {
+            grpc::response(self.status, &self.code, &self.message)
+        } else {
+            let id = request_id.to_str().unwrap_or_default();
+            let mut response = Response::new(envelope(&self.code, &self.message, id));
+            *response.status_mut() = self.status;
+            (response.headers_mut())
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        };
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(X_REQUEST_ID, request_id);
         headers.extend(self.headers);
@@ -179,16 +191,31 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc-1"));
         let kept = ErrorResponse::new(StatusCode::NOT_FOUND, "not_found", "No such key.")
-            .request_id_from(&headers)
+            .for_request(&headers)
             .into_response();
         assert_eq!(kept.headers()[X_REQUEST_ID], "abc-1");
         assert_eq!(body(&kept)["error"]["request_id"], "abc-1");
 
         headers.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
         let replaced = ErrorResponse::new(StatusCode::NOT_FOUND, "not_found", "No such key.")
-            .request_id_from(&headers)
+            .for_request(&headers)
             .into_response();
         assert_ne!(replaced.headers()[X_REQUEST_ID], "has space");
+    }
+
+    #[test]
+    fn error_response_to_a_grpc_call_is_a_grpc_status() {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        let response = ErrorResponse::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Wait.")
+            .for_request(&headers)
+            .retry_after(Duration::from_secs(2))
+            .into_response();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["grpc-status"], "8");
+        assert_eq!(response.headers()["grpc-message"], "rate_limited: Wait.");
+        assert_eq!(response.headers()[RETRY_AFTER], "2");
+        assert!(response.body().is_empty());
     }
 
     #[test]

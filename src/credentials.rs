@@ -133,7 +133,8 @@ pub(crate) fn key_in_query<'q, 'p>(
             "(a parameter whose name is not shown)"
         }
     };
-    query.split('&').find_map(|pair| {
+    // `;` too: some frameworks split on it, and a stricter reading refuses more leaks.
+    query.split(['&', ';']).find_map(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
         let credential_name = || {
             CREDENTIAL_PARAMETERS
@@ -189,7 +190,8 @@ fn percent_decoded_starts_with(component: &str, prefix: &str) -> bool {
 /// The bytes after `Bearer ` in an `Authorization` value, or `None` for another scheme.
 fn bearer_token(value: &HeaderValue) -> Option<&[u8]> {
     const SCHEME: &[u8] = b"bearer";
-    let bytes = value.as_bytes();
+    // HTTP parsers drop whitespace around a value; requests built in-process may keep it.
+    let bytes = trim_whitespace(value.as_bytes());
     let (scheme, rest) = bytes.split_at_checked(SCHEME.len())?;
     if !scheme.eq_ignore_ascii_case(SCHEME) {
         return None;
@@ -256,6 +258,7 @@ mod tests {
     fn query_with_a_key_as_any_value_carries_a_key() {
         assert_eq!(query_key("token=sk_live_abc"), Some("token"));
         assert_eq!(query_key("a=1&k=sk%5Ftest%5Fabc"), Some("k"));
+        assert_eq!(query_key("q=1;api_key=abc"), Some("api_key"));
     }
 
     #[test]
@@ -310,6 +313,14 @@ mod tests {
             let value = format!("{scheme} {KEY}");
             assert_eq!(read(&[("authorization", value.as_bytes())]).unwrap(), KEY);
         }
+    }
+
+    #[test]
+    fn whitespace_before_the_scheme_is_ignored() {
+        assert_eq!(
+            read(&[("authorization", b" \tBearer sk_live_abc")]).unwrap(),
+            KEY
+        );
     }
 
     #[test]

@@ -74,7 +74,9 @@ impl Cached {
 #[derive(Clone)]
 pub struct CachedKeyStore<S> {
     inner: S,
-    records: moka::sync::Cache<LookupId, Arc<Cached>>,
+    // Seeded, because negative entries hold lookup ids that callers chose (by grinding keys),
+    // and fast: SipHash cost as much as the rest of a hit.
+    records: moka::sync::Cache<LookupId, Arc<Cached>, foldhash::fast::RandomState>,
     /// Lookups under way, so that concurrent misses of one key make one store call.
     in_flight: Arc<Mutex<HashMap<LookupId, Arc<Fill>>>>,
     /// Write generations, one per stripe of lookup ids: an entry read before a write to its
@@ -149,7 +151,7 @@ impl<S: KeyStore> CachedKeyStore<S> {
         let records = moka::sync::Cache::builder()
             .max_capacity(config.max_capacity)
             .expire_after(EntryExpiry(config.clone()))
-            .build();
+            .build_with_hasher(foldhash::fast::RandomState::default());
         Self {
             inner,
             records,

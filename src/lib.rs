@@ -29,8 +29,40 @@
 //!     .layer(ApiKeyLayer::new(store));
 //! ```
 //!
-//! `examples/axum.rs` and `examples/hyper.rs` are complete services; `examples/custom_store.rs`
-//! runs requests through a store of its own.
+//! `examples/axum.rs` is a complete service with key management endpoints.
+//!
+//! # With hyper, or any tower service
+//!
+//! The layer wraps any `Service<http::Request<B>>`; the identity is in the request's extensions.
+//!
+//! ```
+//! use std::convert::Infallible;
+//!
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_api_key::{ApiKeyLayer, KeyIdentity, MemoryKeyStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let service = ServiceBuilder::new()
+//!     .layer(ApiKeyLayer::new(MemoryKeyStore::new()))
+//!     .service_fn(|request: Request<String>| async move {
+//!         let identity = request.extensions().get::<KeyIdentity>().expect("set by the layer");
+//!         Ok::<_, Infallible>(Response::new(identity.account_id().to_owned()))
+//!     });
+//! // Serve it with hyper-util's `TowerToHyperService`; see `examples/hyper.rs`.
+//! let response = service.oneshot(Request::new(String::new())).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+//! # }
+//! ```
+//!
+//! # With tonic
+//!
+//! `Server::builder().layer(ApiKeyLayer::new(store))` protects every service of a tonic server
+//! (or wrap one service with tonic's `LayerExt::named_layer`). A gRPC call is refused the way
+//! gRPC clients read: HTTP 200 with `grpc-status` 16 (UNAUTHENTICATED), or 14 (UNAVAILABLE) when
+//! the store fails, and `grpc-message: <code>: <message>`. Handlers read the identity with
+//! `request.extensions().get::<KeyIdentity>()`. `examples/tonic.rs` is a complete service.
 //!
 //! # Errors
 //!
@@ -41,9 +73,21 @@
 //! | 401    | `expired_api_key`            | revoked, or past its expiry                       |
 //! | 503    | `authentication_unavailable` | the store failed: the request is refused, never let through |
 //!
+//! A key in the URL query string is refused too (`invalid_api_key`, [`AuthError::KeyInQuery`]):
+//! it has already leaked into logs.
+//!
 //! Every refusal carries `Cache-Control: no-store`, the request id in `X-Request-Id` (the
 //! request's own if it is sane, see [`ApiKeyLayer`]), and on 401 a `WWW-Authenticate: Bearer`
-//! challenge (RFC 6750). Replace the body with [`ApiKeyLayer::error_response`].
+//! challenge (RFC 6750). Replace the body with [`ApiKeyLayer::error_response`]; answer in the
+//! same envelope from your own code (a rate limiter's 429, a permission check's 403) with
+//! [`ErrorResponse`].
+//!
+//! # Logs and request ids
+//!
+//! Each decision is one `tracing` event in an `api_key_auth` span, with its `outcome`, the
+//! `key_id` and `account_id` when accepted, and the `request_id`; never the key. Put tower-http's
+//! `SetRequestIdLayer` and `PropagateRequestIdLayer` outside this layer, and the id they set is
+//! the one in the envelope, the response header and the log.
 //!
 //! # Writing a store
 //!
@@ -65,7 +109,8 @@
 //!   CRC32 checksum, so typos and random strings are rejected without a lookup ([`KeyFormat`]).
 //! - Stores hold SHA-256 digests, never keys, indexed by the digest's first half; the layer
 //!   compares the whole digest in constant time (`subtle`).
-//! - Keys are read from headers only, never from the query string or body.
+//! - Keys are read from headers only; a key in the query string is refused and logged by its
+//!   parameter's name, never its value.
 //! - [`ApiKey`], [`KeyDigest`] and [`LookupId`] have no `Display` and a redacted `Debug`; the
 //!   credential headers are marked sensitive before the inner service sees them; no response
 //!   repeats a key.
@@ -78,6 +123,8 @@
 //! - `postgres`: `PgKeyStore`, keys in PostgreSQL through sqlx.
 //! - `redis`: `RedisKeyStore`, keys in Redis through the redis crate's `ConnectionManager`.
 //! - `cache`: `CachedKeyStore`, an in-process cache in front of any store.
+//!
+//! Minimum Rust: 1.85; the `postgres` feature needs 1.94 (sqlx 0.9).
 //!
 //! # Choosing a store
 //!

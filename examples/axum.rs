@@ -4,14 +4,31 @@
 //! cargo run --example axum            # PORT=8080 cargo run --example axum for another port
 //! ```
 //!
-//! It prints a demo key and a curl command to try it. `/api/...` needs a key; `/health` does not.
-//! With the key (`K`), manage the demo account's keys (it is on the free tier: 3 active keys):
+//! It prints two demo keys and a curl command to try them. `/api/...` needs a key; `/health`
+//! does not. The live key (`sk_live_...`) has full access; the test key (`sk_test_...`) is
+//! restricted to the scopes `iocs:read`, `keys:read` and `keys:write`. With a key (`K`), manage
+//! the demo account's keys (it is on the free tier: 3 active keys, live and test together, so
+//! one more than the two printed):
 //!
 //! ```text
 //! curl -X POST -H "X-API-Key: $K" -d '{"name":"ci","expires_in":3600}' http://127.0.0.1:3000/api/v1/keys
+//! curl -X POST -H "X-API-Key: $K" -d '{"name":"reader","scopes":["iocs:read"],"mode":"test"}' http://127.0.0.1:3000/api/v1/keys
 //! curl -H "X-API-Key: $K" http://127.0.0.1:3000/api/v1/keys
 //! curl -X DELETE -H "X-API-Key: $K" http://127.0.0.1:3000/api/v1/keys/key_...
+//! curl -X POST -H "X-API-Key: $K" -d '{"type":"ipv4","value":"192.0.2.1"}' http://127.0.0.1:3000/api/v1/iocs
 //! ```
+//!
+//! | Route                   | Scope        | Mode       |
+//! |-------------------------|--------------|------------|
+//! | `GET /api/v1/iocs`      | `iocs:read`  | any        |
+//! | `POST /api/v1/iocs`     | `iocs:write` | live only  |
+//! | `GET /api/v1/keys`      | `keys:read`  | any        |
+//! | `POST /api/v1/keys`     | `keys:write` | any        |
+//! | `DELETE /api/v1/keys/…` | `keys:write` | any        |
+//!
+//! A key without full access creates only keys with some of its own scopes (its own, if the
+//! body names none), and a test key creates and revokes only test keys: no key can make or
+//! remove a key more powerful than itself.
 
 use std::net::Ipv4Addr;
 
@@ -19,6 +36,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
+use axum::handler::Handler;
 use axum::http::header::{HeaderValue, CACHE_CONTROL};
 use axum::http::StatusCode;
 use axum::middleware::map_response;
@@ -29,7 +47,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tower_api_key::{
-    KeyId, KeyIdentity, KeyManager, ManageError, MemoryKeyStore, NewKey, Tier, WritableKeyStore,
+    CreatedKey, KeyId, KeyIdentity, KeyManager, KeyMode, ManageError, MemoryKeyStore, NewKey,
+    RequireModeLayer, RequireScopeLayer, RequiredScope, Scoped, Tier, WritableKeyStore,
 };
 
 const DEFAULT_PORT: u16 = 3000;
@@ -56,13 +75,42 @@ struct IocQuery {
     limit: Option<usize>,
 }
 
+/// The scopes of the printed test key: everything the demo has but submitting indicators.
+pub const TEST_KEY_SCOPES: [&str; 3] = ["iocs:read", "keys:read", "keys:write"];
+
+/// `iocs:read`, for the `Scoped` extractor.
+struct IocsRead;
+
+impl RequiredScope for IocsRead {
+    const SCOPE: &'static str = "iocs:read";
+}
+
+/// `keys:read`, for the `Scoped` extractor.
+struct KeysRead;
+
+impl RequiredScope for KeysRead {
+    const SCOPE: &'static str = "keys:read";
+}
+
 /// The whole service: `/health` is open, everything under `/api` needs a key from `keys`'s
-/// store, and `/api/v1/keys` manages them.
+/// store, and `/api/v1/keys` manages them. Reads check their scope with the `Scoped`
+/// extractor, writes with `RequireScopeLayer` (and `RequireModeLayer`): both ways work.
 pub fn app<S: WritableKeyStore + Clone>(keys: KeyManager<S>) -> Router {
+    let keys_write = || RequireScopeLayer::new("keys:write");
+    // The last layer runs first: a test key hears that it is the wrong mode.
+    let submit = submit_ioc
+        .layer(RequireScopeLayer::new("iocs:write"))
+        .layer(RequireModeLayer::live());
     let api = Router::new()
-        .route("/v1/iocs", get(list_iocs))
-        .route("/v1/keys", get(list_keys::<S>).post(create_key::<S>))
-        .route("/v1/keys/{id}", delete(revoke_key::<S>))
+        .route("/v1/iocs", get(list_iocs).post(submit))
+        .route(
+            "/v1/keys",
+            get(list_keys::<S>).post(create_key::<S>.layer(keys_write())),
+        )
+        .route(
+            "/v1/keys/{id}",
+            delete(revoke_key::<S>).route_layer(keys_write()),
+        )
         // Inside the layer, so that callers without a key cannot map which routes exist.
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(map_response(no_store))
@@ -80,7 +128,22 @@ async fn no_store(mut response: Response) -> Response {
     response
 }
 
-async fn list_iocs(identity: KeyIdentity, Query(query): Query<IocQuery>) -> Json<Value> {
+/// The demo account's printed keys: a live key with full access, and a test key restricted to
+/// [`TEST_KEY_SCOPES`].
+pub async fn demo_keys<S: WritableKeyStore>(
+    keys: &KeyManager<S>,
+    account: &str,
+) -> Result<(CreatedKey, CreatedKey), ManageError> {
+    let live = keys
+        .create(NewKey::new(account, Tier::FREE, "demo"))
+        .await?;
+    let test = NewKey::new(account, Tier::FREE, "demo (test)")
+        .mode(KeyMode::Test)
+        .scopes(TEST_KEY_SCOPES);
+    Ok((live, keys.create(test).await?))
+}
+
+async fn list_iocs(identity: Scoped<IocsRead>, Query(query): Query<IocQuery>) -> Json<Value> {
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
     let data: Vec<Value> = IOCS
         .iter()
@@ -88,11 +151,36 @@ async fn list_iocs(identity: KeyIdentity, Query(query): Query<IocQuery>) -> Json
         .take(limit)
         .map(|(kind, value)| json!({ "type": kind, "value": value }))
         .collect();
+    let identity = identity.into_inner();
     Json(json!({ "data": data, "count": data.len(), "authenticated_as": identity }))
 }
 
-/// `POST /api/v1/keys` `{"name": "ci", "expires_in": 3600}`: a new key for the caller's
-/// account, in the only response that ever contains a key.
+/// `POST /api/v1/iocs` `{"type": "ipv4", "value": "192.0.2.1"}`: submits an indicator for
+/// review. Live keys only, so that tests never feed the shared list.
+async fn submit_ioc(body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let ioc: SubmittedIoc = serde_json::from_slice(&body)
+        .ok()
+        .filter(|ioc: &SubmittedIoc| !ioc.kind.is_empty() && !ioc.value.is_empty())
+        .ok_or_else(|| {
+            ApiError::invalid_request(
+                "The body must be a JSON object with a non-empty string \"type\" and \"value\".",
+            )
+        })?;
+    let body = json!({ "status": "received", "type": ioc.kind, "value": ioc.value });
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubmittedIoc {
+    #[serde(rename = "type")]
+    kind: String,
+    value: String,
+}
+
+/// `POST /api/v1/keys` `{"name": "ci", "expires_in": 3600, "scopes": ["iocs:read"], "mode":
+/// "test"}`: a new key for the caller's account, in the only response that ever contains a
+/// key. Without `scopes`, the key has the caller's access; without `mode`, the caller's mode.
 async fn create_key<S: WritableKeyStore>(
     State(keys): State<KeyManager<S>>,
     identity: KeyIdentity,
@@ -100,11 +188,27 @@ async fn create_key<S: WritableKeyStore>(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let request: CreateKeyRequest = serde_json::from_slice(&body).map_err(|_| {
         ApiError::invalid_request(
-            "The body must be a JSON object with a string \"name\" and an optional \
-             positive integer \"expires_in\" (seconds).",
+            "The body must be a JSON object with a string \"name\", and optionally a \
+             positive integer \"expires_in\" (seconds), an array of strings \"scopes\", \
+             and a \"mode\" of \"live\" or \"test\".",
         )
     })?;
-    let mut new = NewKey::new(identity.account_id(), identity.tier().clone(), request.name);
+    let mode = request.mode.unwrap_or(identity.mode());
+    if identity.mode() == KeyMode::Test && mode == KeyMode::Live {
+        return Err(ApiError::live_key_required("create live keys"));
+    }
+    let mut new =
+        NewKey::new(identity.account_id(), identity.tier().clone(), request.name).mode(mode);
+    match (request.scopes, identity.scopes()) {
+        (Some(scopes), _) => {
+            if let Some(missing) = scopes.iter().find(|scope| !identity.has_scope(scope)) {
+                return Err(ApiError::cannot_grant(missing));
+            }
+            new = new.scopes(scopes);
+        }
+        (None, Some(own)) => new = new.scopes(own.iter()),
+        (None, None) => {}
+    }
     if let Some(seconds) = request.expires_in {
         let seconds = u64::try_from(seconds)
             .ok()
@@ -120,6 +224,8 @@ async fn create_key<S: WritableKeyStore>(
         "id": info["id"],
         "name": info["name"],
         "key": created.key.expose_secret(),
+        "mode": info["mode"],
+        "scopes": info["scopes"],
         "created_at": info["created_at"],
         "expires_at": info["expires_at"],
     });
@@ -129,19 +235,28 @@ async fn create_key<S: WritableKeyStore>(
 /// `GET /api/v1/keys`: the caller's account's keys, without secrets.
 async fn list_keys<S: WritableKeyStore>(
     State(keys): State<KeyManager<S>>,
-    identity: KeyIdentity,
+    identity: Scoped<KeysRead>,
 ) -> Result<Json<Value>, ApiError> {
     let data = keys.list(identity.account_id()).await?;
     Ok(Json(json!({ "data": data })))
 }
 
-/// `DELETE /api/v1/keys/{id}`: revokes one of the caller's account's keys.
+/// `DELETE /api/v1/keys/{id}`: revokes one of the caller's account's keys (a test key: one
+/// of its test keys).
 async fn revoke_key<S: WritableKeyStore>(
     State(keys): State<KeyManager<S>>,
     identity: KeyIdentity,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    keys.revoke(identity.account_id(), &KeyId::new(id)).await?;
+    let id = KeyId::new(id);
+    if identity.mode() == KeyMode::Test {
+        let listed = keys.list(identity.account_id()).await?;
+        let target = listed.iter().find(|info| info.id == id);
+        if target.is_some_and(|info| info.mode == KeyMode::Live) {
+            return Err(ApiError::live_key_required("revoke live keys"));
+        }
+    }
+    keys.revoke(identity.account_id(), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -150,6 +265,8 @@ async fn revoke_key<S: WritableKeyStore>(
 struct CreateKeyRequest {
     name: String,
     expires_in: Option<i64>,
+    scopes: Option<Vec<String>>,
+    mode: Option<KeyMode>,
 }
 
 /// An error of the key-management endpoints, in the layer's envelope.
@@ -167,14 +284,40 @@ impl ApiError {
             message: message.to_owned(),
         }
     }
+
+    /// A test key tried to `act` (`"create live keys"`).
+    fn live_key_required(act: &str) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            code: "live_key_required",
+            message: format!("A test key cannot {act}. Use a live key."),
+        }
+    }
+
+    /// A restricted key tried to create a key with `scope`, which it does not have.
+    fn cannot_grant(scope: &str) -> Self {
+        // Named only if it is a valid scope: the message must not echo arbitrary input.
+        let named = tower_api_key::Scopes::new([scope])
+            .map(|_| format!(" \"{scope}\""))
+            .unwrap_or_default();
+        Self {
+            status: StatusCode::FORBIDDEN,
+            code: "cannot_grant_scope",
+            message: format!(
+                "This key cannot create a key with the scope{named}, which it does not have \
+                 itself. Ask only for scopes of this key, or use a key with full access."
+            ),
+        }
+    }
 }
 
 impl From<ManageError> for ApiError {
     fn from(error: ManageError) -> Self {
         let (status, code) = match &error {
-            ManageError::InvalidName | ManageError::InvalidExpiry => {
-                (StatusCode::BAD_REQUEST, "invalid_request")
-            }
+            ManageError::InvalidName
+            | ManageError::InvalidExpiry
+            | ManageError::InvalidScopes(_)
+            | ManageError::UnsupportedMode(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ManageError::KeyLimitReached { .. } => (StatusCode::FORBIDDEN, "key_limit_reached"),
             ManageError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ManageError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
@@ -257,19 +400,18 @@ async fn main() {
     }
 }
 
-/// Creates the demo key, prints it, and serves until Ctrl-C.
+/// Creates the demo keys, prints them, and serves until Ctrl-C.
 async fn serve<S: WritableKeyStore + Clone>(keys: KeyManager<S>, port: u16) {
     // A fresh free-tier account per start, so a persistent store never fills its quota of 3;
-    // the printed key is the first of its 3.
+    // the printed keys are the first 2 of its 3.
     let account = format!(
         "acct_demo_{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let demo_key = keys
-        .create(NewKey::new(&account, Tier::FREE, "demo"))
+    let (live, test) = demo_keys(&keys, &account)
         .await
-        .unwrap_or_else(|error| exit_with(1, &format!("cannot create the demo key: {error}")));
-    let key = demo_key.key;
+        .unwrap_or_else(|error| exit_with(1, &format!("cannot create the demo keys: {error}")));
+    let key = live.key;
 
     let listener = match TcpListener::bind((Ipv4Addr::LOCALHOST, port)).await {
         Ok(listener) => listener,
@@ -280,8 +422,13 @@ async fn serve<S: WritableKeyStore + Clone>(keys: KeyManager<S>, port: u16) {
         .local_addr()
         .expect("a bound socket has an address");
     println!("listening on http://{address} (account {account})");
-    println!("demo API key (shown once):");
-    println!("{}", key.expose_secret());
+    println!("demo API keys (shown once):");
+    println!("live, full access: {}", key.expose_secret());
+    println!(
+        "test, {}: {}",
+        TEST_KEY_SCOPES.join(" "),
+        test.key.expose_secret()
+    );
     println!(
         "curl -H \"Authorization: Bearer {}\" \"http://{address}/api/v1/iocs?type=ipv4&limit=10\"",
         key.expose_secret()

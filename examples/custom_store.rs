@@ -20,8 +20,8 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKeyLayer, KeyDigest, KeyFormat, KeyId, KeyIdentity, KeyRecord, KeyStore, LookupId,
-    StoreError, Tier,
+    ApiKeyLayer, KeyDigest, KeyFormat, KeyId, KeyIdentity, KeyMode, KeyRecord, KeyStore, LookupId,
+    Scopes, StoreError, Tier,
 };
 
 /// Read-only keys, loaded once; the layer does the checking, so the store only looks up.
@@ -43,6 +43,11 @@ struct Entry {
     digest: KeyDigest,
     #[serde(default)]
     revoked: bool,
+    /// `"live"` (the default) or `"test"`: the store must say which, as the layer trusts it.
+    #[serde(default)]
+    mode: KeyMode,
+    /// Absent for full access.
+    scopes: Option<Vec<String>>,
 }
 
 impl JsonKeyStore {
@@ -55,14 +60,19 @@ impl JsonKeyStore {
             .map(|entry| {
                 let key_id = KeyId::new(entry.key_id);
                 let tier = Tier::new(entry.tier);
-                let identity = KeyIdentity::new(key_id, entry.account_id, entry.name, tier);
+                let mut identity = KeyIdentity::new(key_id, entry.account_id, entry.name, tier)
+                    .with_mode(entry.mode);
+                if let Some(scopes) = entry.scopes {
+                    let scopes = Scopes::new(scopes).map_err(serde_json::Error::custom)?;
+                    identity = identity.with_scopes(scopes);
+                }
                 let mut record = KeyRecord::new(entry.digest, identity);
                 if entry.revoked {
                     record = record.with_revoked_at(loaded_at);
                 }
-                (entry.digest.lookup_id(), record)
+                Ok((entry.digest.lookup_id(), record))
             })
-            .collect();
+            .collect::<serde_json::Result<_>>()?;
         Ok(Self { records })
     }
 }
@@ -85,9 +95,13 @@ async fn whoami(request: Request<Empty<Bytes>>) -> Result<Response<Full<Bytes>>,
         .extensions()
         .get::<KeyIdentity>()
         .expect("ApiKeyLayer sets the identity");
+    let access = identity
+        .scopes()
+        .map_or_else(|| "full access".to_owned(), |scopes| scopes.to_string());
     let greeting = format!(
-        "hello {}, key {} ({}, {} tier)",
+        "hello {}, {} key {} ({}, {} tier, {access})",
         identity.account_id(),
+        identity.mode(),
         identity.key_id(),
         identity.name(),
         identity.tier()
@@ -100,6 +114,9 @@ async fn main() {
     // What an operator provisioned: keys handed to their owners, only digests in the document.
     let format = KeyFormat::default();
     let (active, revoked) = (format.generate(), format.generate());
+    let sandbox = format
+        .generate_for(KeyMode::Test)
+        .expect("the default has test keys");
     let document = json!([
         {
             "key_id": "key_ci",
@@ -116,6 +133,15 @@ async fn main() {
             "digest": revoked.digest().to_hex(),
             "revoked": true,
         },
+        {
+            "key_id": "key_sandbox",
+            "account_id": "acct_42",
+            "name": "sandbox",
+            "tier": "pro",
+            "digest": sandbox.digest().to_hex(),
+            "mode": "test",
+            "scopes": ["iocs:read"],
+        },
     ]);
     println!("{document:#}\n");
 
@@ -128,6 +154,7 @@ async fn main() {
     let unknown = format.generate();
     let cases = [
         ("active key", &active, StatusCode::OK, None),
+        ("restricted test key", &sandbox, StatusCode::OK, None),
         (
             "unknown key",
             &unknown,

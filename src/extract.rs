@@ -1,17 +1,19 @@
-//! The axum extractor for [`KeyIdentity`] (feature `axum`).
+//! The axum extractors (feature `axum`): [`KeyIdentity`] itself, [`Scoped`] for a key with a
+//! scope, and [`LiveKey`] and [`TestKey`] for a key of one mode.
 
 use std::convert::Infallible;
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
 
 use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
-use bytes::Bytes;
-use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::request::Parts;
-use http::StatusCode;
 
-use crate::envelope::envelope;
+use crate::envelope::ErrorResponse;
 use crate::identity::KeyIdentity;
-use crate::request_id::{request_id, X_REQUEST_ID};
+use crate::mode::KeyMode;
+use crate::scope::{is_valid_scope, AccessError};
 
 /// Extracts the identity that [`ApiKeyLayer`](crate::ApiKeyLayer) put in the request.
 ///
@@ -39,7 +41,7 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyIdentity {
             .get::<KeyIdentity>()
             .cloned()
             .ok_or_else(|| MissingIdentity {
-                request_id: request_id(&parts.headers),
+                response: Box::new(AccessError::MissingIdentity.error_response(&parts.headers)),
             })
     }
 }
@@ -62,26 +64,223 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for KeyIdentity {
 /// closed and the caller is not told to fix a key that is not at fault.
 #[derive(Debug)]
 pub struct MissingIdentity {
-    request_id: HeaderValue,
+    // Boxed: rejections are rare, and extraction results stay small.
+    response: Box<ErrorResponse>,
 }
 
 impl IntoResponse for MissingIdentity {
     fn into_response(self) -> Response {
-        let body: Bytes = envelope(
-            "internal_error",
-            "The server could not authenticate this request: its API key check is not \
-             configured for this route. Contact the service's operators.",
-            self.request_id.to_str().unwrap_or_default(),
-        );
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            [
-                (CONTENT_TYPE, HeaderValue::from_static("application/json")),
-                (CACHE_CONTROL, HeaderValue::from_static("no-store")),
-                (X_REQUEST_ID, self.request_id),
-            ],
-            body,
-        )
-            .into_response()
+        IntoResponse::into_response(*self.response)
+    }
+}
+
+/// A scope that a route requires, named by a type for the [`Scoped`] extractor.
+///
+/// ```
+/// use tower_api_key::RequiredScope;
+///
+/// struct KeysWrite;
+///
+/// impl RequiredScope for KeysWrite {
+///     const SCOPE: &'static str = "keys:write";
+/// }
+/// ```
+///
+/// `SCOPE` must be a valid scope (see [`Scopes`](crate::Scopes)): a handler that extracts a
+/// `Scoped` of an invalid one fails to build.
+///
+/// ```compile_fail
+/// use axum::{routing::get, Router};
+/// use tower_api_key::{RequiredScope, Scoped};
+///
+/// struct Spaced;
+///
+/// impl RequiredScope for Spaced {
+///     const SCOPE: &'static str = "keys write"; // a space: not a scope
+/// }
+///
+/// async fn handler(_: Scoped<Spaced>) {}
+///
+/// let app: Router = Router::new().route("/", get(handler));
+/// ```
+pub trait RequiredScope: Send + Sync + 'static {
+    /// The scope.
+    const SCOPE: &'static str;
+}
+
+/// Extracts the identity of a key that has the scope `T::SCOPE`, or full access: the
+/// [`RequireScopeLayer`](crate::RequireScopeLayer) check, in a handler's arguments.
+///
+/// A restricted key without the scope is refused with `403` `insufficient_scope` and its
+/// `WWW-Authenticate` challenge; a route outside [`ApiKeyLayer`](crate::ApiKeyLayer) answers
+/// `500` `internal_error` ([`AccessRejection`]). It dereferences to the [`KeyIdentity`].
+///
+/// ```
+/// use axum::{routing::post, Router};
+/// use tower_api_key::{ApiKeyLayer, MemoryKeyStore, RequiredScope, Scoped};
+///
+/// struct KeysWrite;
+///
+/// impl RequiredScope for KeysWrite {
+///     const SCOPE: &'static str = "keys:write";
+/// }
+///
+/// async fn create_key(identity: Scoped<KeysWrite>) -> String {
+///     format!("creating a key for {}", identity.account_id())
+/// }
+///
+/// let app: Router = Router::new()
+///     .route("/keys", post(create_key))
+///     .layer(ApiKeyLayer::new(MemoryKeyStore::new()));
+/// ```
+pub struct Scoped<T> {
+    identity: KeyIdentity,
+    scope: PhantomData<fn() -> T>,
+}
+
+impl<T> Scoped<T> {
+    /// The identity.
+    pub fn into_inner(self) -> KeyIdentity {
+        self.identity
+    }
+}
+
+impl<T> Deref for Scoped<T> {
+    type Target = KeyIdentity;
+
+    fn deref(&self) -> &KeyIdentity {
+        &self.identity
+    }
+}
+
+impl<T> Clone for Scoped<T> {
+    fn clone(&self) -> Self {
+        Self {
+            identity: self.identity.clone(),
+            scope: PhantomData,
+        }
+    }
+}
+
+impl<T: RequiredScope> fmt::Debug for Scoped<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scoped")
+            .field("scope", &T::SCOPE)
+            .field("identity", &self.identity)
+            .finish()
+    }
+}
+
+impl<S: Send + Sync, T: RequiredScope> FromRequestParts<S> for Scoped<T> {
+    type Rejection = AccessRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        const {
+            assert!(
+                is_valid_scope(T::SCOPE),
+                "RequiredScope::SCOPE must be 1 to 64 visible ASCII characters, without quotes \
+                 or backslashes"
+            );
+        }
+        let identity = checked_identity(parts, |identity| {
+            if identity.has_scope(T::SCOPE) {
+                Ok(())
+            } else {
+                Err(AccessError::InsufficientScope {
+                    scope: T::SCOPE.into(),
+                })
+            }
+        })?;
+        Ok(Self {
+            identity,
+            scope: PhantomData,
+        })
+    }
+}
+
+/// Extracts the identity of a live key: a test key is refused with `403` `live_key_required`,
+/// as [`RequireModeLayer::live`](crate::RequireModeLayer::live) does.
+///
+/// ```
+/// use axum::{routing::post, Router};
+/// use tower_api_key::{ApiKeyLayer, LiveKey, MemoryKeyStore};
+///
+/// async fn payout(LiveKey(identity): LiveKey) -> String {
+///     format!("paying out to {}", identity.account_id())
+/// }
+///
+/// let app: Router = Router::new()
+///     .route("/payouts", post(payout))
+///     .layer(ApiKeyLayer::new(MemoryKeyStore::new()));
+/// ```
+#[derive(Clone, Debug)]
+pub struct LiveKey(pub KeyIdentity);
+
+/// Extracts the identity of a test key: a live key is refused with `403` `test_key_required`,
+/// as [`RequireModeLayer::test`](crate::RequireModeLayer::test) does. For sandbox-only routes
+/// (simulating an event, resetting test data).
+#[derive(Clone, Debug)]
+pub struct TestKey(pub KeyIdentity);
+
+impl<S: Send + Sync> FromRequestParts<S> for LiveKey {
+    type Rejection = AccessRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        of_mode(parts, KeyMode::Live).map(Self)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for TestKey {
+    type Rejection = AccessRejection;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        of_mode(parts, KeyMode::Test).map(Self)
+    }
+}
+
+fn of_mode(parts: &Parts, required: KeyMode) -> Result<KeyIdentity, AccessRejection> {
+    checked_identity(parts, |identity| {
+        if identity.mode() == required {
+            Ok(())
+        } else {
+            Err(AccessError::WrongMode { required })
+        }
+    })
+}
+
+/// The request's identity if `check` passes it.
+fn checked_identity(
+    parts: &Parts,
+    check: impl FnOnce(&KeyIdentity) -> Result<(), AccessError>,
+) -> Result<KeyIdentity, AccessRejection> {
+    let verdict = match parts.extensions.get::<KeyIdentity>() {
+        Some(identity) => check(identity).map(|()| identity.clone()),
+        None => Err(AccessError::MissingIdentity),
+    };
+    verdict.map_err(|error| AccessRejection {
+        response: Box::new(error.error_response(&parts.headers)),
+        error,
+    })
+}
+
+/// The rejection of [`Scoped`], [`LiveKey`] and [`TestKey`]: the [`AccessError`], answered in
+/// the crate's envelope with the request's id.
+#[derive(Debug)]
+pub struct AccessRejection {
+    error: AccessError,
+    // Boxed, as in `MissingIdentity`.
+    response: Box<ErrorResponse>,
+}
+
+impl AccessRejection {
+    /// Why the request was refused.
+    pub fn error(&self) -> &AccessError {
+        &self.error
+    }
+}
+
+impl IntoResponse for AccessRejection {
+    fn into_response(self) -> Response {
+        IntoResponse::into_response(*self.response)
     }
 }

@@ -19,6 +19,8 @@ use std::hint::black_box;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::mode::KeyMode;
+
 /// Number of random base62 characters in a generated key's body: about 190 bits, so at least
 /// 160 remain secret when a listing shows the last four characters.
 pub(crate) const RANDOM_LEN: usize = 32;
@@ -195,33 +197,46 @@ impl fmt::Debug for LookupId {
 
 /// Which keys the layer accepts, and the shape of the keys it generates.
 ///
-/// The default accepts `sk_live_` keys whose checksum is right. Add prefixes with
+/// The default accepts live keys (`sk_live_`) and test keys (`sk_test_`) whose checksum is
+/// right, and generates live keys unless asked for a test key ([`KeyMode`]). Add prefixes with
 /// [`KeyFormat::also_accept`]; keys of another shape (issued before this crate) are accepted with
 /// [`KeyFormat::unchecked`].
 ///
 /// ```
-/// use tower_api_key::KeyFormat;
+/// use tower_api_key::{KeyFormat, KeyMode};
 ///
-/// let format = KeyFormat::new("sk_live_").also_accept("sk_test_");
+/// let format = KeyFormat::default();
 /// let key = format.generate();
 /// assert!(key.expose_secret().starts_with("sk_live_"));
 /// assert!(format.is_well_formed(key.expose_secret()));
 /// assert!(!format.is_well_formed("sk_live_not-a-real-key"));
+///
+/// let test_key = format.generate_for(KeyMode::Test).unwrap();
+/// assert!(test_key.expose_secret().starts_with("sk_test_"));
+/// assert!(format.is_well_formed(test_key.expose_secret()));
+///
+/// // A format of one prefix has no test keys, and accepts none.
+/// let live_only = KeyFormat::new("sk_live_");
+/// assert!(live_only.generate_for(KeyMode::Test).is_none());
+/// assert!(!live_only.is_well_formed(test_key.expose_secret()));
 /// ```
 #[derive(Clone, Debug)]
 pub struct KeyFormat {
     prefixes: Vec<Cow<'static, str>>,
+    test_prefix: Option<Cow<'static, str>>,
     checked: bool,
 }
 
+/// `sk_live_` and `sk_test_` keys.
 impl Default for KeyFormat {
     fn default() -> Self {
-        Self::new("sk_live_")
+        Self::new("sk_live_").test_prefix("sk_test_")
     }
 }
 
 impl KeyFormat {
-    /// Keys that start with `prefix`, which is also the prefix of generated keys.
+    /// Keys that start with `prefix`, which is also the prefix of generated live keys. Such a
+    /// format has no test keys until [`KeyFormat::test_prefix`] gives them a prefix.
     ///
     /// # Panics
     ///
@@ -230,8 +245,20 @@ impl KeyFormat {
     pub fn new(prefix: impl Into<Cow<'static, str>>) -> Self {
         Self {
             prefixes: vec![valid_prefix(prefix.into())],
+            test_prefix: None,
             checked: true,
         }
+    }
+
+    /// Accepts test keys that start with `prefix` (`sk_test_` in the default format), and
+    /// generates test keys with it; replaces any earlier test prefix.
+    ///
+    /// # Panics
+    ///
+    /// As [`KeyFormat::new`].
+    pub fn test_prefix(mut self, prefix: impl Into<Cow<'static, str>>) -> Self {
+        self.test_prefix = Some(valid_prefix(prefix.into()));
+        self
     }
 
     /// Also accepts keys that start with `prefix` (for example `sk_test_`).
@@ -253,27 +280,39 @@ impl KeyFormat {
         self
     }
 
-    /// The prefix of generated keys, shown in the `missing_api_key` message.
+    /// The prefix of generated live keys, shown in the `missing_api_key` message.
     pub fn prefix(&self) -> &str {
         &self.prefixes[0]
     }
 
-    /// Every accepted prefix, the generated keys' first.
+    /// The prefix of generated keys of `mode`; `None` for test keys of a format without a
+    /// [test prefix](KeyFormat::test_prefix).
+    pub fn prefix_for(&self, mode: KeyMode) -> Option<&str> {
+        match mode {
+            KeyMode::Live => Some(self.prefix()),
+            KeyMode::Test => self.test_prefix.as_deref(),
+        }
+    }
+
+    /// Every accepted prefix, the generated live keys' first, the test keys' last.
     pub(crate) fn prefixes(&self) -> impl Iterator<Item = &str> + Clone {
-        self.prefixes.iter().map(|prefix| &**prefix)
+        self.prefixes
+            .iter()
+            .chain(&self.test_prefix)
+            .map(|prefix| &**prefix)
     }
 
     /// Whether `key` has an accepted prefix, a body of the right length and alphabet, and the
     /// right checksum. Always true for an [`unchecked`](KeyFormat::unchecked) format.
     pub fn is_well_formed(&self, key: &str) -> bool {
         !self.checked
-            || self.prefixes.iter().any(|prefix| {
-                key.strip_prefix(&**prefix)
+            || self.prefixes().any(|prefix| {
+                key.strip_prefix(prefix)
                     .is_some_and(|body| is_valid_body(body.as_bytes()))
             })
     }
 
-    /// Generates a new key with this format's first prefix, from the operating system's
+    /// Generates a new live key with this format's first prefix, from the operating system's
     /// cryptographically secure random number generator.
     ///
     /// # Panics
@@ -281,16 +320,31 @@ impl KeyFormat {
     /// If the operating system cannot provide random bytes, which no supported platform does
     /// once booted.
     pub fn generate(&self) -> ApiKey {
-        let mut body = [0u8; BODY_LEN];
-        let (random, check) = body.split_at_mut(RANDOM_LEN);
-        fill_base62(random);
-        check.copy_from_slice(&checksum(random));
-        let mut key = String::with_capacity(self.prefix().len() + BODY_LEN);
-        key.push_str(self.prefix());
-        // The body is base62, so ASCII.
-        key.extend(body.iter().map(|&byte| char::from(byte)));
-        ApiKey(key)
+        generate_with(self.prefix())
     }
+
+    /// Generates a new key of `mode`, as [`KeyFormat::generate`] does; `None` for a test key
+    /// if the format has no [test prefix](KeyFormat::test_prefix).
+    ///
+    /// # Panics
+    ///
+    /// As [`KeyFormat::generate`].
+    pub fn generate_for(&self, mode: KeyMode) -> Option<ApiKey> {
+        self.prefix_for(mode).map(generate_with)
+    }
+}
+
+/// A new key: `prefix`, then random base62 characters and their checksum.
+fn generate_with(prefix: &str) -> ApiKey {
+    let mut body = [0u8; BODY_LEN];
+    let (random, check) = body.split_at_mut(RANDOM_LEN);
+    fill_base62(random);
+    check.copy_from_slice(&checksum(random));
+    let mut key = String::with_capacity(prefix.len() + BODY_LEN);
+    key.push_str(prefix);
+    // The body is base62, so ASCII.
+    key.extend(body.iter().map(|&byte| char::from(byte)));
+    ApiKey(key)
 }
 
 fn valid_prefix(prefix: Cow<'static, str>) -> Cow<'static, str> {
@@ -400,10 +454,43 @@ mod tests {
 
     #[test]
     fn other_prefixes_are_rejected_unless_accepted() {
-        let test_key = KeyFormat::new("sk_test_").generate();
-        assert!(!KeyFormat::default().is_well_formed(test_key.expose_secret()));
-        let both = KeyFormat::default().also_accept("sk_test_");
-        assert!(both.is_well_formed(test_key.expose_secret()));
+        let other = KeyFormat::new("pk_live_").generate();
+        assert!(!KeyFormat::default().is_well_formed(other.expose_secret()));
+        let both = KeyFormat::default().also_accept("pk_live_");
+        assert!(both.is_well_formed(other.expose_secret()));
+    }
+
+    #[test]
+    fn default_format_generates_and_accepts_live_and_test_keys() {
+        let format = KeyFormat::default();
+        let live = format.generate_for(KeyMode::Live).unwrap();
+        let test = format.generate_for(KeyMode::Test).unwrap();
+        assert!(live.expose_secret().starts_with("sk_live_"));
+        assert!(test.expose_secret().starts_with("sk_test_"));
+        assert!(format.is_well_formed(live.expose_secret()));
+        assert!(format.is_well_formed(test.expose_secret()));
+    }
+
+    #[test]
+    fn format_without_test_prefix_has_no_test_keys() {
+        let format = KeyFormat::new("sk_live_");
+        assert_eq!(format.prefix_for(KeyMode::Test), None);
+        assert!(format.generate_for(KeyMode::Test).is_none());
+        let test = KeyFormat::default().generate_for(KeyMode::Test).unwrap();
+        assert!(!format.is_well_formed(test.expose_secret()));
+    }
+
+    #[test]
+    fn test_prefix_replaces_the_earlier_one() {
+        let format = KeyFormat::default().test_prefix("xk_test_");
+        let test = format.generate_for(KeyMode::Test).unwrap();
+        assert!(test.expose_secret().starts_with("xk_test_"));
+        let old = KeyFormat::default().generate_for(KeyMode::Test).unwrap();
+        assert!(!format.is_well_formed(old.expose_secret()));
+        assert_eq!(
+            format.prefixes().collect::<Vec<_>>(),
+            ["sk_live_", "xk_test_"]
+        );
     }
 
     #[test]

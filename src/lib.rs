@@ -149,7 +149,9 @@ mod identity;
 mod key;
 mod layer;
 mod lifecycle;
+mod mode;
 mod request_id;
+mod scope;
 mod store;
 
 pub use body::ResponseBody;
@@ -157,12 +159,17 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use envelope::ErrorResponse;
 pub use error::{AuthError, Rejection};
 #[cfg(feature = "axum")]
-pub use extract::MissingIdentity;
+pub use extract::{AccessRejection, LiveKey, MissingIdentity, RequiredScope, Scoped, TestKey};
 pub use identity::{KeyId, KeyIdentity, Tier};
 pub use key::{ApiKey, KeyDigest, KeyFormat, LookupId, MAX_KEY_LEN};
 pub use layer::{ApiKeyAuth, ApiKeyLayer, ResponseFuture};
 pub use lifecycle::{
     CreatedKey, KeyInfo, KeyManager, ManageError, NewKey, TierLimits, MAX_LIFETIME, MAX_NAME_LEN,
+};
+pub use mode::{KeyMode, RequireMode, RequireModeLayer};
+pub use scope::{
+    AccessError, RequireFuture, RequireScope, RequireScopeLayer, ScopeError, Scopes, MAX_SCOPES,
+    MAX_SCOPE_LEN,
 };
 #[cfg(feature = "cache")]
 pub use store::CachedKeyStore;

@@ -1,5 +1,9 @@
 //! Managing keys: create (the key is shown once), list, revoke, delete, rotate, with a quota of
 //! active keys per tier.
+//!
+//! Test keys count against the same quota as live keys: a test key authenticates like any
+//! other on every route that does not refuse test keys, so a separate allowance would let an
+//! account hold more working keys than its tier allows.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,6 +16,8 @@ use crate::clock::{Clock, SystemClock};
 use crate::identity::{KeyId, KeyIdentity, Tier};
 use crate::key::{ApiKey, KeyFormat};
 use crate::layer::ApiKeyLayer;
+use crate::mode::KeyMode;
+use crate::scope::{ScopeError, Scopes};
 use crate::store::{CreateError, KeyRecord, Quota, StoreError, WritableKeyStore};
 
 /// The longest key name, in characters.
@@ -52,7 +58,8 @@ impl TierLimits {
     }
 }
 
-/// What to create: a key for an account, with a name and an optional expiry.
+/// What to create: a key for an account, with a name, and optionally an expiry, scopes,
+/// metadata, or the test mode.
 #[derive(Clone, Debug)]
 pub struct NewKey {
     account_id: String,
@@ -60,6 +67,8 @@ pub struct NewKey {
     name: String,
     expiry: Option<Expiry>,
     metadata: Option<serde_json::Value>,
+    scopes: Option<Vec<String>>,
+    mode: KeyMode,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -82,7 +91,7 @@ impl Expiry {
 }
 
 impl NewKey {
-    /// A key named `name` for account `account_id`, which is on `tier`.
+    /// A live key with full access, named `name`, for account `account_id`, which is on `tier`.
     pub fn new(account_id: impl Into<String>, tier: Tier, name: impl Into<String>) -> Self {
         Self {
             account_id: account_id.into(),
@@ -90,7 +99,28 @@ impl NewKey {
             name: name.into(),
             expiry: None,
             metadata: None,
+            scopes: None,
+            mode: KeyMode::Live,
         }
+    }
+
+    /// Restricts the key to `scopes` (see [`Scopes`]): it then passes only the checks
+    /// ([`RequireScopeLayer`](crate::RequireScopeLayer)) that require one of them. Without this
+    /// call the key has full access. The scopes are checked by
+    /// [`KeyManager::create`], which refuses invalid ones with [`ManageError::InvalidScopes`].
+    pub fn scopes<I>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.scopes = Some(scopes.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Makes a key of `mode`: with [`KeyMode::Test`], an `sk_test_` key.
+    pub fn mode(mut self, mode: KeyMode) -> Self {
+        self.mode = mode;
+        self
     }
 
     /// The key stops working at `expires_at`, which must be in the future.
@@ -132,6 +162,10 @@ pub struct KeyInfo {
     pub id: KeyId,
     /// Its name.
     pub name: String,
+    /// Whether it is a live or a test key.
+    pub mode: KeyMode,
+    /// The scopes it is restricted to; `None` (`null`) for full access.
+    pub scopes: Option<Scopes>,
     /// Its prefix and last four characters, `sk_live_...Xy12`, to recognise it by.
     pub hint: Option<String>,
     /// When it was created.
@@ -154,6 +188,8 @@ impl From<&KeyRecord> for KeyInfo {
         Self {
             id: record.identity.key_id().clone(),
             name: record.identity.name().to_owned(),
+            mode: record.identity.mode(),
+            scopes: record.identity.scopes().cloned(),
             hint: record.hint.as_deref().map(str::to_owned),
             created_at: record.created_at,
             expires_at: record.expires_at,
@@ -191,6 +227,11 @@ pub enum ManageError {
     /// The name is empty once trimmed, longer than [`MAX_NAME_LEN`] characters, or holds
     /// control characters.
     InvalidName,
+    /// The scopes are not valid scopes, or there are none or too many.
+    InvalidScopes(ScopeError),
+    /// The manager's [`KeyFormat`] has no prefix for keys of this mode (test keys need a
+    /// [test prefix](KeyFormat::test_prefix), which the default format has).
+    UnsupportedMode(KeyMode),
     /// The expiry is not in the future, or more than [`MAX_LIFETIME`] ahead; or a rotation's
     /// grace period is longer than that.
     InvalidExpiry,
@@ -216,6 +257,10 @@ impl fmt::Display for ManageError {
                 f,
                 "a key name must be 1 to {MAX_NAME_LEN} characters, without control characters"
             ),
+            Self::InvalidScopes(error) => error.fmt(f),
+            Self::UnsupportedMode(mode) => {
+                write!(f, "this service's key format has no prefix for {mode} keys")
+            }
             Self::InvalidExpiry => f.write_str("a key's expiry must be in the future"),
             Self::UnknownTier(tier) => write!(f, "the tier \"{tier}\" has no key limit configured"),
             Self::KeyLimitReached { tier, limit } => write!(
@@ -232,6 +277,7 @@ impl std::error::Error for ManageError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Store(error) => Some(error),
+            Self::InvalidScopes(error) => Some(error),
             _ => None,
         }
     }
@@ -274,8 +320,8 @@ pub struct KeyManager<S> {
 }
 
 impl<S: WritableKeyStore> KeyManager<S> {
-    /// Manages the keys of `store`, generating default `sk_live_` keys, with the default
-    /// [`TierLimits`] and the system clock.
+    /// Manages the keys of `store`, generating keys of the default [`KeyFormat`] (`sk_live_`,
+    /// and `sk_test_` for test keys), with the default [`TierLimits`] and the system clock.
     pub fn new(store: S) -> Self {
         Self {
             store,
@@ -285,7 +331,8 @@ impl<S: WritableKeyStore> KeyManager<S> {
         }
     }
 
-    /// Generates keys of `format` (its first prefix).
+    /// Generates keys of `format`: live keys with its first prefix, test keys with its
+    /// [test prefix](KeyFormat::test_prefix).
     pub fn key_format(mut self, format: KeyFormat) -> Self {
         self.format = format;
         self
@@ -320,15 +367,28 @@ impl<S: WritableKeyStore> KeyManager<S> {
     }
 
     /// Creates a key. The plaintext key is in the result and nowhere else.
+    ///
+    /// Test keys count against the account's quota as live keys do: a test key authenticates
+    /// like any other on every route that does not refuse test keys, so a separate allowance
+    /// would let an account hold more working keys than its tier allows.
     pub async fn create(&self, new: NewKey) -> Result<CreatedKey, ManageError> {
         let name = valid_name(&new.name)?;
+        let scopes = new
+            .scopes
+            .map(Scopes::new)
+            .transpose()
+            .map_err(ManageError::InvalidScopes)?;
         let limit = self.limit(&new.tier)?;
         let now = self.clock.now();
         let expires_at = new
             .expiry
             .map(|expiry| expiry.time_after(now))
             .transpose()?;
-        let mut identity = KeyIdentity::new(KeyId::random(), new.account_id, name, new.tier);
+        let mut identity =
+            KeyIdentity::new(KeyId::random(), new.account_id, name, new.tier).with_mode(new.mode);
+        if let Some(scopes) = scopes {
+            identity = identity.with_scopes(scopes);
+        }
         if let Some(metadata) = new.metadata {
             identity = identity.with_metadata(metadata);
         }
@@ -367,8 +427,8 @@ impl<S: WritableKeyStore> KeyManager<S> {
     /// Creates a replacement for an active key and lets the old key work for `grace` more,
     /// then expire, so integrations can switch without downtime.
     ///
-    /// The replacement has the old key's name, tier, metadata and expiry: rotation changes the
-    /// secret, not the policy. The old key does not count against the quota while it is rotated
+    /// The replacement has the old key's name, tier, mode, scopes, metadata and expiry: rotation
+    /// changes the secret, not the policy. The old key does not count against the quota while it is rotated
     /// out, so an account at its limit can rotate, and holds one key more than its limit until
     /// the grace period ends. Rotate a key once: a replacement of a key already being rotated
     /// out would expire with it.
@@ -405,9 +465,14 @@ impl<S: WritableKeyStore> KeyManager<S> {
         expires_at: Option<SystemTime>,
         quota: Quota,
     ) -> Result<CreatedKey, ManageError> {
-        let key = self.format.generate();
+        let mode = identity.mode();
+        let prefix = (self.format.prefix_for(mode)).ok_or(ManageError::UnsupportedMode(mode))?;
+        let key = self
+            .format
+            .generate_for(mode)
+            .expect("the mode has a prefix");
         let secret = key.expose_secret();
-        let hint = format!("{}...{}", self.format.prefix(), &secret[secret.len() - 4..]);
+        let hint = format!("{prefix}...{}", &secret[secret.len() - 4..]);
         let tier = identity.tier().clone();
         let mut record = KeyRecord::new(key.digest(), identity)
             .with_created_at(quota.now)
@@ -490,6 +555,8 @@ mod tests {
         let info = KeyInfo {
             id: KeyId::new("key_1"),
             name: "ci".into(),
+            mode: KeyMode::Live,
+            scopes: None,
             hint: Some("sk_live_...abcd".into()),
             created_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
             expires_at: None,
@@ -499,5 +566,16 @@ mod tests {
         let json = serde_json::to_value(&info).unwrap();
         assert_eq!(json["created_at"], "2023-11-14T22:13:20Z");
         assert_eq!(json["expires_at"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn key_info_shows_mode_and_scopes() {
+        let identity = KeyIdentity::new(KeyId::new("key_1"), "acct", "ci", Tier::FREE)
+            .with_mode(KeyMode::Test)
+            .with_scopes(Scopes::new(["iocs:read"]).unwrap());
+        let record = KeyRecord::new(crate::KeyDigest::of("sk_test_x"), identity);
+        let json = serde_json::to_value(KeyInfo::from(&record)).unwrap();
+        assert_eq!(json["mode"], "test");
+        assert_eq!(json["scopes"], serde_json::json!(["iocs:read"]));
     }
 }

@@ -23,8 +23,10 @@ struct Demo<S = MemoryKeyStore> {
     store: S,
     /// The demo's free-tier account, new for each demo.
     account: String,
-    /// The key the demo prints at start, the first of its account's 3.
+    /// The live key the demo prints at start, with full access.
     key: ApiKey,
+    /// The test key the demo prints at start, restricted to `demo::TEST_KEY_SCOPES`.
+    test_key: ApiKey,
 }
 
 impl Demo {
@@ -37,11 +39,8 @@ impl<S: WritableKeyStore + Clone> Demo<S> {
     async fn start_with(store: S) -> Self {
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
         let account = common::suite::account();
-        let created = KeyManager::new(store.clone())
-            .clock(clock.clone())
-            .create(NewKey::new(&account, Tier::FREE, "demo"))
-            .await
-            .unwrap();
+        let keys = KeyManager::new(store.clone()).clock(clock.clone());
+        let (live, test) = demo::demo_keys(&keys, &account).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let app = demo::app(KeyManager::new(store.clone()).clock(clock.clone()));
@@ -51,7 +50,8 @@ impl<S: WritableKeyStore + Clone> Demo<S> {
             clock,
             store,
             account,
-            key: created.key,
+            key: live.key,
+            test_key: test.key,
         }
     }
 
@@ -61,8 +61,16 @@ impl<S: WritableKeyStore + Clone> Demo<S> {
     }
 
     async fn create(&self, body: &str) -> Answer {
-        self.call(Method::POST, "/api/v1/keys", self.key.expose_secret(), body)
+        self.create_with(&self.key, body).await
+    }
+
+    async fn create_with(&self, key: &ApiKey, body: &str) -> Answer {
+        self.call(Method::POST, "/api/v1/keys", key.expose_secret(), body)
             .await
+    }
+
+    async fn list_with(&self, key: &str) -> Answer {
+        self.call(Method::GET, "/api/v1/keys", key, "").await
     }
 
     async fn iocs_with(&self, key: &str) -> Answer {
@@ -130,7 +138,20 @@ async fn create_use_list_revoke_use_again_on<S: WritableKeyStore + Clone>(demo: 
     );
     let body = created.json();
     let fields: Vec<_> = body.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(fields, ["created_at", "expires_at", "id", "key", "name"]);
+    assert_eq!(
+        fields,
+        [
+            "created_at",
+            "expires_at",
+            "id",
+            "key",
+            "mode",
+            "name",
+            "scopes"
+        ]
+    );
+    assert_eq!(body["mode"], "live");
+    assert_eq!(body["scopes"], serde_json::Value::Null, "full access");
     assert_eq!(body["name"], "ci");
     assert!(is_rfc3339_utc(&body["created_at"]) && is_rfc3339_utc(&body["expires_at"]));
     let key = body["key"].as_str().unwrap().to_owned();
@@ -141,7 +162,7 @@ async fn create_use_list_revoke_use_again_on<S: WritableKeyStore + Clone>(demo: 
     let listed = demo.call(Method::GET, "/api/v1/keys", &key, "").await;
     assert_eq!(listed.status, StatusCode::OK);
     let data = listed.json()["data"].as_array().unwrap().clone();
-    assert_eq!(data.len(), 2, "the printed key and the new one");
+    assert_eq!(data.len(), 3, "the printed keys and the new one");
     assert!(data
         .iter()
         .any(|info| info["id"] == id.as_str() && info["name"] == "ci"));
@@ -151,6 +172,7 @@ async fn create_use_list_revoke_use_again_on<S: WritableKeyStore + Clone>(demo: 
         "listings never hold a key"
     );
     assert!(!listing.contains(&demo.key.expose_secret()["sk_live_".len()..]));
+    assert!(!listing.contains(&demo.test_key.expose_secret()["sk_test_".len()..]));
 
     let revoked = demo
         .call(
@@ -194,11 +216,10 @@ async fn created_key_expires_after_expires_in() {
 #[tokio::test]
 async fn fourth_key_of_the_free_demo_account_is_refused() {
     let demo = Demo::start().await;
-    for name in ["second", "third"] {
-        let answer = demo.create(&format!(r#"{{"name": "{name}"}}"#)).await;
-        assert_eq!(answer.status, StatusCode::CREATED);
-    }
-    let over = demo.create(r#"{"name": "fourth"}"#).await;
+    let third = demo.create(r#"{"name": "third"}"#).await;
+    assert_eq!(third.status, StatusCode::CREATED);
+    // Test keys count against the same quota as live keys.
+    let over = demo.create(r#"{"name": "fourth", "mode": "test"}"#).await;
     assert_envelope(&over, StatusCode::FORBIDDEN, "key_limit_reached");
     let message = over.json()["error"]["message"].as_str().unwrap().to_owned();
     assert!(
@@ -242,6 +263,10 @@ async fn bad_create_requests_are_400_invalid_request() {
         r#"{"name": "ci", "expires_in": -5}"#,
         r#"{"name": "ci", "expires_in": "soon"}"#,
         r#"{"name": "ci", "expires_in": 400000000000}"#,
+        r#"{"name": "ci", "scopes": []}"#,
+        r#"{"name": "ci", "scopes": ["keys write"]}"#,
+        r#"{"name": "ci", "scopes": "iocs:read"}"#,
+        r#"{"name": "ci", "mode": "staging"}"#,
     ] {
         let answer = demo.create(body).await;
         assert_envelope(&answer, StatusCode::BAD_REQUEST, "invalid_request");
@@ -251,7 +276,197 @@ async fn bad_create_requests_are_400_invalid_request() {
         .await;
     assert_eq!(
         listed.json()["data"].as_array().unwrap().len(),
-        1,
+        2,
         "nothing was created"
     );
+}
+
+#[tokio::test]
+async fn printed_keys_are_a_live_key_with_full_access_and_a_restricted_test_key() {
+    let demo = Demo::start().await;
+    assert!(demo.key.expose_secret().starts_with("sk_live_"));
+    assert!(demo.test_key.expose_secret().starts_with("sk_test_"));
+    let answer = demo.iocs_with(demo.test_key.expose_secret()).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()["authenticated_as"]["mode"], "test");
+
+    let listed = demo.list_with(demo.test_key.expose_secret()).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let data = listed.json()["data"].as_array().unwrap().clone();
+    let of_mode = |mode: &str| {
+        data.iter()
+            .find(|info| info["mode"] == mode)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(of_mode("live")["scopes"], serde_json::Value::Null);
+    assert_eq!(
+        of_mode("test")["scopes"],
+        serde_json::json!(demo::TEST_KEY_SCOPES)
+    );
+    assert!(of_mode("test")["hint"]
+        .as_str()
+        .unwrap()
+        .starts_with("sk_test_..."));
+}
+
+#[tokio::test]
+async fn key_created_with_scopes_is_listed_with_them_and_limited_to_them() {
+    let demo = Demo::start().await;
+    let created = demo
+        .create(r#"{"name": "reader", "scopes": ["iocs:read"]}"#)
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(created.json()["scopes"], serde_json::json!(["iocs:read"]));
+    let reader = created.json()["key"].as_str().unwrap().to_owned();
+
+    let listed = demo.list_with(demo.key.expose_secret()).await.json();
+    let listed = listed["data"].as_array().unwrap();
+    let info = listed.iter().find(|info| info["name"] == "reader").unwrap();
+    assert_eq!(info["scopes"], serde_json::json!(["iocs:read"]));
+
+    assert_eq!(demo.iocs_with(&reader).await.status, StatusCode::OK);
+    let denied = demo.list_with(&reader).await;
+    assert_envelope(&denied, StatusCode::FORBIDDEN, "insufficient_scope");
+    assert_eq!(
+        denied.header("www-authenticate"),
+        r#"Bearer error="insufficient_scope", scope="keys:read""#
+    );
+}
+
+#[tokio::test]
+async fn key_management_writes_need_keys_write() {
+    let demo = Demo::start().await;
+    let created = demo
+        .create(r#"{"name": "lister", "scopes": ["keys:read"]}"#)
+        .await
+        .json();
+    let lister = created["key"].as_str().unwrap();
+    let challenge = r#"Bearer error="insufficient_scope", scope="keys:write""#;
+
+    let create = demo
+        .call(Method::POST, "/api/v1/keys", lister, r#"{"name": "x"}"#)
+        .await;
+    assert_envelope(&create, StatusCode::FORBIDDEN, "insufficient_scope");
+    assert_eq!(create.header("www-authenticate"), challenge);
+
+    let path = format!("/api/v1/keys/{}", created["id"].as_str().unwrap());
+    let revoke = demo.call(Method::DELETE, &path, lister, "").await;
+    assert_envelope(&revoke, StatusCode::FORBIDDEN, "insufficient_scope");
+    assert_eq!(revoke.header("www-authenticate"), challenge);
+    assert_eq!(
+        demo.list_with(lister).await.status,
+        StatusCode::OK,
+        "not revoked"
+    );
+}
+
+#[tokio::test]
+async fn restricted_key_cannot_create_a_key_with_a_scope_it_lacks() {
+    let demo = Demo::start().await;
+    for body in [
+        r#"{"name": "wider", "scopes": ["iocs:write"]}"#,
+        r#"{"name": "wider", "scopes": ["iocs:read", "admin"]}"#,
+    ] {
+        let answer = demo.create_with(&demo.test_key, body).await;
+        assert_envelope(&answer, StatusCode::FORBIDDEN, "cannot_grant_scope");
+    }
+    let listed = demo.list_with(demo.key.expose_secret()).await.json();
+    assert_eq!(
+        listed["data"].as_array().unwrap().len(),
+        2,
+        "nothing created"
+    );
+}
+
+#[tokio::test]
+async fn restricted_key_creates_keys_with_its_own_scopes_by_default() {
+    let demo = Demo::start().await;
+    let answer = demo
+        .create_with(&demo.test_key, r#"{"name": "same"}"#)
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    assert_eq!(
+        answer.json()["scopes"],
+        serde_json::json!(demo::TEST_KEY_SCOPES)
+    );
+}
+
+#[tokio::test]
+async fn test_key_creates_test_keys_and_cannot_create_live_keys() {
+    let demo = Demo::start().await;
+    let live = demo
+        .create_with(&demo.test_key, r#"{"name": "live", "mode": "live"}"#)
+        .await;
+    assert_envelope(&live, StatusCode::FORBIDDEN, "live_key_required");
+    let test = demo
+        .create_with(&demo.test_key, r#"{"name": "test"}"#)
+        .await;
+    assert_eq!(test.status, StatusCode::CREATED);
+    assert_eq!(test.json()["mode"], "test");
+    assert!(test.json()["key"].as_str().unwrap().starts_with("sk_test_"));
+}
+
+#[tokio::test]
+async fn live_key_creates_a_test_key_on_request() {
+    let demo = Demo::start().await;
+    let answer = demo.create(r#"{"name": "sandbox", "mode": "test"}"#).await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    let key = answer.json()["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("sk_test_"));
+    let iocs = demo.iocs_with(&key).await;
+    assert_eq!(iocs.json()["authenticated_as"]["mode"], "test");
+}
+
+#[tokio::test]
+async fn test_key_cannot_revoke_a_live_key() {
+    let demo = Demo::start().await;
+    let listed = demo.list_with(demo.key.expose_secret()).await.json();
+    let live_id = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|info| info["mode"] == "live")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/api/v1/keys/{live_id}");
+    let answer = demo
+        .call(Method::DELETE, &path, demo.test_key.expose_secret(), "")
+        .await;
+    assert_envelope(&answer, StatusCode::FORBIDDEN, "live_key_required");
+    assert_eq!(
+        demo.iocs_with(demo.key.expose_secret()).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn submitting_an_indicator_needs_a_live_key_with_iocs_write() {
+    let demo = Demo::start().await;
+    let body = r#"{"type": "ipv4", "value": "192.0.2.1"}"#;
+    let by_test_key = demo
+        .call(
+            Method::POST,
+            "/api/v1/iocs",
+            demo.test_key.expose_secret(),
+            body,
+        )
+        .await;
+    assert_envelope(&by_test_key, StatusCode::FORBIDDEN, "live_key_required");
+
+    let reader = demo
+        .create(r#"{"name": "reader", "scopes": ["iocs:read"]}"#)
+        .await
+        .json();
+    let reader = reader["key"].as_str().unwrap();
+    let by_reader = demo.call(Method::POST, "/api/v1/iocs", reader, body).await;
+    assert_envelope(&by_reader, StatusCode::FORBIDDEN, "insufficient_scope");
+
+    let by_live_key = demo
+        .call(Method::POST, "/api/v1/iocs", demo.key.expose_secret(), body)
+        .await;
+    assert_eq!(by_live_key.status, StatusCode::ACCEPTED);
+    assert_eq!(by_live_key.json()["status"], "received");
 }

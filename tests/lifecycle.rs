@@ -164,8 +164,10 @@ async fn listing_shows_the_account_s_keys_without_secrets() {
             "hint",
             "id",
             "last_used_at",
+            "mode",
             "name",
-            "revoked_at"
+            "revoked_at",
+            "scopes"
         ]
     );
 }

@@ -22,8 +22,8 @@ use sqlx::{AssertSqlSafe, PgPool};
 use tokio::sync::OnceCell;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKey, Clock, KeyDigest, KeyFormat, KeyId, KeyIdentity, KeyManager, KeyRecord, KeyStore,
-    PgKeyStore, Quota, Tier, WritableKeyStore,
+    ApiKey, Clock, KeyDigest, KeyFormat, KeyId, KeyIdentity, KeyManager, KeyMode, KeyRecord,
+    KeyStore, NewKey, PgKeyStore, Quota, Tier, WritableKeyStore,
 };
 
 /// Two application instances over one database: each instance has its own pool.
@@ -349,6 +349,65 @@ async fn migrating_twice_and_concurrently_is_fine() {
     assert!(b.find(&unknown).await.unwrap().is_none());
     sqlx::query(AssertSqlSafe(format!("DROP TABLE \"{table}\"")))
         .execute(&pool(server()))
+        .await
+        .unwrap();
+}
+
+/// The schema before keys had modes and scopes, as version 0.1 created it.
+const SCHEMA_WITHOUT_MODES_AND_SCOPES: &str = r#"
+CREATE TABLE "{table}" (
+    key_id TEXT PRIMARY KEY,
+    lookup_id BYTEA NOT NULL UNIQUE,
+    digest BYTEA NOT NULL,
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    metadata JSONB,
+    hint TEXT,
+    created_at TIMESTAMPTZ,
+    expires_at TIMESTAMPTZ,
+    revoked_at TIMESTAMPTZ,
+    last_used_at TIMESTAMPTZ
+);
+CREATE INDEX "{table}_account_id_idx" ON "{table}" (account_id);
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_a_table_without_modes_and_scopes_keeps_its_keys_live_with_full_access() {
+    let table = unique_table();
+    let admin = pool(server());
+    sqlx::raw_sql(AssertSqlSafe(
+        SCHEMA_WITHOUT_MODES_AND_SCOPES.replace("{table}", &table),
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let old_key = KeyFormat::default().generate();
+    let digest = old_key.digest();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO \"{table}\" (key_id, lookup_id, digest, account_id, name, tier) \
+         VALUES ('key_old', $1, $2, 'acct_old', 'old', 'free')"
+    )))
+    .bind(&digest.lookup_id().as_bytes()[..])
+    .bind(&digest.as_bytes()[..])
+    .execute(&admin)
+    .await
+    .unwrap();
+
+    let store = PgKeyStore::new(pool(server())).table(&table);
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    let found = store.find(&digest.lookup_id()).await.unwrap().unwrap();
+    assert_eq!(found.identity.mode(), KeyMode::Live);
+    assert_eq!(found.identity.scopes(), None);
+    let keys = suite::manager(store, &suite::clock());
+    let new = NewKey::new("acct_old", Tier::FREE, "new")
+        .mode(KeyMode::Test)
+        .scopes(["iocs:read"]);
+    let created = keys.create(new).await.unwrap();
+    assert_eq!(answer(&keys, &created.key).await.status, StatusCode::OK);
+    sqlx::query(AssertSqlSafe(format!("DROP TABLE \"{table}\"")))
+        .execute(&admin)
         .await
         .unwrap();
 }

@@ -19,6 +19,8 @@ use super::usage::UsageQueue;
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
 use crate::identity::{KeyId, KeyIdentity, Tier};
 use crate::key::{KeyDigest, LookupId};
+use crate::mode::KeyMode;
+use crate::scope::Scopes;
 
 /// The schema, for the default table name; [`PgKeyStore::migrate`] applies it.
 const SCHEMA: &str = include_str!("postgres.sql");
@@ -41,7 +43,7 @@ const MAX_IDENTIFIER_LEN: usize = 63 - "_account_id_idx".len();
 
 /// The columns of a record, in the order every query selects them.
 const COLUMNS: &str = "key_id, digest, account_id, name, tier, metadata, hint, \
-                       created_at, expires_at, revoked_at, last_used_at";
+                       created_at, expires_at, revoked_at, last_used_at, mode, scopes";
 
 /// A store that keeps keys in PostgreSQL, through your [`sqlx`] pool, so that every instance
 /// of a service sees the same keys, revocations and quotas.
@@ -237,6 +239,12 @@ impl PgKeyStore {
             .bind(record.expires_at.map(PgTime))
             .bind(record.revoked_at.map(PgTime))
             .bind(record.last_used_at.map(PgTime))
+            .bind(identity.mode().as_str())
+            .bind(
+                identity
+                    .scopes()
+                    .map(|scopes| scopes.iter().collect::<Vec<_>>()),
+            )
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::new)?;
@@ -368,7 +376,7 @@ impl Statements {
             // Either unique column (key_id, lookup_id) taken: nothing is inserted.
             insert: statement(format!(
                 "INSERT INTO \"{table}\" (key_id, lookup_id, {columns}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
                  ON CONFLICT DO NOTHING",
                 columns = COLUMNS.trim_start_matches("key_id, "),
             )),
@@ -436,12 +444,21 @@ fn record_from_row(row: &PgRow) -> Result<KeyRecord, StoreError> {
     let digest = <[u8; 32]>::try_from(digest.as_slice())
         .map_err(|_| StoreError::new("a stored key digest is not 32 bytes long"))?;
     let metadata: Option<serde_json::Value> = row.try_get("metadata").map_err(StoreError::new)?;
+    let mode = KeyMode::parse(&text("mode")?)
+        .ok_or_else(|| StoreError::new("a stored key's mode is neither live nor test"))?;
+    let scopes: Option<Vec<String>> = row.try_get("scopes").map_err(StoreError::new)?;
     let mut identity = KeyIdentity::new(
         KeyId::new(text("key_id")?),
         text("account_id")?,
         text("name")?,
         Tier::new(text("tier")?),
-    );
+    )
+    .with_mode(mode);
+    if let Some(scopes) = scopes {
+        let scopes = Scopes::new(scopes)
+            .map_err(|_| StoreError::new("a stored key's scopes are not valid scopes"))?;
+        identity = identity.with_scopes(scopes);
+    }
     if let Some(metadata) = metadata {
         identity = identity.with_metadata(metadata);
     }
@@ -566,8 +583,8 @@ mod tests {
     #[test]
     fn insert_binds_every_column_and_replaces_nothing() {
         let insert = &Statements::new("api_keys").insert;
-        assert!(insert.contains("$12)"));
-        assert!(!insert.contains("$13"));
+        assert!(insert.contains("$14)"));
+        assert!(!insert.contains("$15"));
         assert!(insert.ends_with("ON CONFLICT DO NOTHING"));
     }
 }

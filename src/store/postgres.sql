@@ -19,8 +19,29 @@ CREATE TABLE IF NOT EXISTS "api_keys" (
     created_at TIMESTAMPTZ,
     expires_at TIMESTAMPTZ,
     revoked_at TIMESTAMPTZ,
-    last_used_at TIMESTAMPTZ
+    last_used_at TIMESTAMPTZ,
+    -- 'live' or 'test' (`KeyMode`).
+    mode TEXT NOT NULL DEFAULT 'live' CHECK (mode IN ('live', 'test')),
+    -- The scopes of a restricted key, sorted; NULL for a key with full access.
+    scopes TEXT[]
 );
+
+-- Tables created before keys had modes and scopes get both columns: their keys are live, with
+-- full access. Looked up first, because ALTER TABLE would lock out every key lookup, at every
+-- start, even when there is nothing to add.
+DO $$
+BEGIN
+    IF (SELECT count(*) FROM pg_attribute
+        WHERE attrelid = '"api_keys"'::regclass
+          AND attname IN ('mode', 'scopes') AND NOT attisdropped) < 2
+    THEN
+        ALTER TABLE "api_keys"
+            ADD COLUMN IF NOT EXISTS mode TEXT NOT NULL DEFAULT 'live'
+                CHECK (mode IN ('live', 'test')),
+            ADD COLUMN IF NOT EXISTS scopes TEXT[];
+    END IF;
+END
+$$;
 
 -- Listing an account's keys and counting them against its quota.
 CREATE INDEX IF NOT EXISTS "api_keys_account_id_idx" ON "api_keys" (account_id);

@@ -8,9 +8,10 @@
 //! | `{prefix}:id:{key id}`              | string | the key's lookup id in hex             |
 //! | `{prefix}:account:{account id}`     | set    | the account's key ids                  |
 //!
-//! A record's fields are `digest` (hex), `key_id`, `account_id`, `name`, `tier` and, when set,
-//! `metadata` (JSON), `hint`, `created_at`, `expires_at`, `revoked_at` and `last_used_at`
-//! (integer microseconds since the Unix epoch). Fields rather than one JSON document let the
+//! A record's fields are `digest` (hex), `key_id`, `account_id`, `name`, `tier`, `mode` (`live`
+//! or `test`; a record without it, written by an earlier version, is live) and, when set,
+//! `scopes` (space-separated), `metadata` (JSON), `hint`, `created_at`, `expires_at`,
+//! `revoked_at` and `last_used_at` (integer microseconds since the Unix epoch). Fields rather than one JSON document let the
 //! scripts change a time in place: re-encoding the record with Lua's cjson would alter metadata
 //! (`[]` becomes `{}`, integers are rounded to 14 digits).
 //!
@@ -33,6 +34,8 @@ use super::usage::UsageQueue;
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
 use crate::identity::{KeyId, KeyIdentity, Tier};
 use crate::key::{KeyDigest, LookupId};
+use crate::mode::KeyMode;
+use crate::scope::Scopes;
 
 const DEFAULT_PREFIX: &str = "tower-api-key";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -282,7 +285,11 @@ fn record_fields(record: &KeyRecord) -> Result<Vec<String>, StoreError> {
         ("account_id", identity.account_id().to_owned()),
         ("name", identity.name().to_owned()),
         ("tier", identity.tier().to_string()),
+        ("mode", identity.mode().to_string()),
     ];
+    if let Some(scopes) = identity.scopes() {
+        fields.push(("scopes", scopes.to_string()));
+    }
     if let Some(metadata) = identity.metadata() {
         fields.push(("metadata", metadata.to_string()));
     }
@@ -320,6 +327,14 @@ fn parse_record(fields: HashMap<String, String>) -> Result<Option<KeyRecord>, St
         fields.required("name")?,
         Tier::new(fields.required("tier")?),
     );
+    if let Some(mode) = fields.optional("mode") {
+        let mode = KeyMode::parse(&mode).ok_or_else(|| malformed("mode"))?;
+        identity = identity.with_mode(mode);
+    }
+    if let Some(scopes) = fields.optional("scopes") {
+        let scopes = Scopes::new(scopes.split(' ')).map_err(|_| malformed("scopes"))?;
+        identity = identity.with_scopes(scopes);
+    }
     if let Some(metadata) = fields.optional("metadata") {
         let metadata = serde_json::from_str(&metadata).map_err(|_| malformed("metadata"))?;
         identity = identity.with_metadata(metadata);
@@ -537,7 +552,9 @@ mod tests {
 
     fn record() -> KeyRecord {
         let identity = KeyIdentity::new(KeyId::new("key_1"), "acct", "ci", Tier::PRO)
-            .with_metadata(serde_json::json!({"roles": [], "n": 9_007_199_254_740_993_u64}));
+            .with_metadata(serde_json::json!({"roles": [], "n": 9_007_199_254_740_993_u64}))
+            .with_mode(KeyMode::Test)
+            .with_scopes(Scopes::new(["keys:write", "iocs:read"]).unwrap());
         let at = UNIX_EPOCH + Duration::new(1_800_000_000, 123_456_000);
         KeyRecord::new(KeyDigest::of("sk_live_x"), identity)
             .with_created_at(at)
@@ -578,6 +595,16 @@ mod tests {
     }
 
     #[test]
+    fn record_of_an_earlier_version_without_mode_or_scopes_is_a_live_key_with_full_access() {
+        let mut fields = stored(&record());
+        fields.remove("mode");
+        fields.remove("scopes");
+        let parsed = parse_record(fields).unwrap().unwrap();
+        assert_eq!(parsed.identity.mode(), KeyMode::Live);
+        assert!(parsed.identity.scopes().is_none());
+    }
+
+    #[test]
     fn no_fields_is_no_record() {
         assert!(parse_record(HashMap::new()).unwrap().is_none());
     }
@@ -589,6 +616,8 @@ mod tests {
             ("digest", "zz"),
             ("created_at", "yesterday"),
             ("metadata", "{"),
+            ("mode", "staging"),
+            ("scopes", "iocs:read  keys:write"),
         ] {
             let mut fields = stored(&record);
             fields.insert(field.to_owned(), junk.to_owned());

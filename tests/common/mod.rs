@@ -1,6 +1,7 @@
 //! Fixtures shared by the integration tests.
 #![allow(dead_code)] // Each test crate uses a different part of the fixtures.
 
+pub mod faulty;
 pub mod proxy;
 pub mod suite;
 
@@ -208,4 +209,21 @@ pub fn assert_envelope(answer: &Answer, status: StatusCode, code: &str) {
     assert!(!error["message"].as_str().unwrap().is_empty());
     let request_id = error["request_id"].as_str().unwrap();
     assert_eq!(answer.header("x-request-id"), request_id);
+}
+
+/// The `X-API-Key` header carrying `key`.
+pub fn with_key(key: &ApiKey) -> Vec<(&'static str, &[u8])> {
+    vec![("x-api-key", key.expose_secret().as_bytes())]
+}
+
+/// What `service` answers, through `oneshot`, to a request with `headers`.
+pub async fn send<S, B>(service: S, headers: &Headers<'_>) -> Answer
+where
+    S: tower::Service<Request<Full<Bytes>>, Response = Response<B>>,
+    S::Error: std::fmt::Debug,
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    use tower::ServiceExt;
+    Answer::read(service.oneshot(request(headers)).await.unwrap()).await
 }

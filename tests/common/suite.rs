@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use http::StatusCode;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKey, Clock, CreateError, CreatedKey, KeyId, KeyManager, KeyStore, ManageError, ManualClock,
-    NewKey, Quota, Tier, WritableKeyStore,
+    ApiKey, Clock, CreateError, CreatedKey, KeyId, KeyManager, KeyMode, KeyStore, ManageError,
+    ManualClock, NewKey, Quota, Scopes, Tier, WritableKeyStore,
 };
 
 use super::{echo_identity, request, Answer};
@@ -87,6 +87,50 @@ pub async fn created_key_is_found_with_its_whole_record(backend: impl Backend) {
     );
     assert_eq!(found.revoked_at, None);
     assert_eq!(found.hint.as_deref(), created.info.hint.as_deref());
+}
+
+pub async fn scopes_and_mode_survive_create_find_and_list(backend: impl Backend) {
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let account = account();
+    let restricted = NewKey::new(&account, Tier::FREE, "restricted test")
+        .mode(KeyMode::Test)
+        .scopes(["keys:write", "iocs:read"]);
+    let restricted = keys.create(restricted).await.unwrap();
+    clock.advance(Duration::from_secs(1));
+    let full = create(&keys, &account).await;
+    let scopes = Scopes::new(["iocs:read", "keys:write"]).unwrap();
+
+    let found = |key: ApiKey| {
+        let store = keys.store().clone();
+        async move {
+            let lookup_id = key.digest().lookup_id();
+            store.find(&lookup_id).await.unwrap().unwrap().identity
+        }
+    };
+    let restricted_identity = found(restricted.key.clone()).await;
+    assert_eq!(restricted_identity.mode(), KeyMode::Test);
+    assert_eq!(restricted_identity.scopes(), Some(&scopes));
+    let full_identity = found(full.key.clone()).await;
+    assert_eq!(full_identity.mode(), KeyMode::Live);
+    assert_eq!(full_identity.scopes(), None);
+
+    let listed = keys.list(&account).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        (listed[0].mode, listed[0].scopes.as_ref()),
+        (KeyMode::Test, Some(&scopes))
+    );
+    assert_eq!(
+        (listed[1].mode, listed[1].scopes.as_ref()),
+        (KeyMode::Live, None)
+    );
+    assert!(listed[0]
+        .hint
+        .as_deref()
+        .unwrap()
+        .starts_with("sk_test_..."));
+    assert_eq!(verdict(&keys, &restricted.key).await, "ok");
 }
 
 pub async fn unknown_key_is_not_found(backend: impl Backend) {
@@ -349,6 +393,7 @@ macro_rules! store_suite {
     ($backend:expr) => {
         $crate::store_suite!(@tests $backend;
             created_key_is_found_with_its_whole_record,
+            scopes_and_mode_survive_create_find_and_list,
             unknown_key_is_not_found,
             layer_decides_each_state,
             key_expires_at_its_expiry,

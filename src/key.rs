@@ -308,7 +308,7 @@ impl KeyFormat {
         !self.checked
             || self.prefixes().any(|prefix| {
                 key.strip_prefix(prefix)
-                    .is_some_and(|body| is_valid_body(body.as_bytes()))
+                    .is_some_and(|body| is_valid_body(prefix, body.as_bytes()))
             })
     }
 
@@ -339,7 +339,7 @@ fn generate_with(prefix: &str) -> ApiKey {
     let mut body = [0u8; BODY_LEN];
     let (random, check) = body.split_at_mut(RANDOM_LEN);
     fill_base62(random);
-    check.copy_from_slice(&checksum(random));
+    check.copy_from_slice(&checksum(prefix, random));
     let mut key = String::with_capacity(prefix.len() + BODY_LEN);
     key.push_str(prefix);
     // The body is base62, so ASCII.
@@ -355,15 +355,19 @@ fn valid_prefix(prefix: Cow<'static, str>) -> Cow<'static, str> {
     prefix
 }
 
-fn is_valid_body(body: &[u8]) -> bool {
+fn is_valid_body(prefix: &str, body: &[u8]) -> bool {
     body.len() == BODY_LEN
         && body.iter().all(u8::is_ascii_alphanumeric)
-        && checksum(&body[..RANDOM_LEN]) == body[RANDOM_LEN..]
+        && checksum(prefix, &body[..RANDOM_LEN]) == body[RANDOM_LEN..]
 }
 
-/// CRC32 of `random`, as [`CHECKSUM_LEN`] base62 digits (62^6 > 2^32).
-fn checksum(random: &[u8]) -> [u8; CHECKSUM_LEN] {
-    let mut value = crc32fast::hash(random);
+/// CRC32 of the prefix and `random`, as [`CHECKSUM_LEN`] base62 digits (62^6 > 2^32). The prefix
+/// is covered so that a slip in it (`sk_test_` for `sk_live_`) is caught without a lookup too.
+fn checksum(prefix: &str, random: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(prefix.as_bytes());
+    hasher.update(random);
+    let mut value = hasher.finalize();
     let mut digits = [b'0'; CHECKSUM_LEN];
     for digit in digits.iter_mut().rev() {
         *digit = BASE62[(value % 62) as usize];
@@ -424,6 +428,15 @@ mod tests {
             format.generate().expose_secret(),
             format.generate().expose_secret()
         );
+    }
+
+    #[test]
+    fn a_key_under_another_accepted_prefix_breaks_the_checksum() {
+        let format = KeyFormat::default();
+        let live = format.generate().expose_secret().to_owned();
+        let as_test = live.replacen("sk_live_", "sk_test_", 1);
+        assert!(format.is_well_formed(&live));
+        assert!(!format.is_well_formed(&as_test));
     }
 
     #[test]

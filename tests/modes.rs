@@ -92,12 +92,14 @@ async fn mode_check_outside_the_api_key_layer_is_500_internal_error() {
 }
 
 #[tokio::test]
-async fn test_key_with_a_live_prefix_is_an_unknown_key() {
+async fn test_key_with_a_live_prefix_is_refused_by_its_checksum() {
     let keys = manager();
     let test = create(&keys, KeyMode::Test).await;
     let body = &test.key.expose_secret()["sk_test_".len()..];
     let forged = ApiKey::new(format!("sk_live_{body}"));
-    assert!(KeyFormat::default().is_well_formed(forged.expose_secret()));
+    // The checksum covers the prefix, so the forgery never reaches the store; were it to, the
+    // digest (which covers the prefix too) would find no record.
+    assert!(!KeyFormat::default().is_well_formed(forged.expose_secret()));
     let answer = call(&keys, RequireModeLayer::live(), &forged).await;
     assert_envelope(&answer, StatusCode::UNAUTHORIZED, "invalid_api_key");
 }

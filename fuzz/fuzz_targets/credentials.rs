@@ -29,11 +29,11 @@ use tower_api_key::{
 };
 
 /// Active in the store. The seed corpus carries it, so the fuzzer starts next to the 200 path.
-const KNOWN: &str = "sk_live_FuzzKnownKey0123456789abcdefABCD0Out9L";
+const KNOWN: &str = "sk_live_FuzzKnownKey0123456789abcdefABCD17PAiV";
 /// Revoked in the store.
-const REVOKED: &str = "sk_live_FuzzRevokedKey123456789abcdefABC0ROCis";
+const REVOKED: &str = "sk_live_FuzzRevokedKey123456789abcdefABC0tPT9C";
 /// Well formed, not in the store.
-const UNKNOWN: &str = "sk_live_FuzzOtherKey0123456789abcdefABCD2SFvt1";
+const UNKNOWN: &str = "sk_live_FuzzOtherKey0123456789abcdefABCD3CSuTn";
 
 type Inner = tower::util::ServiceFn<
     fn(Request<()>) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>>,

@@ -72,6 +72,8 @@
 //! | 401    | `invalid_api_key`            | malformed, bad checksum, unknown, deleted, or two different keys |
 //! | 401    | `expired_api_key`            | revoked, or past its expiry                       |
 //! | 503    | `authentication_unavailable` | the store failed: the request is refused, never let through |
+//! | 403    | `insufficient_scope`         | the key lacks the scope of a [`RequireScopeLayer`] |
+//! | 403    | `live_key_required`, `test_key_required` | the key's mode is refused by a [`RequireModeLayer`] |
 //!
 //! A key in the URL query string is refused too (`invalid_api_key`, [`AuthError::KeyInQuery`]):
 //! it has already leaked into logs.
@@ -102,6 +104,40 @@
 //! free 3, pro 50). It works over any [`WritableKeyStore`], the write path that a read-only
 //! store need not implement. Give the manager and the layer the same [`Clock`]; in tests a
 //! [`ManualClock`] moves time without sleeping.
+//!
+//! # Scopes and test keys
+//!
+//! A key may carry [`Scopes`] (`NewKey::scopes`), like Stripe's restricted keys; a key without
+//! scopes has full access. A route asks for a scope with [`RequireScopeLayer`] inside the
+//! [`ApiKeyLayer`] (or, with axum, the `Scoped<T>` extractor), and a key without it gets `403
+//! insufficient_scope` with the RFC 6750 challenge. Keys are live (`sk_live_`) or test
+//! (`sk_test_`, `NewKey::mode(KeyMode::Test)`) in the same store; [`KeyIdentity::mode`] says
+//! which, and [`RequireModeLayer`] (or the `LiveKey` / `TestKey` extractors) refuses one mode on
+//! a route.
+//!
+//! ```
+//! use http::{Request, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_api_key::{KeyManager, MemoryKeyStore, NewKey, RequireScopeLayer, Tier};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let keys = KeyManager::new(MemoryKeyStore::new());
+//! let reader = NewKey::new("acct_42", Tier::PRO, "dashboard").scopes(["iocs:read"]);
+//! let reader = keys.create(reader).await.unwrap();
+//!
+//! let service = ServiceBuilder::new()
+//!     .layer(keys.layer())
+//!     .layer(RequireScopeLayer::new("keys:write"))
+//!     .service_fn(|_: Request<String>| async { Ok::<_, std::convert::Infallible>(http::Response::new(String::new())) });
+//! let request = Request::builder()
+//!     .header("x-api-key", reader.key.expose_secret())
+//!     .body(String::new())
+//!     .unwrap();
+//! let response = service.oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::FORBIDDEN);
+//! # }
+//! ```
 //!
 //! # Security model
 //!

@@ -14,7 +14,7 @@ if ! command -v wrk >/dev/null; then
   apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 fi
 cargo build --release --example hello_load -q
-binary=target/release/examples/hello_load
+binary="${CARGO_TARGET_DIR:-target}/release/examples/hello_load"
 
 # Starts the server, runs wrk against it, prints requests/s, stops the server.
 run() {

@@ -1,9 +1,9 @@
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use hashbrown::HashTable;
 
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
 use crate::identity::KeyId;
@@ -11,9 +11,9 @@ use crate::key::LookupId;
 
 /// An in-process store: the default for tests, demos and single-instance services.
 ///
-/// Lookups are O(1) hash-map reads under a read lock, so concurrent requests do not wait for each
-/// other; writes take the lock briefly, which makes quota checks atomic. Clones share the same
-/// keys, so keep one to manage keys while the layer holds another.
+/// Lookups are O(1) hash-table reads under a read lock, so concurrent requests do not wait for
+/// each other; writes take the lock briefly, which makes quota checks atomic. Clones share the
+/// same keys, so keep one to manage keys while the layer holds another.
 ///
 /// ```
 /// use tower_api_key::{KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier};
@@ -30,11 +30,37 @@ pub struct MemoryKeyStore {
 }
 
 /// The records and their indexes, changed together under one lock.
-#[derive(Debug, Default)]
+///
+/// Each record sits once in `slots`; the three indexes hold only its slot number (4 bytes), so
+/// no key id or account id is copied into an index. An account's records are chained through
+/// [`Slot::next_in_account`] from the slot its index entry names.
+#[derive(Default)]
 struct Keys {
-    by_lookup_id: HashMap<LookupId, KeyRecord, BuildHasherDefault<PassThrough>>,
-    lookup_id_by_key_id: HashMap<KeyId, LookupId>,
-    key_ids_by_account: HashMap<String, Vec<KeyId>>,
+    slots: Vec<Option<Slot>>,
+    /// Empty slots, reused before `slots` grows.
+    free: Vec<u32>,
+    /// Hashed by the lookup id's first eight bytes, which come from SHA-256.
+    by_lookup_id: HashTable<u32>,
+    /// Hashed with a per-store random seed: key ids and account ids may be chosen by users.
+    by_key_id: HashTable<u32>,
+    /// The first slot of each account's chain.
+    by_account: HashTable<u32>,
+    seed: RandomState,
+    len: usize,
+}
+
+struct Slot {
+    record: KeyRecord,
+    next_in_account: Option<u32>,
+}
+
+// Records are redacted by their own `Debug`; the indexes are slot numbers and say nothing.
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keys")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MemoryKeyStore {
@@ -52,9 +78,8 @@ impl MemoryKeyStore {
     pub fn insert(&self, record: KeyRecord) {
         let mut keys = self.write();
         keys.remove_by_key_id(record.identity.key_id());
-        if let Some(replaced) = keys.by_lookup_id.get(&record.digest.lookup_id()) {
-            let replaced = replaced.identity.key_id().clone();
-            keys.remove_by_key_id(&replaced);
+        if let Some(slot) = keys.slot_of_lookup_id(&record.digest.lookup_id()) {
+            keys.remove_slot(slot);
         }
         keys.add(record);
     }
@@ -66,7 +91,7 @@ impl MemoryKeyStore {
 
     /// How many records the store holds.
     pub fn len(&self) -> usize {
-        self.read().by_lookup_id.len()
+        self.read().len
     }
 
     /// Whether the store holds no record.
@@ -84,84 +109,216 @@ impl MemoryKeyStore {
     }
 }
 
-/// A hasher for [`LookupId`]s, whose `Hash` writes one uniformly random `u64`: it passes that
-/// through instead of running SipHash over it. Callers choose which ids to look up, never which
-/// are stored (those are digests of keys this crate generated), so they cannot crowd a bucket.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `LookupId` is hashed here, and it writes a single `u64`.
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = value;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
+/// The hash of a lookup id: its first eight bytes, already uniform since they come from SHA-256.
+/// Callers choose which ids to look up, never which are stored, so they cannot crowd a bucket.
+fn lookup_hash(lookup_id: &LookupId) -> u64 {
+    let mut first = [0; 8];
+    first.copy_from_slice(&lookup_id.as_bytes()[..8]);
+    u64::from_le_bytes(first)
 }
 
 impl Keys {
+    fn slot(&self, index: u32) -> &Slot {
+        // Indexes only ever hold numbers of occupied slots.
+        match &self.slots[index as usize] {
+            Some(slot) => slot,
+            None => unreachable!("an index names an empty slot"),
+        }
+    }
+
+    fn record_mut(&mut self, index: u32) -> &mut KeyRecord {
+        match &mut self.slots[index as usize] {
+            Some(slot) => &mut slot.record,
+            None => unreachable!("an index names an empty slot"),
+        }
+    }
+
+    fn slot_of_lookup_id(&self, lookup_id: &LookupId) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_lookup_id
+            .find(lookup_hash(lookup_id), |&index| {
+                slots[index as usize]
+                    .as_ref()
+                    .is_some_and(|slot| slot.record.digest.lookup_id() == *lookup_id)
+            })
+            .copied()
+    }
+
+    fn record_of_lookup_id(&self, lookup_id: &LookupId) -> Option<&KeyRecord> {
+        self.slot_of_lookup_id(lookup_id)
+            .map(|index| &self.slot(index).record)
+    }
+
+    fn slot_of_key_id(&self, key_id: &KeyId) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_key_id
+            .find(self.seed.hash_one(key_id.as_str()), |&index| {
+                slots[index as usize]
+                    .as_ref()
+                    .is_some_and(|slot| slot.record.identity.key_id() == key_id)
+            })
+            .copied()
+    }
+
+    fn first_of_account(&self, account_id: &str) -> Option<u32> {
+        let slots = &self.slots;
+        self.by_account
+            .find(self.seed.hash_one(account_id), |&index| {
+                slots[index as usize]
+                    .as_ref()
+                    .is_some_and(|slot| slot.record.identity.account_id() == account_id)
+            })
+            .copied()
+    }
+
     fn add(&mut self, record: KeyRecord) {
-        let lookup_id = record.digest.lookup_id();
-        let key_id = record.identity.key_id().clone();
-        self.key_ids_by_account
-            .entry(record.identity.account_id().to_owned())
-            .or_default()
-            .push(key_id.clone());
-        self.lookup_id_by_key_id.insert(key_id, lookup_id);
-        self.by_lookup_id.insert(lookup_id, record);
+        let lookup_hash = lookup_hash(&record.digest.lookup_id());
+        let key_id_hash = self.seed.hash_one(record.identity.key_id().as_str());
+        let account_hash = self.seed.hash_one(record.identity.account_id());
+        let next_in_account = self.first_of_account(record.identity.account_id());
+        let slot = Some(Slot {
+            record,
+            next_in_account,
+        });
+        let index = match self.free.pop() {
+            Some(index) => {
+                self.slots[index as usize] = slot;
+                index
+            }
+            None => {
+                self.slots.push(slot);
+                // A store of four billion keys would not fit in memory long before this.
+                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 keys")
+            }
+        };
+        let Self {
+            slots,
+            by_lookup_id,
+            by_key_id,
+            by_account,
+            seed,
+            ..
+        } = self;
+        let lookup_of = |&index: &u32| match &slots[index as usize] {
+            Some(slot) => lookup_hash_of(&slot.record),
+            None => 0,
+        };
+        by_lookup_id.insert_unique(lookup_hash, index, lookup_of);
+        by_key_id.insert_unique(key_id_hash, index, |&index| match &slots[index as usize] {
+            Some(slot) => seed.hash_one(slot.record.identity.key_id().as_str()),
+            None => 0,
+        });
+        let account_of = |&index: &u32| match &slots[index as usize] {
+            Some(slot) => seed.hash_one(slot.record.identity.account_id()),
+            None => 0,
+        };
+        match next_in_account {
+            // The account's chain now starts at the new slot.
+            Some(old_first) => {
+                if let Ok(entry) = by_account.find_entry(account_hash, |&index| index == old_first)
+                {
+                    *entry.into_mut() = index;
+                }
+            }
+            None => {
+                by_account.insert_unique(account_hash, index, account_of);
+            }
+        }
+        self.len += 1;
     }
 
     fn remove_by_key_id(&mut self, key_id: &KeyId) -> Option<KeyRecord> {
-        let lookup_id = self.lookup_id_by_key_id.remove(key_id)?;
-        let record = self.by_lookup_id.remove(&lookup_id)?;
-        let account_id = record.identity.account_id();
-        if let Some(ids) = self.key_ids_by_account.get_mut(account_id) {
-            ids.retain(|id| id != key_id);
-            if ids.is_empty() {
-                self.key_ids_by_account.remove(account_id);
+        let index = self.slot_of_key_id(key_id)?;
+        Some(self.remove_slot(index))
+    }
+
+    /// Empties slot `index`, unlinking it from every index, and returns its record.
+    fn remove_slot(&mut self, index: u32) -> KeyRecord {
+        let slot = self.slot(index);
+        let lookup_hash = lookup_hash_of(&slot.record);
+        let key_id_hash = self.seed.hash_one(slot.record.identity.key_id().as_str());
+        let account_hash = self.seed.hash_one(slot.record.identity.account_id());
+        let next = slot.next_in_account;
+        if let Ok(entry) = self.by_lookup_id.find_entry(lookup_hash, |&i| i == index) {
+            entry.remove();
+        }
+        if let Ok(entry) = self.by_key_id.find_entry(key_id_hash, |&i| i == index) {
+            entry.remove();
+        }
+        // Unlink from the account's chain: either the index entry or a predecessor points here.
+        match self.by_account.find_entry(account_hash, |&i| i == index) {
+            Ok(entry) => match next {
+                Some(next) => *entry.into_mut() = next,
+                None => {
+                    entry.remove();
+                }
+            },
+            Err(_) => {
+                let slots = &self.slots;
+                let account_id = self.slot(index).record.identity.account_id();
+                let mut cursor = self
+                    .by_account
+                    .find(account_hash, |&i| {
+                        slots[i as usize]
+                            .as_ref()
+                            .is_some_and(|slot| slot.record.identity.account_id() == account_id)
+                    })
+                    .copied();
+                while let Some(current) = cursor {
+                    let slot = match &mut self.slots[current as usize] {
+                        Some(slot) => slot,
+                        None => break,
+                    };
+                    if slot.next_in_account == Some(index) {
+                        slot.next_in_account = next;
+                        break;
+                    }
+                    cursor = slot.next_in_account;
+                }
             }
         }
-        Some(record)
+        self.len -= 1;
+        self.free.push(index);
+        match self.slots[index as usize].take() {
+            Some(slot) => slot.record,
+            None => unreachable!("slot {index} was just read"),
+        }
     }
 
     /// The record of key `key_id` if it belongs to `account_id`.
     fn get_mut(&mut self, account_id: &str, key_id: &KeyId) -> Option<&mut KeyRecord> {
-        let lookup_id = self.lookup_id_by_key_id.get(key_id)?;
-        self.by_lookup_id
-            .get_mut(lookup_id)
-            .filter(|record| record.identity.account_id() == account_id)
+        let index = self.slot_of_key_id(key_id)?;
+        Some(self.record_mut(index)).filter(|record| record.identity.account_id() == account_id)
     }
 
     fn records_of<'a>(&'a self, account_id: &str) -> impl Iterator<Item = &'a KeyRecord> + 'a {
-        self.key_ids_by_account
-            .get(account_id)
-            .into_iter()
-            .flatten()
-            .filter_map(|key_id| self.by_lookup_id.get(self.lookup_id_by_key_id.get(key_id)?))
+        let mut cursor = self.first_of_account(account_id);
+        std::iter::from_fn(move || {
+            let slot = self.slot(cursor?);
+            cursor = slot.next_in_account;
+            Some(&slot.record)
+        })
     }
+}
+
+fn lookup_hash_of(record: &KeyRecord) -> u64 {
+    lookup_hash(&record.digest.lookup_id())
 }
 
 #[async_trait]
 impl KeyStore for MemoryKeyStore {
     async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self.read().by_lookup_id.get(lookup_id).cloned())
+        Ok(self.read().record_of_lookup_id(lookup_id).cloned())
     }
 
     fn find_now(&self, lookup_id: &LookupId) -> Option<Result<Option<KeyRecord>, StoreError>> {
-        Some(Ok(self.read().by_lookup_id.get(lookup_id).cloned()))
+        Some(Ok(self.read().record_of_lookup_id(lookup_id).cloned()))
     }
 
     fn record_use(&self, record: &KeyRecord, at: SystemTime) {
         let mut keys = self.write();
-        if let Some(stored) = keys.by_lookup_id.get_mut(&record.digest.lookup_id()) {
+        if let Some(index) = keys.slot_of_lookup_id(&record.digest.lookup_id()) {
+            let stored = keys.record_mut(index);
             stored.last_used_at = stored.last_used_at.max(Some(at));
         }
     }
@@ -171,10 +328,8 @@ impl KeyStore for MemoryKeyStore {
 impl WritableKeyStore for MemoryKeyStore {
     async fn create(&self, record: KeyRecord, quota: Quota) -> Result<(), CreateError> {
         let mut keys = self.write();
-        let taken = keys
-            .lookup_id_by_key_id
-            .contains_key(record.identity.key_id())
-            || keys.by_lookup_id.contains_key(&record.digest.lookup_id());
+        let taken = keys.slot_of_key_id(record.identity.key_id()).is_some()
+            || keys.slot_of_lookup_id(&record.digest.lookup_id()).is_some();
         if taken {
             return Err(CreateError::AlreadyExists);
         }
@@ -249,7 +404,7 @@ mod tests {
 
     fn find(store: &MemoryKeyStore, key: &str) -> Option<KeyRecord> {
         let lookup_id = KeyDigest::of(key).lookup_id();
-        store.read().by_lookup_id.get(&lookup_id).cloned()
+        store.read().record_of_lookup_id(&lookup_id).cloned()
     }
 
     #[test]
@@ -311,6 +466,47 @@ mod tests {
             .await
             .unwrap();
         assert!(found.is_some());
+    }
+
+    #[test]
+    fn removing_any_key_of_an_account_keeps_the_others_listed() {
+        for removed in ["key_1", "key_2", "key_3"] {
+            let store = MemoryKeyStore::new();
+            for id in ["key_1", "key_2", "key_3"] {
+                store.insert(record(id, id));
+            }
+            store.insert(KeyRecord::new(
+                KeyDigest::of("other"),
+                KeyIdentity::new(KeyId::new("key_other"), "acct_2", "ci", Tier::FREE),
+            ));
+            assert!(store.remove(&KeyId::new(removed)).is_some());
+            let keys = store.read();
+            let mut listed: Vec<_> = keys
+                .records_of("acct")
+                .map(|record| record.identity.key_id().as_str().to_owned())
+                .collect();
+            listed.sort();
+            let expected: Vec<_> = ["key_1", "key_2", "key_3"]
+                .into_iter()
+                .filter(|id| *id != removed)
+                .collect();
+            assert_eq!(listed, expected, "after removing {removed}");
+            assert_eq!(keys.records_of("acct_2").count(), 1);
+        }
+    }
+
+    #[test]
+    fn emptied_slots_are_reused() {
+        let store = MemoryKeyStore::new();
+        for round in 0..100 {
+            let id = format!("key_{round}");
+            store.insert(record(&id, &id));
+            assert!(store.remove(&KeyId::new(id)).is_some());
+        }
+        let keys = store.read();
+        assert_eq!(keys.slots.len(), 1);
+        assert_eq!(keys.len, 0);
+        assert!(keys.records_of("acct").next().is_none());
     }
 
     #[test]

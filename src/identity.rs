@@ -14,17 +14,17 @@ use crate::scope::Scopes;
 /// It is not derived from the key, so it reveals nothing about it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct KeyId(String);
+pub struct KeyId(Box<str>);
 
 impl KeyId {
     /// Wraps an id a store assigned.
     pub fn new(id: impl Into<String>) -> Self {
-        Self(id.into())
+        Self(id.into().into_boxed_str())
     }
 
     /// A new random id, `key_` followed by 32 hexadecimal digits.
     pub fn random() -> Self {
-        Self(format!("key_{}", uuid::Uuid::new_v4().simple()))
+        Self(format!("key_{}", uuid::Uuid::new_v4().simple()).into_boxed_str())
     }
 
     /// The id as text.
@@ -98,17 +98,18 @@ impl fmt::Display for Tier {
 #[serde(transparent)]
 pub struct KeyIdentity(Arc<IdentityFields>);
 
+// Boxed strings and metadata keep this small: a store holds one per key.
 #[derive(Clone, PartialEq, Serialize)]
 struct IdentityFields {
     key_id: KeyId,
-    account_id: String,
-    name: String,
+    account_id: Box<str>,
+    name: Box<str>,
     tier: Tier,
     mode: KeyMode,
     #[serde(skip_serializing_if = "Option::is_none")]
     scopes: Option<Scopes>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    metadata: Option<serde_json::Value>,
+    metadata: Option<Box<serde_json::Value>>,
 }
 
 impl KeyIdentity {
@@ -122,8 +123,8 @@ impl KeyIdentity {
     ) -> Self {
         Self(Arc::new(IdentityFields {
             key_id,
-            account_id: account_id.into(),
-            name: name.into(),
+            account_id: account_id.into().into_boxed_str(),
+            name: name.into().into_boxed_str(),
             tier,
             mode: KeyMode::Live,
             scopes: None,
@@ -133,7 +134,7 @@ impl KeyIdentity {
 
     /// Attaches application data (roles, a team, limits) for handlers to read.
     pub fn with_metadata(mut self, metadata: serde_json::Value) -> Self {
-        Arc::make_mut(&mut self.0).metadata = Some(metadata);
+        Arc::make_mut(&mut self.0).metadata = Some(Box::new(metadata));
         self
     }
 
@@ -177,7 +178,7 @@ impl KeyIdentity {
 
     /// Application data attached to the key, if any.
     pub fn metadata(&self) -> Option<&serde_json::Value> {
-        self.0.metadata.as_ref()
+        self.0.metadata.as_deref()
     }
 
     /// Whether the key is a live or a test key.

@@ -93,13 +93,14 @@ use crate::store::{KeyRecord, KeyStore, StoreError};
 /// ```
 #[derive(Clone)]
 pub struct ApiKeyLayer {
-    store: Arc<dyn KeyStore>,
     config: Arc<Config>,
 }
 
-/// What the layer checks and how it answers; shared by every service it builds.
+/// The store, what the layer checks and how it answers; shared by every service it builds, in
+/// one `Arc` so that cloning a service (axum does, for each request) touches one shared count.
 #[derive(Clone)]
 struct Config {
+    store: Arc<dyn KeyStore>,
     headers: CredentialHeaders,
     format: KeyFormat,
     messages: Messages,
@@ -116,8 +117,8 @@ impl ApiKeyLayer {
     /// accepting the default [`KeyFormat`] (`sk_live_` keys).
     pub fn new(store: impl KeyStore) -> Self {
         Self {
-            store: Arc::new(store),
             config: Arc::new(Config::new(
+                Arc::new(store),
                 CredentialHeaders::default(),
                 KeyFormat::default(),
             )),
@@ -219,7 +220,6 @@ impl<S> Layer<S> for ApiKeyLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ApiKeyAuth {
             inner,
-            store: Arc::clone(&self.store),
             config: Arc::clone(&self.config),
         }
     }
@@ -245,8 +245,9 @@ impl fmt::Debug for Config {
 }
 
 impl Config {
-    fn new(headers: CredentialHeaders, format: KeyFormat) -> Self {
+    fn new(store: Arc<dyn KeyStore>, headers: CredentialHeaders, format: KeyFormat) -> Self {
         Self {
+            store,
             messages: Messages::new(&format, &headers),
             headers,
             format,
@@ -354,19 +355,14 @@ fn log_acceptance(identity: &KeyIdentity, headers: &HeaderMap) {
 }
 
 /// Step 4, as the future that waits for the store: look up, then conclude.
-async fn authenticate(
-    store: Arc<dyn KeyStore>,
-    config: Arc<Config>,
-    digest: KeyDigest,
-) -> Result<KeyIdentity, AuthError> {
-    let found = store.find(&digest.lookup_id()).await;
-    conclude(&*store, &config, found, &digest)
+async fn authenticate(config: Arc<Config>, digest: KeyDigest) -> Result<KeyIdentity, AuthError> {
+    let found = config.store.find(&digest.lookup_id()).await;
+    conclude(&config, found, &digest)
 }
 
 /// Step 4 once the store has answered: verify the record, and note the key's use when the last
 /// one noted is older than the interval.
 fn conclude(
-    store: &dyn KeyStore,
     config: &Config,
     found: Result<Option<KeyRecord>, StoreError>,
     digest: &KeyDigest,
@@ -378,7 +374,7 @@ fn conclude(
             .is_ok_and(|elapsed| elapsed >= config.last_used_interval)
     });
     if due {
-        store.record_use(&record, now);
+        config.store.record_use(&record, now);
     }
     Ok(record.identity)
 }
@@ -406,7 +402,6 @@ fn verify(
 #[derive(Clone)]
 pub struct ApiKeyAuth<S> {
     inner: S,
-    store: Arc<dyn KeyStore>,
     config: Arc<Config>,
 }
 
@@ -461,8 +456,8 @@ where
         self.config.headers.mark_sensitive(request.headers_mut());
 
         // A store that holds its records in memory answers at once: no future to box.
-        if let Some(found) = self.store.find_now(&digest.lookup_id()) {
-            let verdict = conclude(&*self.store, &self.config, found, &digest);
+        if let Some(found) = self.config.store.find_now(&digest.lookup_id()) {
+            let verdict = conclude(&self.config, found, &digest);
             return match self.config.decide(verdict, &mut request) {
                 None => ResponseFuture::inner(self.inner.call(request)),
                 Some(refusal) => ResponseFuture::rejected(refusal),
@@ -473,17 +468,17 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let config = Arc::clone(&self.config);
-        let lookup = authenticate(Arc::clone(&self.store), config.clone(), digest);
+        let lookup = authenticate(Arc::clone(&config), digest);
         drop(_entered);
         ResponseFuture {
             state: State::Lookup {
                 lookup: Box::pin(lookup.instrument(span.clone())),
-                pending: Some(Pending {
+                pending: Some(Box::new(Pending {
                     request,
                     inner,
                     config,
                     span,
-                }),
+                })),
             },
         }
     }
@@ -516,7 +511,9 @@ pin_project! {
     where
         S: Service<Request<ReqBody>>,
     {
-        Lookup { lookup: LookupFuture, pending: Option<Pending<S, ReqBody>> },
+        // Boxed, so that the future of a request answered at once (an in-memory store, a cache
+        // hit) stays small: it is moved several times on its way to the executor.
+        Lookup { lookup: LookupFuture, pending: Option<Box<Pending<S, ReqBody>>> },
         Inner { #[pin] future: S::Future },
         Rejected { response: Option<Response<Bytes>> },
     }
@@ -558,7 +555,7 @@ where
                         mut inner,
                         config,
                         span,
-                    } = pending
+                    } = *pending
                         .take()
                         .expect("ResponseFuture polled after completion");
                     match span.in_scope(|| config.decide(verdict, &mut request)) {

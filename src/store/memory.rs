@@ -1,8 +1,9 @@
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use hashbrown::HashTable;
 
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
@@ -11,9 +12,10 @@ use crate::key::LookupId;
 
 /// An in-process store: the default for tests, demos and single-instance services.
 ///
-/// Lookups are O(1) hash-table reads under a read lock, so concurrent requests do not wait for
-/// each other; writes take the lock briefly, which makes quota checks atomic. Clones share the
-/// same keys, so keep one to manage keys while the layer holds another.
+/// Lookups are O(1) hash-table reads under a read lock sharded per thread (crossbeam's
+/// `ShardedLock`), so concurrent requests neither wait for each other nor bounce one shared
+/// lock word between cores; writes take every shard briefly, which makes quota checks atomic.
+/// Clones share the same keys, so keep one to manage keys while the layer holds another.
 ///
 /// ```
 /// use tower_api_key::{KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier};
@@ -26,7 +28,7 @@ use crate::key::LookupId;
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct MemoryKeyStore {
-    keys: Arc<RwLock<Keys>>,
+    keys: Arc<ShardedLock<Keys>>,
 }
 
 /// The records and their indexes, changed together under one lock.
@@ -100,11 +102,11 @@ impl MemoryKeyStore {
     }
 
     // No code panics while holding the lock, so a poisoned lock still holds consistent keys.
-    fn read(&self) -> RwLockReadGuard<'_, Keys> {
+    fn read(&self) -> ShardedLockReadGuard<'_, Keys> {
         self.keys.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Keys> {
+    fn write(&self) -> ShardedLockWriteGuard<'_, Keys> {
         self.keys.write().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -5,7 +5,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use moka::Expiry;
 
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
 use crate::clock::{Clock, SystemClock};
@@ -31,6 +30,9 @@ const STRIPES: usize = 64;
 struct Cached {
     found: Option<KeyRecord>,
     generation: u64,
+    /// When the entry stops being served: the TTL (or negative TTL) after it was read, never
+    /// past the key's own expiry. `None` for a TTL beyond what `Instant` can hold.
+    expires: Option<Instant>,
     /// Microseconds since the epoch of the latest use; 0 for none.
     last_used: AtomicU64,
 }
@@ -52,7 +54,9 @@ impl Cached {
 /// never reach the database.
 ///
 /// - It holds at most [`max_capacity`](CachedKeyStore::max_capacity) records, each for at most
-///   [`ttl`](CachedKeyStore::ttl) and never past the key's own expiry.
+///   [`ttl`](CachedKeyStore::ttl) and never past the key's own expiry. Eviction is S3-FIFO
+///   (quick_cache): keys seen once leave first, so a flood of one-off keys does not push out the
+///   keys in use.
 /// - Unknown keys are cached too, for [`negative_ttl`](CachedKeyStore::negative_ttl), so a flood
 ///   of one bad key does not reach the database. Store errors are never cached.
 /// - Concurrent lookups of one key wait for a single call to the store.
@@ -74,9 +78,11 @@ impl Cached {
 #[derive(Clone)]
 pub struct CachedKeyStore<S> {
     inner: S,
-    // Seeded, because negative entries hold lookup ids that callers chose (by grinding keys),
-    // and fast: SipHash cost as much as the rest of a hit.
-    records: moka::sync::Cache<LookupId, Arc<Cached>, foldhash::fast::RandomState>,
+    // quick_cache: a hit is one shard read lock and a hash lookup, and its S3-FIFO eviction keeps
+    // a flood of one-off keys from pushing out the keys in use. Seeded, because negative entries
+    // hold lookup ids that callers chose (by grinding keys), and fast: SipHash cost as much as
+    // the rest of a hit.
+    records: Records,
     /// Lookups under way, so that concurrent misses of one key make one store call.
     in_flight: Arc<Mutex<HashMap<LookupId, Arc<Fill>>>>,
     /// Write generations, one per stripe of lookup ids: an entry read before a write to its
@@ -84,6 +90,15 @@ pub struct CachedKeyStore<S> {
     writes: Arc<[AtomicU64; STRIPES]>,
     config: CacheConfig,
 }
+
+type Records = Arc<
+    quick_cache::sync::Cache<
+        LookupId,
+        Arc<Cached>,
+        quick_cache::UnitWeighter,
+        foldhash::fast::RandomState,
+    >,
+>;
 
 #[derive(Clone)]
 struct CacheConfig {
@@ -148,10 +163,15 @@ impl<S: KeyStore> CachedKeyStore<S> {
     }
 
     fn with_config(inner: S, config: CacheConfig) -> Self {
-        let records = moka::sync::Cache::builder()
-            .max_capacity(config.max_capacity)
-            .expire_after(EntryExpiry(config.clone()))
-            .build_with_hasher(foldhash::fast::RandomState::default());
+        // At least one entry per shard, so that a tiny capacity still caches.
+        let capacity = config.max_capacity.max(1);
+        let records = Arc::new(quick_cache::sync::Cache::with(
+            usize::try_from(capacity).unwrap_or(usize::MAX),
+            capacity,
+            quick_cache::UnitWeighter,
+            foldhash::fast::RandomState::default(),
+            quick_cache::sync::DefaultLifecycle::default(),
+        ));
         Self {
             inner,
             records,
@@ -180,14 +200,14 @@ impl<S: KeyStore> CachedKeyStore<S> {
             Some(lookup_ids) => {
                 for lookup_id in lookup_ids {
                     self.generation(&lookup_id).fetch_add(1, Ordering::SeqCst);
-                    self.records.invalidate(&lookup_id);
+                    self.records.remove(&lookup_id);
                 }
             }
             None => {
                 self.writes
                     .iter()
                     .for_each(|generation| _ = generation.fetch_add(1, Ordering::SeqCst));
-                self.records.invalidate_all();
+                self.records.clear();
             }
         }
         result
@@ -206,6 +226,7 @@ impl<S: KeyStore> CachedKeyStore<S> {
                 let generation = self.generation(lookup_id).load(Ordering::SeqCst);
                 let found = self.inner.find(lookup_id).await.map_err(Arc::new)?;
                 let cached = Arc::new(Cached {
+                    expires: Instant::now().checked_add(self.config.lifetime(found.as_ref())),
                     found,
                     generation,
                     last_used: AtomicU64::new(0),
@@ -221,9 +242,14 @@ impl<S: KeyStore> CachedKeyStore<S> {
     /// The cached answer for `lookup_id`, if there is one no write has overtaken.
     fn cached(&self, lookup_id: &LookupId) -> Option<Option<KeyRecord>> {
         let cached = self.records.get(lookup_id)?;
-        if cached.generation != self.generation(lookup_id).load(Ordering::SeqCst) {
-            // Read before a write to its stripe: maybe stale.
-            self.records.invalidate(lookup_id);
+        let stale = cached.generation != self.generation(lookup_id).load(Ordering::SeqCst);
+        // Stale: read before a write to its stripe. Expired: past its lifetime.
+        if stale
+            || cached
+                .expires
+                .is_some_and(|expires| expires <= Instant::now())
+        {
+            self.records.remove(lookup_id);
             return None;
         }
         Some(cached.record())
@@ -241,7 +267,7 @@ impl<S: KeyStore> KeyStore for CachedKeyStore<S> {
             return Ok(filled.record());
         }
         // A write overtook the read: what it found may be stale, so ask the store itself.
-        self.records.invalidate(lookup_id);
+        self.records.remove(lookup_id);
         self.inner.find(lookup_id).await
     }
 
@@ -313,7 +339,7 @@ impl<S: fmt::Debug> fmt::Debug for CachedKeyStore<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachedKeyStore")
             .field("inner", &self.inner)
-            .field("entries", &self.records.entry_count())
+            .field("entries", &self.records.len())
             .field("max_capacity", &self.config.max_capacity)
             .field("ttl", &self.config.ttl)
             .field("negative_ttl", &self.config.negative_ttl)
@@ -352,25 +378,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Known keys live for the TTL but not past their own expiry; unknown keys for the negative TTL.
-struct EntryExpiry(CacheConfig);
-
-impl Expiry<LookupId, Arc<Cached>> for EntryExpiry {
-    fn expire_after_create(
-        &self,
-        _lookup_id: &LookupId,
-        cached: &Arc<Cached>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        let Some(record) = &cached.found else {
-            return Some(self.0.negative_ttl);
+impl CacheConfig {
+    /// How long an answer is served: known keys for the TTL but not past their own expiry,
+    /// unknown keys for the negative TTL.
+    fn lifetime(&self, found: Option<&KeyRecord>) -> Duration {
+        let Some(record) = found else {
+            return self.negative_ttl;
         };
         let until_expiry = record.expires_at.map(|expires_at| {
             expires_at
-                .duration_since(self.0.clock.now())
+                .duration_since(self.clock.now())
                 .unwrap_or(Duration::ZERO)
         });
-        Some(until_expiry.map_or(self.0.ttl, |left| left.min(self.0.ttl)))
+        until_expiry.map_or(self.ttl, |left| left.min(self.ttl))
     }
 }
 
@@ -419,5 +439,73 @@ mod tests {
         second.abort();
         assert!(second.await.unwrap_err().is_cancelled());
         assert!(lock(&cache.in_flight).is_empty());
+    }
+
+    /// A store that knows one key and counts the lookups of each.
+    #[derive(Clone, Default)]
+    struct Counting {
+        known: Option<KeyRecord>,
+        lookups: Arc<Mutex<HashMap<[u8; 16], usize>>>,
+    }
+
+    impl Counting {
+        fn lookups_of(&self, lookup_id: &LookupId) -> usize {
+            lock(&self.lookups)
+                .get(lookup_id.as_bytes())
+                .copied()
+                .unwrap_or(0)
+        }
+    }
+
+    #[async_trait]
+    impl KeyStore for Counting {
+        async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
+            *lock(&self.lookups)
+                .entry(*lookup_id.as_bytes())
+                .or_default() += 1;
+            Ok(self
+                .known
+                .clone()
+                .filter(|record| record.digest.lookup_id() == *lookup_id))
+        }
+    }
+
+    fn known_record() -> KeyRecord {
+        let identity =
+            crate::KeyIdentity::new(KeyId::new("key_hot"), "acct", "hot", crate::Tier::FREE);
+        KeyRecord::new(KeyDigest::of("sk_live_hot"), identity)
+    }
+
+    #[tokio::test]
+    async fn holds_at_most_max_capacity_entries() {
+        let cache = CachedKeyStore::new(Counting::default()).max_capacity(50);
+        for index in 0..1_000 {
+            let lookup_id = KeyDigest::of(&format!("sk_live_{index}")).lookup_id();
+            assert!(cache.find(&lookup_id).await.unwrap().is_none());
+        }
+        assert!(
+            (1..=50).contains(&cache.records.len()),
+            "{} entries",
+            cache.records.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_one_off_keys_does_not_push_out_a_key_in_use() {
+        let store = Counting {
+            known: Some(known_record()),
+            ..Counting::default()
+        };
+        let cache = CachedKeyStore::new(store.clone()).max_capacity(100);
+        let hot = known_record().digest.lookup_id();
+        for index in 0..10_000 {
+            // Five times the capacity between two uses: an LRU or FIFO cache would have evicted it.
+            if index % 500 == 0 {
+                assert!(cache.find(&hot).await.unwrap().is_some());
+            }
+            let one_off = KeyDigest::of(&format!("sk_live_flood_{index}")).lookup_id();
+            assert!(cache.find(&one_off).await.unwrap().is_none());
+        }
+        assert_eq!(store.lookups_of(&hot), 1, "the key in use was read once");
     }
 }

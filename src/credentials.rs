@@ -217,11 +217,14 @@ fn trim_whitespace(bytes: &[u8]) -> &[u8] {
 }
 
 fn parse_key(token: &[u8]) -> Result<&str, CredentialError> {
+    if token.len() > MAX_KEY_LEN {
+        return Err(CredentialError::Malformed);
+    }
     // A fold without early exit: the compiler checks 16 or 32 bytes at a time.
     let graphic = token
         .iter()
         .fold(true, |all, byte| all & byte.is_ascii_graphic());
-    if token.len() > MAX_KEY_LEN || !graphic {
+    if !graphic {
         return Err(CredentialError::Malformed);
     }
     std::str::from_utf8(token).map_err(|_| CredentialError::Malformed)

@@ -55,8 +55,8 @@ impl Cached {
 ///
 /// - It holds at most [`max_capacity`](CachedKeyStore::max_capacity) records, each for at most
 ///   [`ttl`](CachedKeyStore::ttl) and never past the key's own expiry. Eviction is S3-FIFO
-///   (quick_cache): keys seen once leave first, so a flood of one-off keys does not push out the
-///   keys in use.
+///   (quick_cache): keys seen once leave first, so a flood of one-off keys does not push out keys
+///   in regular use.
 /// - Unknown keys are cached too, for [`negative_ttl`](CachedKeyStore::negative_ttl), so a flood
 ///   of one bad key does not reach the database. Store errors are never cached.
 /// - Concurrent lookups of one key wait for a single call to the store.
@@ -79,7 +79,7 @@ impl Cached {
 pub struct CachedKeyStore<S> {
     inner: S,
     // quick_cache: a hit is one shard read lock and a hash lookup, and its S3-FIFO eviction keeps
-    // a flood of one-off keys from pushing out the keys in use. Seeded, because negative entries
+    // a flood of one-off keys from pushing out keys in regular use. Seeded, because negative entries
     // hold lookup ids that callers chose (by grinding keys), and fast: SipHash cost as much as
     // the rest of a hit.
     records: Records,
@@ -123,7 +123,10 @@ impl<S: KeyStore> CachedKeyStore<S> {
         )
     }
 
-    /// Holds at most `max_capacity` records (known and unknown keys together).
+    /// Holds at most about `max_capacity` records (known and unknown keys together): the
+    /// capacity is split over internal shards, each share rounded up, so the cache may hold up
+    /// to one entry per shard more. 0 caches nothing; concurrent lookups of a key still share
+    /// one call to the store.
     pub fn max_capacity(self, max_capacity: u64) -> Self {
         let config = CacheConfig {
             max_capacity,
@@ -163,8 +166,9 @@ impl<S: KeyStore> CachedKeyStore<S> {
     }
 
     fn with_config(inner: S, config: CacheConfig) -> Self {
-        // At least one entry per shard, so that a tiny capacity still caches.
-        let capacity = config.max_capacity.max(1);
+        // 0 caches nothing (lookups are still shared). quick_cache splits the capacity over
+        // its shards, rounding each share up: the cache may hold a few entries more.
+        let capacity = config.max_capacity;
         let records = Arc::new(quick_cache::sync::Cache::with(
             usize::try_from(capacity).unwrap_or(usize::MAX),
             capacity,
@@ -249,7 +253,9 @@ impl<S: KeyStore> CachedKeyStore<S> {
                 .expires
                 .is_some_and(|expires| expires <= Instant::now())
         {
-            self.records.remove(lookup_id);
+            // Only this entry: a fresher one another lookup put there since must stay.
+            self.records
+                .remove_if(lookup_id, |current| Arc::ptr_eq(current, &cached));
             return None;
         }
         Some(cached.record())
@@ -267,7 +273,8 @@ impl<S: KeyStore> KeyStore for CachedKeyStore<S> {
             return Ok(filled.record());
         }
         // A write overtook the read: what it found may be stale, so ask the store itself.
-        self.records.remove(lookup_id);
+        self.records
+            .remove_if(lookup_id, |current| Arc::ptr_eq(current, &filled));
         self.inner.find(lookup_id).await
     }
 
@@ -491,21 +498,40 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_flood_of_one_off_keys_does_not_push_out_a_key_in_use() {
+    async fn a_key_in_regular_use_stays_cached_through_a_flood_of_one_off_keys() {
         let store = Counting {
             known: Some(known_record()),
             ..Counting::default()
         };
         let cache = CachedKeyStore::new(store.clone()).max_capacity(100);
+        let one_off = |index: usize| KeyDigest::of(&format!("sk_live_flood_{index}")).lookup_id();
+        // Already full of one-off keys when the key in use first arrives.
+        for index in 0..1_000 {
+            assert!(cache.find(&one_off(index)).await.unwrap().is_none());
+        }
         let hot = known_record().digest.lookup_id();
-        for index in 0..10_000 {
-            // Five times the capacity between two uses: an LRU or FIFO cache would have evicted it.
-            if index % 500 == 0 {
+        for index in 1_000..11_000 {
+            if index % 25 == 0 {
                 assert!(cache.find(&hot).await.unwrap().is_some());
             }
-            let one_off = KeyDigest::of(&format!("sk_live_flood_{index}")).lookup_id();
-            assert!(cache.find(&one_off).await.unwrap().is_none());
+            assert!(cache.find(&one_off(index)).await.unwrap().is_none());
         }
-        assert_eq!(store.lookups_of(&hot), 1, "the key in use was read once");
+        // 400 uses, each after 25 one-off keys: read from the store at most twice.
+        assert!(store.lookups_of(&hot) <= 2, "{}", store.lookups_of(&hot));
+    }
+
+    #[tokio::test]
+    async fn zero_capacity_caches_nothing() {
+        let store = Counting {
+            known: Some(known_record()),
+            ..Counting::default()
+        };
+        let cache = CachedKeyStore::new(store.clone()).max_capacity(0);
+        let hot = known_record().digest.lookup_id();
+        for _ in 0..3 {
+            assert!(cache.find(&hot).await.unwrap().is_some());
+        }
+        assert_eq!(store.lookups_of(&hot), 3);
+        assert_eq!(cache.records.len(), 0);
     }
 }

@@ -188,9 +188,10 @@ impl Keys {
                 index
             }
             None => {
-                self.slots.push(slot);
                 // A store of four billion keys would not fit in memory long before this.
-                u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 keys")
+                let index = u32::try_from(self.slots.len()).expect("fewer than 2^32 keys");
+                self.slots.push(slot);
+                index
             }
         };
         let Self {

@@ -22,7 +22,7 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::key::MAX_KEY_LEN;
+use crate::key::{every_byte, MAX_KEY_LEN};
 
 /// Why no key could be read from a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -220,11 +220,7 @@ fn parse_key(token: &[u8]) -> Result<&str, CredentialError> {
     if token.len() > MAX_KEY_LEN {
         return Err(CredentialError::Malformed);
     }
-    // A fold without early exit: the compiler checks 16 or 32 bytes at a time.
-    let graphic = token
-        .iter()
-        .fold(true, |all, byte| all & byte.is_ascii_graphic());
-    if !graphic {
+    if !every_byte(token, u8::is_ascii_graphic) {
         return Err(CredentialError::Malformed);
     }
     std::str::from_utf8(token).map_err(|_| CredentialError::Malformed)

@@ -356,12 +356,15 @@ fn valid_prefix(prefix: Cow<'static, str>) -> Cow<'static, str> {
 }
 
 fn is_valid_body(prefix: &str, body: &[u8]) -> bool {
-    // A fold without early exit: the compiler checks 16 or 32 bytes at a time.
     body.len() == BODY_LEN
-        && body
-            .iter()
-            .fold(true, |all, byte| all & byte.is_ascii_alphanumeric())
+        && every_byte(body, u8::is_ascii_alphanumeric)
         && checksum(prefix, &body[..RANDOM_LEN]) == body[RANDOM_LEN..]
+}
+
+/// Whether every byte passes `test`: a fold without early exit, which the compiler checks 16 or
+/// 32 bytes at a time, where `Iterator::all` goes byte by byte. Bound the length first.
+pub(crate) fn every_byte(bytes: &[u8], test: impl Fn(&u8) -> bool) -> bool {
+    bytes.iter().fold(true, |all, byte| all & test(byte))
 }
 
 /// CRC32 of the prefix and `random`, as [`CHECKSUM_LEN`] base62 digits (62^6 > 2^32). The prefix

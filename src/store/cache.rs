@@ -477,6 +477,14 @@ mod tests {
         }
     }
 
+    /// A counting store that knows `known_record()`.
+    fn knowing_hot_key() -> Counting {
+        Counting {
+            known: Some(known_record()),
+            ..Counting::default()
+        }
+    }
+
     fn known_record() -> KeyRecord {
         let identity =
             crate::KeyIdentity::new(KeyId::new("key_hot"), "acct", "hot", crate::Tier::FREE);
@@ -499,10 +507,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_in_regular_use_stays_cached_through_a_flood_of_one_off_keys() {
-        let store = Counting {
-            known: Some(known_record()),
-            ..Counting::default()
-        };
+        let store = knowing_hot_key();
         let cache = CachedKeyStore::new(store.clone()).max_capacity(100);
         let one_off = |index: usize| KeyDigest::of(&format!("sk_live_flood_{index}")).lookup_id();
         // Already full of one-off keys when the key in use first arrives.
@@ -522,10 +527,7 @@ mod tests {
 
     #[tokio::test]
     async fn zero_capacity_caches_nothing() {
-        let store = Counting {
-            known: Some(known_record()),
-            ..Counting::default()
-        };
+        let store = knowing_hot_key();
         let cache = CachedKeyStore::new(store.clone()).max_capacity(0);
         let hot = known_record().digest.lookup_id();
         for _ in 0..3 {

@@ -135,15 +135,26 @@ impl Keys {
         }
     }
 
-    fn slot_of_lookup_id(&self, lookup_id: &LookupId) -> Option<u32> {
-        let slots = &self.slots;
-        self.by_lookup_id
-            .find(lookup_hash(lookup_id), |&index| {
-                slots[index as usize]
+    /// The slot that `index` holds under `hash` whose record `matches`.
+    fn find_in(
+        &self,
+        index: &HashTable<u32>,
+        hash: u64,
+        matches: impl Fn(&KeyRecord) -> bool,
+    ) -> Option<u32> {
+        index
+            .find(hash, |&slot| {
+                self.slots[slot as usize]
                     .as_ref()
-                    .is_some_and(|slot| slot.record.digest.lookup_id() == *lookup_id)
+                    .is_some_and(|slot| matches(&slot.record))
             })
             .copied()
+    }
+
+    fn slot_of_lookup_id(&self, lookup_id: &LookupId) -> Option<u32> {
+        self.find_in(&self.by_lookup_id, lookup_hash(lookup_id), |record| {
+            record.digest.lookup_id() == *lookup_id
+        })
     }
 
     fn record_of_lookup_id(&self, lookup_id: &LookupId) -> Option<&KeyRecord> {
@@ -152,31 +163,23 @@ impl Keys {
     }
 
     fn slot_of_key_id(&self, key_id: &KeyId) -> Option<u32> {
-        let slots = &self.slots;
-        self.by_key_id
-            .find(self.seed.hash_one(key_id.as_str()), |&index| {
-                slots[index as usize]
-                    .as_ref()
-                    .is_some_and(|slot| slot.record.identity.key_id() == key_id)
-            })
-            .copied()
+        self.find_in(
+            &self.by_key_id,
+            self.seed.hash_one(key_id.as_str()),
+            |record| record.identity.key_id() == key_id,
+        )
     }
 
     fn first_of_account(&self, account_id: &str) -> Option<u32> {
-        let slots = &self.slots;
-        self.by_account
-            .find(self.seed.hash_one(account_id), |&index| {
-                slots[index as usize]
-                    .as_ref()
-                    .is_some_and(|slot| slot.record.identity.account_id() == account_id)
-            })
-            .copied()
+        self.find_in(&self.by_account, self.seed.hash_one(account_id), |record| {
+            record.identity.account_id() == account_id
+        })
     }
 
     fn add(&mut self, record: KeyRecord) {
-        let lookup_hash = lookup_hash(&record.digest.lookup_id());
-        let key_id_hash = self.seed.hash_one(record.identity.key_id().as_str());
-        let account_hash = self.seed.hash_one(record.identity.account_id());
+        let lookup_hash = lookup_hash_of(&record);
+        let key_id_hash = key_id_hash_of(&self.seed, &record);
+        let account_hash = account_hash_of(&self.seed, &record);
         let next_in_account = self.first_of_account(record.identity.account_id());
         let slot = Some(Slot {
             record,
@@ -202,19 +205,13 @@ impl Keys {
             seed,
             ..
         } = self;
-        let lookup_of = |&index: &u32| match &slots[index as usize] {
-            Some(slot) => lookup_hash_of(&slot.record),
-            None => 0,
-        };
-        by_lookup_id.insert_unique(lookup_hash, index, lookup_of);
-        by_key_id.insert_unique(key_id_hash, index, |&index| match &slots[index as usize] {
-            Some(slot) => seed.hash_one(slot.record.identity.key_id().as_str()),
-            None => 0,
-        });
-        let account_of = |&index: &u32| match &slots[index as usize] {
-            Some(slot) => seed.hash_one(slot.record.identity.account_id()),
-            None => 0,
-        };
+        let slots = &*slots;
+        by_lookup_id.insert_unique(lookup_hash, index, rehash(slots, lookup_hash_of));
+        by_key_id.insert_unique(
+            key_id_hash,
+            index,
+            rehash(slots, |record| key_id_hash_of(seed, record)),
+        );
         match next_in_account {
             // The account's chain now starts at the new slot.
             Some(old_first) => {
@@ -224,7 +221,11 @@ impl Keys {
                 }
             }
             None => {
-                by_account.insert_unique(account_hash, index, account_of);
+                by_account.insert_unique(
+                    account_hash,
+                    index,
+                    rehash(slots, |record| account_hash_of(seed, record)),
+                );
             }
         }
         self.len += 1;
@@ -239,8 +240,8 @@ impl Keys {
     fn remove_slot(&mut self, index: u32) -> KeyRecord {
         let slot = self.slot(index);
         let lookup_hash = lookup_hash_of(&slot.record);
-        let key_id_hash = self.seed.hash_one(slot.record.identity.key_id().as_str());
-        let account_hash = self.seed.hash_one(slot.record.identity.account_id());
+        let key_id_hash = key_id_hash_of(&self.seed, &slot.record);
+        let account_hash = account_hash_of(&self.seed, &slot.record);
         let next = slot.next_in_account;
         if let Ok(entry) = self.by_lookup_id.find_entry(lookup_hash, |&i| i == index) {
             entry.remove();
@@ -257,16 +258,10 @@ impl Keys {
                 }
             },
             Err(_) => {
-                let slots = &self.slots;
                 let account_id = self.slot(index).record.identity.account_id();
-                let mut cursor = self
-                    .by_account
-                    .find(account_hash, |&i| {
-                        slots[i as usize]
-                            .as_ref()
-                            .is_some_and(|slot| slot.record.identity.account_id() == account_id)
-                    })
-                    .copied();
+                let mut cursor = self.find_in(&self.by_account, account_hash, |record| {
+                    record.identity.account_id() == account_id
+                });
                 while let Some(current) = cursor {
                     let slot = match &mut self.slots[current as usize] {
                         Some(slot) => slot,
@@ -304,8 +299,28 @@ impl Keys {
     }
 }
 
+/// What a table needs to rehash its entries as it grows: the hash of a slot's record.
+fn rehash<'a>(
+    slots: &'a [Option<Slot>],
+    hash_of: impl Fn(&KeyRecord) -> u64 + 'a,
+) -> impl Fn(&u32) -> u64 + 'a {
+    move |&index| {
+        slots[index as usize]
+            .as_ref()
+            .map_or(0, |slot| hash_of(&slot.record))
+    }
+}
+
 fn lookup_hash_of(record: &KeyRecord) -> u64 {
     lookup_hash(&record.digest.lookup_id())
+}
+
+fn key_id_hash_of(seed: &RandomState, record: &KeyRecord) -> u64 {
+    seed.hash_one(record.identity.key_id().as_str())
+}
+
+fn account_hash_of(seed: &RandomState, record: &KeyRecord) -> u64 {
+    seed.hash_one(record.identity.account_id())
 }
 
 #[async_trait]

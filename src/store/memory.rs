@@ -1,6 +1,6 @@
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
@@ -8,7 +8,8 @@ use hashbrown::HashTable;
 
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
 use crate::identity::KeyId;
-use crate::key::LookupId;
+use crate::identity::KeyIdentity;
+use crate::key::{KeyDigest, LookupId};
 
 /// An in-process store: the default for tests, demos and single-instance services.
 ///
@@ -52,8 +53,89 @@ struct Keys {
 }
 
 struct Slot {
-    record: KeyRecord,
+    record: StoredRecord,
     next_in_account: Option<u32>,
+}
+
+/// A [`KeyRecord`] as the store keeps it: 120 bytes, where `KeyRecord` takes 160.
+struct StoredRecord {
+    digest: KeyDigest,
+    identity: KeyIdentity,
+    hint: Option<Arc<str>>,
+    expires_at: StoredTime,
+    revoked_at: StoredTime,
+    created_at: StoredTime,
+    last_used_at: StoredTime,
+}
+
+impl StoredRecord {
+    fn new(record: KeyRecord) -> Self {
+        Self {
+            digest: record.digest,
+            identity: record.identity,
+            hint: record.hint,
+            expires_at: StoredTime::new(record.expires_at),
+            revoked_at: StoredTime::new(record.revoked_at),
+            created_at: StoredTime::new(record.created_at),
+            last_used_at: StoredTime::new(record.last_used_at),
+        }
+    }
+
+    fn to_record(&self) -> KeyRecord {
+        KeyRecord {
+            digest: self.digest,
+            identity: self.identity.clone(),
+            hint: self.hint.clone(),
+            expires_at: self.expires_at.get(),
+            revoked_at: self.revoked_at.get(),
+            created_at: self.created_at.get(),
+            last_used_at: self.last_used_at.get(),
+        }
+    }
+
+    /// [`KeyRecord::is_active`], read from the stored times.
+    fn is_active(&self, now: SystemTime) -> bool {
+        self.revoked_at.get().is_none()
+            && self
+                .expires_at
+                .get()
+                .is_none_or(|expires_at| now < expires_at)
+    }
+}
+
+/// An optional time in 8 bytes, where `Option<SystemTime>` takes 16: nanoseconds since the Unix
+/// epoch, exact from 1677 to 2262; a time beyond is kept as the nearest of those two.
+#[derive(Clone, Copy, PartialEq)]
+struct StoredTime(i64);
+
+impl StoredTime {
+    const NONE: Self = Self(i64::MIN);
+
+    fn new(time: Option<SystemTime>) -> Self {
+        let Some(time) = time else {
+            return Self::NONE;
+        };
+        let nanos = match time.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(after) => i64::try_from(after.as_nanos()).unwrap_or(i64::MAX),
+            // `NONE` is one below the earliest time kept.
+            Err(before) => {
+                i64::try_from(before.duration().as_nanos()).map_or(i64::MIN + 1, |nanos| -nanos)
+            }
+        };
+        Self(nanos)
+    }
+
+    fn get(self) -> Option<SystemTime> {
+        if self == Self::NONE {
+            return None;
+        }
+        let since_epoch = Duration::from_nanos(self.0.unsigned_abs());
+        if self.0 < 0 {
+            SystemTime::UNIX_EPOCH.checked_sub(since_epoch)
+        } else {
+            SystemTime::UNIX_EPOCH.checked_add(since_epoch)
+        }
+    }
 }
 
 // Records are redacted by their own `Debug`; the indexes are slot numbers and say nothing.
@@ -128,7 +210,7 @@ impl Keys {
         }
     }
 
-    fn record_mut(&mut self, index: u32) -> &mut KeyRecord {
+    fn record_mut(&mut self, index: u32) -> &mut StoredRecord {
         match &mut self.slots[index as usize] {
             Some(slot) => &mut slot.record,
             None => unreachable!("an index names an empty slot"),
@@ -140,7 +222,7 @@ impl Keys {
         &self,
         index: &HashTable<u32>,
         hash: u64,
-        matches: impl Fn(&KeyRecord) -> bool,
+        matches: impl Fn(&StoredRecord) -> bool,
     ) -> Option<u32> {
         index
             .find(hash, |&slot| {
@@ -157,7 +239,7 @@ impl Keys {
         })
     }
 
-    fn record_of_lookup_id(&self, lookup_id: &LookupId) -> Option<&KeyRecord> {
+    fn record_of_lookup_id(&self, lookup_id: &LookupId) -> Option<&StoredRecord> {
         self.slot_of_lookup_id(lookup_id)
             .map(|index| &self.slot(index).record)
     }
@@ -177,6 +259,7 @@ impl Keys {
     }
 
     fn add(&mut self, record: KeyRecord) {
+        let record = StoredRecord::new(record);
         let lookup_hash = lookup_hash_of(&record);
         let key_id_hash = key_id_hash_of(&self.seed, &record);
         let account_hash = account_hash_of(&self.seed, &record);
@@ -278,18 +361,18 @@ impl Keys {
         self.len -= 1;
         self.free.push(index);
         match self.slots[index as usize].take() {
-            Some(slot) => slot.record,
+            Some(slot) => slot.record.to_record(),
             None => unreachable!("slot {index} was just read"),
         }
     }
 
     /// The record of key `key_id` if it belongs to `account_id`.
-    fn get_mut(&mut self, account_id: &str, key_id: &KeyId) -> Option<&mut KeyRecord> {
+    fn get_mut(&mut self, account_id: &str, key_id: &KeyId) -> Option<&mut StoredRecord> {
         let index = self.slot_of_key_id(key_id)?;
         Some(self.record_mut(index)).filter(|record| record.identity.account_id() == account_id)
     }
 
-    fn records_of<'a>(&'a self, account_id: &str) -> impl Iterator<Item = &'a KeyRecord> + 'a {
+    fn records_of<'a>(&'a self, account_id: &str) -> impl Iterator<Item = &'a StoredRecord> + 'a {
         let mut cursor = self.first_of_account(account_id);
         std::iter::from_fn(move || {
             let slot = self.slot(cursor?);
@@ -302,7 +385,7 @@ impl Keys {
 /// What a table needs to rehash its entries as it grows: the hash of a slot's record.
 fn rehash<'a>(
     slots: &'a [Option<Slot>],
-    hash_of: impl Fn(&KeyRecord) -> u64 + 'a,
+    hash_of: impl Fn(&StoredRecord) -> u64 + 'a,
 ) -> impl Fn(&u32) -> u64 + 'a {
     move |&index| {
         slots[index as usize]
@@ -311,33 +394,39 @@ fn rehash<'a>(
     }
 }
 
-fn lookup_hash_of(record: &KeyRecord) -> u64 {
+fn lookup_hash_of(record: &StoredRecord) -> u64 {
     lookup_hash(&record.digest.lookup_id())
 }
 
-fn key_id_hash_of(seed: &RandomState, record: &KeyRecord) -> u64 {
+fn key_id_hash_of(seed: &RandomState, record: &StoredRecord) -> u64 {
     seed.hash_one(record.identity.key_id().as_str())
 }
 
-fn account_hash_of(seed: &RandomState, record: &KeyRecord) -> u64 {
+fn account_hash_of(seed: &RandomState, record: &StoredRecord) -> u64 {
     seed.hash_one(record.identity.account_id())
 }
 
 #[async_trait]
 impl KeyStore for MemoryKeyStore {
     async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self.read().record_of_lookup_id(lookup_id).cloned())
+        Ok(self
+            .read()
+            .record_of_lookup_id(lookup_id)
+            .map(StoredRecord::to_record))
     }
 
     fn find_now(&self, lookup_id: &LookupId) -> Option<Result<Option<KeyRecord>, StoreError>> {
-        Some(Ok(self.read().record_of_lookup_id(lookup_id).cloned()))
+        Some(Ok(self
+            .read()
+            .record_of_lookup_id(lookup_id)
+            .map(StoredRecord::to_record)))
     }
 
     fn record_use(&self, record: &KeyRecord, at: SystemTime) {
         let mut keys = self.write();
         if let Some(index) = keys.slot_of_lookup_id(&record.digest.lookup_id()) {
             let stored = keys.record_mut(index);
-            stored.last_used_at = stored.last_used_at.max(Some(at));
+            stored.last_used_at = StoredTime::new(stored.last_used_at.get().max(Some(at)));
         }
     }
 }
@@ -370,10 +459,9 @@ impl WritableKeyStore for MemoryKeyStore {
         }
         if let Some((key_id, expires_at)) = &quota.retiring {
             if let Some(old) = keys.get_mut(account_id, key_id) {
-                old.expires_at = Some(
-                    old.expires_at
-                        .map_or(*expires_at, |own| own.min(*expires_at)),
-                );
+                let own = old.expires_at.get();
+                old.expires_at =
+                    StoredTime::new(Some(own.map_or(*expires_at, |own| own.min(*expires_at))));
             }
         }
         keys.add(record);
@@ -381,7 +469,11 @@ impl WritableKeyStore for MemoryKeyStore {
     }
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        Ok(self.read().records_of(account_id).cloned().collect())
+        Ok(self
+            .read()
+            .records_of(account_id)
+            .map(StoredRecord::to_record)
+            .collect())
     }
 
     async fn revoke(
@@ -392,8 +484,10 @@ impl WritableKeyStore for MemoryKeyStore {
     ) -> Result<Option<KeyRecord>, StoreError> {
         let mut keys = self.write();
         Ok(keys.get_mut(account_id, key_id).map(|record| {
-            record.revoked_at.get_or_insert(at);
-            record.clone()
+            if record.revoked_at == StoredTime::NONE {
+                record.revoked_at = StoredTime::new(Some(at));
+            }
+            record.to_record()
         }))
     }
 
@@ -422,7 +516,10 @@ mod tests {
 
     fn find(store: &MemoryKeyStore, key: &str) -> Option<KeyRecord> {
         let lookup_id = KeyDigest::of(key).lookup_id();
-        store.read().record_of_lookup_id(&lookup_id).cloned()
+        store
+            .read()
+            .record_of_lookup_id(&lookup_id)
+            .map(StoredRecord::to_record)
     }
 
     #[test]
@@ -533,5 +630,71 @@ mod tests {
         let clone = store.clone();
         store.insert(record("key_1", "k"));
         assert!(find(&clone, "k").is_some());
+    }
+
+    #[test]
+    fn stored_times_read_back_exactly() {
+        let epoch = SystemTime::UNIX_EPOCH;
+        let times = [
+            None,
+            Some(epoch),
+            Some(epoch + Duration::new(1_780_000_000, 123_456_789)),
+            Some(epoch - Duration::new(86_400, 1)),
+            Some(epoch + Duration::from_nanos(i64::MAX as u64)),
+            Some(epoch - Duration::from_nanos(i64::MAX as u64)),
+        ];
+        for time in times {
+            assert_eq!(StoredTime::new(time).get(), time);
+        }
+    }
+
+    #[test]
+    fn stored_times_beyond_the_range_keep_the_nearest() {
+        let epoch = SystemTime::UNIX_EPOCH;
+        let far = Duration::from_secs(400 * 365 * 86_400);
+        let latest = epoch + Duration::from_nanos(i64::MAX as u64);
+        let earliest = epoch - Duration::from_nanos(i64::MAX as u64);
+        assert_eq!(StoredTime::new(Some(epoch + far)).get(), Some(latest));
+        assert_eq!(StoredTime::new(Some(epoch - far)).get(), Some(earliest));
+    }
+
+    #[test]
+    fn stored_record_reads_back_as_inserted() {
+        let at = SystemTime::UNIX_EPOCH + Duration::new(1_780_000_000, 7);
+        let inserted = record("key_1", "k")
+            .with_created_at(at)
+            .with_expires_at(at + Duration::from_secs(60))
+            .with_revoked_at(at + Duration::from_secs(1))
+            .with_hint("sk_live_...abcd");
+        let mut inserted = inserted;
+        inserted.last_used_at = Some(at + Duration::from_nanos(1));
+        let store = MemoryKeyStore::new();
+        store.insert(inserted.clone());
+        let found = find(&store, "k").unwrap();
+        assert_eq!(found.identity, inserted.identity);
+        assert_eq!(found.hint, inserted.hint);
+        assert_eq!(
+            (
+                found.created_at,
+                found.expires_at,
+                found.revoked_at,
+                found.last_used_at
+            ),
+            (
+                inserted.created_at,
+                inserted.expires_at,
+                inserted.revoked_at,
+                inserted.last_used_at
+            )
+        );
+        assert!(found.digest.matches(&KeyDigest::of("k")));
+    }
+
+    // The layout that keeps a store of 1,000,000 keys under 256 bytes a key (see the
+    // `memory_per_key` example): a slot of 128 bytes and one allocation per identity.
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn a_slot_takes_128_bytes() {
+        assert_eq!(std::mem::size_of::<Option<Slot>>(), 128);
     }
 }

@@ -18,6 +18,10 @@ use crate::key::{KeyDigest, LookupId};
 /// lock word between cores; writes take every shard briefly, which makes quota checks atomic.
 /// Clones share the same keys, so keep one to manage keys while the layer holds another.
 ///
+/// A key with short ids and name takes about 230 bytes (`cargo run --release --example
+/// memory_per_key`). Its times are kept to the nanosecond from 1677 to 2262; a time beyond is
+/// kept as the nearest of those.
+///
 /// ```
 /// use tower_api_key::{KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier};
 ///
@@ -57,7 +61,7 @@ struct Slot {
     next_in_account: Option<u32>,
 }
 
-/// A [`KeyRecord`] as the store keeps it: 120 bytes, where `KeyRecord` takes 160.
+/// A [`KeyRecord`] as the store keeps it: 120 bytes, where `KeyRecord` takes 152.
 struct StoredRecord {
     digest: KeyDigest,
     identity: KeyIdentity,

@@ -354,6 +354,16 @@ fn log_acceptance(identity: &KeyIdentity, headers: &HeaderMap) {
     );
 }
 
+/// The span of one decision, or none when no subscriber records it: tracing's `log` feature (on
+/// under axum's default features) would otherwise hand every request's disabled span to `log`.
+fn decision_span() -> tracing::Span {
+    if tracing::span_enabled!(tracing::Level::DEBUG) {
+        tracing::debug_span!("api_key_auth")
+    } else {
+        tracing::Span::none()
+    }
+}
+
 /// Step 4, as the future that waits for the store: look up, then conclude.
 async fn authenticate(config: Arc<Config>, digest: KeyDigest) -> Result<KeyIdentity, AuthError> {
     let found = config.store.find(&digest.lookup_id()).await;
@@ -444,7 +454,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let span = tracing::debug_span!("api_key_auth");
+        let span = decision_span();
         let _entered = span.enter();
         let digest = match self.config.read_digest(request.uri(), request.headers()) {
             Ok(digest) => digest,

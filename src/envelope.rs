@@ -126,7 +126,15 @@ impl axum_core::response::IntoResponse for ErrorResponse {
 
 /// `{"error":{"code":...,"message":...,"request_id":...}}`
 pub(crate) fn envelope(code: &str, message: &str, request_id: &str) -> Bytes {
-    let mut body = Vec::with_capacity(48 + code.len() + message.len() + request_id.len());
+    envelope_vec(code, message, request_id).into()
+}
+
+/// The envelope's bytes, in a vector exactly as long as it needs when no text needs escaping, so
+/// that turning it into `Bytes` allocates nothing more.
+fn envelope_vec(code: &str, message: &str, request_id: &str) -> Vec<u8> {
+    // `{"error":{"code":,"message":,"request_id":}}` and six quotes.
+    const FRAME_LEN: usize = 44 + 6;
+    let mut body = Vec::with_capacity(FRAME_LEN + code.len() + message.len() + request_id.len());
     body.extend_from_slice(br#"{"error":{"code":"#);
     push_json_string(&mut body, code);
     body.extend_from_slice(br#","message":"#);
@@ -134,7 +142,7 @@ pub(crate) fn envelope(code: &str, message: &str, request_id: &str) -> Bytes {
     body.extend_from_slice(br#","request_id":"#);
     push_json_string(&mut body, request_id);
     body.extend_from_slice(b"}}");
-    body.into()
+    body
 }
 
 /// `text` as a JSON string. Codes, messages and request ids seldom need escaping, so text that
@@ -166,6 +174,12 @@ mod tests {
             envelope("invalid_api_key", "Fix \"it\".", "req_1"),
             r#"{"error":{"code":"invalid_api_key","message":"Fix \"it\".","request_id":"req_1"}}"#
         );
+    }
+
+    #[test]
+    fn plain_envelope_fills_its_vector_exactly() {
+        let body = envelope_vec("invalid_api_key", "Check the key.", "req_1");
+        assert_eq!(body.len(), body.capacity());
     }
 
     #[test]

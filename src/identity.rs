@@ -14,7 +14,8 @@ use crate::scope::Scopes;
 /// The public id of a key: safe to log, show in listings and use in URLs.
 ///
 /// It is not derived from the key, so it reveals nothing about it. Cloning is cheap (one
-/// reference count); ids compare, hash and serialize as their text.
+/// reference count); ids compare, hash and serialize as their text. The id of a [`KeyIdentity`]
+/// shares that identity's text, so a clone of it keeps the account id and name in memory too.
 #[derive(Clone)]
 pub struct KeyId {
     /// The id, followed in the id of a [`KeyIdentity`] by the identity's other text: an identity

@@ -354,10 +354,11 @@ fn log_acceptance(identity: &KeyIdentity, headers: &HeaderMap) {
     );
 }
 
-/// The span of one decision, or none when no subscriber records it: tracing's `log` feature (on
-/// under axum's default features) would otherwise hand every request's disabled span to `log`.
+/// The span of one decision, or none when no subscriber takes DEBUG at all: tracing's `log`
+/// feature (on under axum's default features) would otherwise hand every request's disabled span
+/// to `log`. (`debug_span!` then asks the subscriber about the span by its name.)
 fn decision_span() -> tracing::Span {
-    if tracing::span_enabled!(tracing::Level::DEBUG) {
+    if tracing::level_enabled!(tracing::Level::DEBUG) {
         tracing::debug_span!("api_key_auth")
     } else {
         tracing::Span::none()

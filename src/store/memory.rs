@@ -157,8 +157,8 @@ impl MemoryKeyStore {
         Self::default()
     }
 
-    /// Adds a record as it is, with no quota check, replacing any with the same key id or the
-    /// same key. To create keys for users, use [`KeyManager`](crate::KeyManager).
+    /// Adds a record as it is (its times within the range above), with no quota check,
+    /// replacing any with the same key id or the same key. To create keys for users, use [`KeyManager`](crate::KeyManager).
     ///
     /// The store indexes records by bytes of their digest without a secret seed, which is safe
     /// for digests of keys this crate generated. Do not insert keys that untrusted users chose:

@@ -189,23 +189,20 @@ impl KeyIdentity {
     ) -> Self {
         let (key_id, account_end) =
             identity_text(key_id.as_str(), account_id.as_ref(), name.as_ref());
-        let identity = Self {
+        let pro = tier == Tier::PRO;
+        let other_tier = (tier != Tier::FREE && !pro).then_some(tier);
+        Self {
             key_id,
             account_end,
             mode: KeyMode::Live,
-            pro: false,
-            extras: None,
-        };
-        identity.with_tier(tier)
-    }
-
-    fn with_tier(mut self, tier: Tier) -> Self {
-        self.pro = tier == Tier::PRO;
-        let other_tier = (tier != Tier::FREE && !self.pro).then_some(tier);
-        if other_tier.is_some() || self.extras.is_some() {
-            self.extras_mut().other_tier = other_tier;
+            pro,
+            extras: other_tier.map(|other_tier| {
+                Arc::new(Extras {
+                    other_tier: Some(other_tier),
+                    ..Extras::default()
+                })
+            }),
         }
-        self
     }
 
     fn extras_mut(&mut self) -> &mut Extras {

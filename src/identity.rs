@@ -358,7 +358,7 @@ mod tests {
     use super::*;
 
     fn identity() -> KeyIdentity {
-        KeyIdentity::new(KeyId::new("key_1"), "acct", "ci", Tier::FREE)
+        identity_on(Tier::FREE)
     }
 
     #[test]

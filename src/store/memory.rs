@@ -99,11 +99,7 @@ impl StoredRecord {
 
     /// [`KeyRecord::is_active`], read from the stored times.
     fn is_active(&self, now: SystemTime) -> bool {
-        self.revoked_at.get().is_none()
-            && self
-                .expires_at
-                .get()
-                .is_none_or(|expires_at| now < expires_at)
+        super::is_active(self.revoked_at.get(), self.expires_at.get(), now)
     }
 }
 
@@ -158,7 +154,8 @@ impl MemoryKeyStore {
     }
 
     /// Adds a record as it is (its times within the range above), with no quota check,
-    /// replacing any with the same key id or the same key. To create keys for users, use [`KeyManager`](crate::KeyManager).
+    /// replacing any with the same key id or the same key. To create keys for users, use
+    /// [`KeyManager`](crate::KeyManager).
     ///
     /// The store indexes records by bytes of their digest without a secret seed, which is safe
     /// for digests of keys this crate generated. Do not insert keys that untrusted users chose:

@@ -270,8 +270,17 @@ impl KeyRecord {
 
     /// Whether the key works at `now`: neither revoked nor expired.
     pub fn is_active(&self, now: SystemTime) -> bool {
-        self.revoked_at.is_none() && self.expires_at.is_none_or(|expires_at| now < expires_at)
+        is_active(self.revoked_at, self.expires_at, now)
     }
+}
+
+/// The rule of [`KeyRecord::is_active`], for stores that keep the times in another form.
+fn is_active(
+    revoked_at: Option<SystemTime>,
+    expires_at: Option<SystemTime>,
+    now: SystemTime,
+) -> bool {
+    revoked_at.is_none() && expires_at.is_none_or(|expires_at| now < expires_at)
 }
 
 /// A store could not answer: the layer responds `503`, failing closed.

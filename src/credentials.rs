@@ -52,18 +52,28 @@ impl Default for CredentialHeaders {
 }
 
 impl CredentialHeaders {
-    /// The one key the request carries, by the rules of this module.
-    pub(crate) fn read_key<'a>(&self, headers: &'a HeaderMap) -> Result<&'a str, CredentialError> {
+    /// The one key the request carries, by the rules of this module, as visible ASCII bytes.
+    ///
+    /// On the way, every value of both headers is marked sensitive, so that well-behaved loggers
+    /// and HTTP/2's header compression leave them alone.
+    pub(crate) fn read_key<'a>(
+        &self,
+        headers: &'a mut HeaderMap,
+    ) -> Result<&'a [u8], CredentialError> {
         // One pass over the few headers a request has costs less than hashing both names.
-        let mut found: Option<&str> = None;
-        for (name, value) in headers {
-            let raw = match self.kind_of(name) {
-                Some(Kind::Authorization) => match bearer_token(value) {
+        let mut found: Option<&[u8]> = None;
+        for (name, value) in headers.iter_mut() {
+            let Some(kind) = self.kind_of(name) else {
+                continue;
+            };
+            value.set_sensitive(true);
+            let value: &'a HeaderValue = value;
+            let raw = match kind {
+                Kind::Authorization => match bearer_token(value) {
                     Some(token) => token,
                     None => continue,
                 },
-                Some(Kind::ApiKey) => value.as_bytes(),
-                None => continue,
+                Kind::ApiKey => value.as_bytes(),
             };
             let token = trim_whitespace(raw);
             if token.is_empty() {
@@ -76,16 +86,6 @@ impl CredentialHeaders {
             }
         }
         found.ok_or(CredentialError::Missing)
-    }
-
-    /// Marks every value of both headers sensitive, so that well-behaved loggers and HTTP/2's
-    /// header compression leave them alone.
-    pub(crate) fn mark_sensitive(&self, headers: &mut HeaderMap) {
-        for (name, value) in headers.iter_mut() {
-            if self.kind_of(name).is_some() {
-                value.set_sensitive(true);
-            }
-        }
     }
 
     fn kind_of(&self, name: &HeaderName) -> Option<Kind> {
@@ -216,14 +216,12 @@ fn trim_whitespace(bytes: &[u8]) -> &[u8] {
     &bytes[start..end]
 }
 
-fn parse_key(token: &[u8]) -> Result<&str, CredentialError> {
-    if token.len() > MAX_KEY_LEN {
+/// `token` as a key: 1 to `MAX_KEY_LEN` visible ASCII bytes, so also UTF-8.
+fn parse_key(token: &[u8]) -> Result<&[u8], CredentialError> {
+    if token.len() > MAX_KEY_LEN || !every_byte(token, u8::is_ascii_graphic) {
         return Err(CredentialError::Malformed);
     }
-    if !every_byte(token, u8::is_ascii_graphic) {
-        return Err(CredentialError::Malformed);
-    }
-    std::str::from_utf8(token).map_err(|_| CredentialError::Malformed)
+    Ok(token)
 }
 
 #[cfg(test)]
@@ -241,8 +239,8 @@ mod tests {
             );
         }
         CredentialHeaders::default()
-            .read_key(&headers)
-            .map(str::to_owned)
+            .read_key(&mut headers)
+            .map(|key| String::from_utf8(key.to_vec()).expect("a key is ASCII"))
     }
 
     fn query_key(query: &str) -> Option<&str> {
@@ -485,15 +483,15 @@ mod tests {
         };
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", HeaderValue::from_static(KEY));
-        assert_eq!(names.read_key(&headers), Err(CredentialError::Missing));
+        assert_eq!(names.read_key(&mut headers), Err(CredentialError::Missing));
         headers.insert("x-service-key", HeaderValue::from_static(KEY));
-        assert_eq!(names.read_key(&headers), Ok(KEY));
+        assert_eq!(names.read_key(&mut headers), Ok(KEY.as_bytes()));
         let mut headers = HeaderMap::new();
         headers.insert(
             "proxy-authorization",
             HeaderValue::from_static("Bearer sk_live_abc"),
         );
-        assert_eq!(names.read_key(&headers), Ok(KEY));
+        assert_eq!(names.read_key(&mut headers), Ok(KEY.as_bytes()));
     }
 
     #[test]
@@ -507,22 +505,24 @@ mod tests {
             "authorization",
             HeaderValue::from_static("Bearer eyJhbGciOi.jwt.sig"),
         );
-        assert_eq!(names.read_key(&headers), Err(CredentialError::Missing));
+        assert_eq!(names.read_key(&mut headers), Err(CredentialError::Missing));
         headers.insert("x-api-key", HeaderValue::from_static(KEY));
-        assert_eq!(names.read_key(&headers), Ok(KEY));
+        assert_eq!(names.read_key(&mut headers), Ok(KEY.as_bytes()));
     }
 
     #[test]
-    fn credential_headers_are_marked_sensitive() {
+    fn reading_marks_every_credential_header_sensitive() {
         let mut headers = HeaderMap::new();
+        headers.append("authorization", HeaderValue::from_static("Basic dXNlcg=="));
         headers.append(
             "authorization",
             HeaderValue::from_static("Bearer sk_live_abc"),
         );
-        headers.append("x-api-key", HeaderValue::from_static("one"));
-        headers.append("x-api-key", HeaderValue::from_static("two"));
+        headers.append("x-api-key", HeaderValue::from_static(KEY));
+        headers.append("x-api-key", HeaderValue::from_static(KEY));
         headers.append("accept", HeaderValue::from_static("*/*"));
-        CredentialHeaders::default().mark_sensitive(&mut headers);
+        let key = CredentialHeaders::default().read_key(&mut headers);
+        assert_eq!(key, Ok(KEY.as_bytes()));
         assert!(headers
             .get_all("authorization")
             .iter()

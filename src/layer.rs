@@ -257,23 +257,24 @@ impl Config {
         }
     }
 
-    /// Steps 1 and 2: the digest of the request's key, if it has a well-formed one.
-    fn read_digest(&self, uri: &Uri, headers: &HeaderMap) -> Result<KeyDigest, AuthError> {
-        if query_parameter_with_key(uri, &self.format).is_some() {
+    /// Steps 1 and 2: the digest of the request's key, if it has a well-formed one. The
+    /// credential headers are marked sensitive on the way.
+    fn read_digest<B>(&self, request: &mut Request<B>) -> Result<KeyDigest, AuthError> {
+        if query_parameter_with_key(request.uri(), &self.format).is_some() {
             return Err(AuthError::KeyInQuery);
         }
         let key = self
             .headers
-            .read_key(headers)
+            .read_key(request.headers_mut())
             .map_err(|error| match error {
                 CredentialError::Missing => AuthError::Missing,
                 CredentialError::Conflicting => AuthError::Conflicting,
                 CredentialError::Malformed => AuthError::Invalid,
             })?;
-        if !self.format.is_well_formed(key) {
+        if !self.format.is_well_formed_bytes(key) {
             return Err(AuthError::Invalid);
         }
-        Ok(KeyDigest::of(key))
+        Ok(KeyDigest::of_bytes(key))
     }
 
     /// Step 5: the identity goes on in the request's extensions, or the refusal (returned) is
@@ -457,14 +458,13 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let span = decision_span();
         let _entered = span.enter();
-        let digest = match self.config.read_digest(request.uri(), request.headers()) {
+        let digest = match self.config.read_digest(&mut request) {
             Ok(digest) => digest,
             Err(error) => {
                 let response = self.config.reject(error, request.uri(), request.headers());
                 return ResponseFuture::rejected(response);
             }
         };
-        self.config.headers.mark_sensitive(request.headers_mut());
 
         // A store that holds its records in memory answers at once: no future to box.
         if let Some(found) = self.config.store.find_now(&digest.lookup_id()) {

@@ -7,6 +7,7 @@ use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteG
 use hashbrown::HashTable;
 
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
+use crate::hint::KeyHint;
 use crate::identity::KeyId;
 use crate::identity::KeyIdentity;
 use crate::key::{KeyDigest, LookupId};
@@ -61,11 +62,11 @@ struct Slot {
     next_in_account: Option<u32>,
 }
 
-/// A [`KeyRecord`] as the store keeps it: 120 bytes, where `KeyRecord` takes 152.
+/// A [`KeyRecord`] as the store keeps it: 128 bytes, where `KeyRecord` takes 160.
 struct StoredRecord {
     digest: KeyDigest,
     identity: KeyIdentity,
-    hint: Option<Arc<str>>,
+    hint: Option<KeyHint>,
     expires_at: StoredTime,
     revoked_at: StoredTime,
     created_at: StoredTime,
@@ -692,10 +693,13 @@ mod tests {
     }
 
     // The layout that keeps a store of 1,000,000 keys under 256 bytes a key (see the
-    // `memory_per_key` example): a slot of 128 bytes and one allocation per identity.
+    // `memory_per_key` example): a slot of 136 bytes, hint included, and one allocation per
+    // identity.
     #[cfg(target_pointer_width = "64")]
     #[test]
-    fn a_slot_takes_128_bytes() {
-        assert_eq!(std::mem::size_of::<Option<Slot>>(), 128);
+    fn a_slot_takes_136_bytes() {
+        assert_eq!(std::mem::size_of::<StoredRecord>(), 128);
+        assert_eq!(std::mem::size_of::<Option<Slot>>(), 136);
+        assert_eq!(std::mem::size_of::<KeyRecord>(), 160);
     }
 }

@@ -54,8 +54,9 @@ impl Default for CredentialHeaders {
 impl CredentialHeaders {
     /// The one key the request carries, by the rules of this module, as visible ASCII bytes.
     ///
-    /// On the way, every value of both headers is marked sensitive, so that well-behaved loggers
-    /// and HTTP/2's header compression leave them alone.
+    /// On the way, the values of both headers are marked sensitive, so that well-behaved
+    /// loggers and HTTP/2's header compression leave them alone: all of them when a key is
+    /// returned (a refused request goes no further).
     pub(crate) fn read_key<'a>(
         &self,
         headers: &'a mut HeaderMap,

@@ -1,8 +1,13 @@
 //! The hint that tells a key's owner which key a record is, without its secret.
 
+use std::borrow::{Borrow, Cow};
+use std::cmp::Ordering;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A non-secret reminder of a key for its owner: its prefix and last four characters,
 /// `sk_live_...Xy12`.
@@ -27,7 +32,8 @@ enum Repr {
     Shared(Arc<str>),
 }
 
-/// The longest hint kept inline: what fits beside the length in the 24 bytes a shared one takes.
+/// The longest hint kept inline: what fits beside the variant's tag and the length in 24 bytes,
+/// the size of the shared form.
 const INLINE_LEN: usize = 22;
 
 impl KeyHint {
@@ -66,6 +72,12 @@ impl AsRef<str> for KeyHint {
     }
 }
 
+impl Borrow<str> for KeyHint {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
 impl From<&str> for KeyHint {
     fn from(text: &str) -> Self {
         Self::inline(text).unwrap_or_else(|| Self(Repr::Shared(text.into())))
@@ -75,6 +87,21 @@ impl From<&str> for KeyHint {
 impl From<String> for KeyHint {
     fn from(text: String) -> Self {
         Self::inline(&text).unwrap_or_else(|| Self(Repr::Shared(text.into())))
+    }
+}
+
+impl From<Box<str>> for KeyHint {
+    fn from(text: Box<str>) -> Self {
+        Self::inline(&text).unwrap_or_else(|| Self(Repr::Shared(text.into())))
+    }
+}
+
+impl From<Cow<'_, str>> for KeyHint {
+    fn from(text: Cow<'_, str>) -> Self {
+        match text {
+            Cow::Borrowed(text) => text.into(),
+            Cow::Owned(text) => text.into(),
+        }
     }
 }
 
@@ -92,6 +119,51 @@ impl PartialEq for KeyHint {
 
 impl Eq for KeyHint {}
 
+impl PartialEq<str> for KeyHint {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for KeyHint {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl PartialOrd for KeyHint {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for KeyHint {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+// As `str` hashes, so that a set of hints can be searched by `&str` (`Borrow<str>`).
+impl Hash for KeyHint {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+/// As a string.
+impl Serialize for KeyHint {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// From a string.
+impl<'de> Deserialize<'de> for KeyHint {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Cow::<'de, str>::deserialize(deserializer).map(Self::from)
+    }
+}
+
 impl fmt::Debug for KeyHint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(self.as_str(), f)
@@ -106,28 +178,37 @@ impl fmt::Display for KeyHint {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
+    fn every_form(text: &str) -> [KeyHint; 5] {
+        [
+            KeyHint::from(text),
+            KeyHint::from(text.to_owned()),
+            KeyHint::from(Box::<str>::from(text)),
+            KeyHint::from(Cow::Owned(text.to_owned())),
+            KeyHint::from(Arc::<str>::from(text)),
+        ]
+    }
+
     #[test]
-    fn short_hints_are_inline_and_long_ones_shared() {
-        let short = "sk_live_...Xy12";
-        assert!(matches!(KeyHint::from(short).0, Repr::Inline { .. }));
+    fn hints_up_to_22_bytes_are_inline_and_longer_ones_shared_from_every_source() {
         let longest = "x".repeat(INLINE_LEN);
-        assert!(matches!(
-            KeyHint::from(longest.as_str()).0,
-            Repr::Inline { .. }
-        ));
-        let long = "x".repeat(INLINE_LEN + 1);
-        assert!(matches!(KeyHint::from(long.clone()).0, Repr::Shared(_)));
-        for text in [short, &longest, &long, "", "ключ_...Ω"] {
-            for hint in [
-                KeyHint::from(text),
-                KeyHint::from(text.to_owned()),
-                KeyHint::from(Arc::<str>::from(text)),
-            ] {
+        let too_long = "x".repeat(INLINE_LEN + 1);
+        for (text, inline) in [
+            ("", true),
+            ("sk_live_...Xy12", true),
+            ("ключ_...Ω", true),
+            (&longest, true),
+            (&too_long, false),
+        ] {
+            for hint in every_form(text) {
+                assert_eq!(matches!(hint.0, Repr::Inline { .. }), inline, "{text:?}");
                 assert_eq!(hint.as_str(), text);
                 assert_eq!(hint.to_string(), text);
                 assert_eq!(format!("{hint:?}"), format!("{text:?}"));
+                assert_eq!(hint, *text);
             }
         }
     }
@@ -139,12 +220,28 @@ mod tests {
     }
 
     #[test]
-    fn hints_compare_by_text_whatever_their_form() {
-        let long = "sk_a_very_long_prefix_...Xy12";
-        assert_eq!(KeyHint::from(long), KeyHint::from(long.to_owned()));
-        assert_ne!(
+    fn hints_compare_order_and_hash_as_their_text() {
+        let (a, b) = (
             KeyHint::from("sk_live_...Xy12"),
-            KeyHint::from("sk_live_...Xy13")
+            KeyHint::from("sk_live_...Xy13"),
         );
+        assert_ne!(a, b);
+        assert!(a < b);
+        let long = "sk_a_very_long_prefix_...Xy12";
+        let shared = KeyHint::from(long);
+        assert!(shared < a, "ordered as text, whatever the form");
+        let set: HashSet<KeyHint> = [a, shared].into();
+        assert!(set.contains("sk_live_...Xy12"));
+        assert!(set.contains(long));
+        assert!(!set.contains("sk_live_...Xy13"));
+    }
+
+    #[test]
+    fn a_hint_is_serialized_as_its_text() {
+        for text in ["sk_live_...Xy12", "sk_a_very_long_prefix_...Xy12"] {
+            let json = serde_json::to_string(&KeyHint::from(text)).unwrap();
+            assert_eq!(json, serde_json::to_string(text).unwrap());
+            assert_eq!(serde_json::from_str::<KeyHint>(&json).unwrap(), text);
+        }
     }
 }

@@ -36,11 +36,12 @@ use crate::store::{KeyRecord, KeyStore, StoreError};
 ///    `Authorization` of another scheme (`Basic ...`) is ignored; an empty key is no key. Two
 ///    different keys in one request (in both headers, or a header repeated) are refused, never
 ///    resolved by picking one; the same key twice is fine. A value that is not 1 to
-///    [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) visible ASCII characters is `invalid_api_key`.
+///    [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) visible ASCII characters is `invalid_api_key`. The
+///    credential headers are marked sensitive on the way, so the inner service's loggers
+///    redact them.
 /// 2. Check its [format](KeyFormat): prefix, length, alphabet and checksum. A typo is rejected
 ///    here, without a store lookup.
-/// 3. Mark the credential headers sensitive, so the inner service's loggers redact them.
-/// 4. Find the record by the key's [`LookupId`](crate::LookupId) in the [`KeyStore`], compare the
+/// 3. Find the record by the key's [`LookupId`](crate::LookupId) in the [`KeyStore`], compare the
 ///    digests in constant time, and check that the key is neither revoked nor expired. A store
 ///    error is answered `503` and logged with `tracing`; it never lets a request through.
 ///
@@ -277,7 +278,7 @@ impl Config {
         Ok(KeyDigest::of_bytes(key))
     }
 
-    /// Step 5: the identity goes on in the request's extensions, or the refusal (returned) is
+    /// After step 3: the identity goes on in the request's extensions, or the refusal (returned) is
     /// the answer.
     fn decide<B>(
         &self,
@@ -366,13 +367,13 @@ fn decision_span() -> tracing::Span {
     }
 }
 
-/// Step 4, as the future that waits for the store: look up, then conclude.
+/// Step 3, as the future that waits for the store: look up, then conclude.
 async fn authenticate(config: Arc<Config>, digest: KeyDigest) -> Result<KeyIdentity, AuthError> {
     let found = config.store.find(&digest.lookup_id()).await;
     conclude(&config, found, &digest)
 }
 
-/// Step 4 once the store has answered: verify the record, and note the key's use when the last
+/// Step 3 once the store has answered: verify the record, and note the key's use when the last
 /// one noted is older than the interval.
 fn conclude(
     config: &Config,

@@ -68,6 +68,9 @@ impl Cached {
 /// default) plus the duration of one lookup of the inner store. Lower the TTL if revocations
 /// must take effect sooner everywhere.
 ///
+/// Clones share one cache. Set the options before cloning: each option method builds a new,
+/// empty cache, which clones made earlier do not share (nor see its writes).
+///
 /// ```
 /// use std::time::Duration;
 /// use tower_api_key::{ApiKeyLayer, CachedKeyStore, MemoryKeyStore};

@@ -6,7 +6,7 @@
 # seconds; the order rotates from round to round so that no server always runs first. Prints requests per second of each run and each round's ratios, then the
 # ratios of the totals and the medians of the rounds' ratios. Not run in CI.
 #
-# On a shared 2-core machine one 10 s run can be off by 10% or more (wrk and the server share the
+# On a shared 2-core machine one 10 s run can be off by 15% or more (wrk and the server share the
 # cores): run enough rounds to see past that, and read the layer against the floor as well as
 # against no check at all.
 #

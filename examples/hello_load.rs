@@ -1,7 +1,8 @@
-//! An axum hello-world for `benches/http_load.sh`: with `--layer`, behind `ApiKeyLayer` over a
-//! `MemoryKeyStore`; with `--floor`, behind the unavoidable work done by hand (parse the header,
-//! SHA-256 the key, one `HashMap` lookup, one constant-time compare, one identity inserted), as
-//! the criterion bench's `floor` row does. It prints the address, then a valid key, one per line.
+//! An axum hello-world for `benches/http_load.sh` and `benches/http_instructions.sh`: with
+//! `--layer`, behind `ApiKeyLayer` over a `MemoryKeyStore`; with `--floor`, behind the unavoidable
+//! work done by hand (parse the header, SHA-256 the key, one `HashMap` lookup, one constant-time
+//! compare, one identity inserted), as the criterion bench's `floor` row does. It prints the
+//! address, then a valid key, one per line.
 //!
 //! ```text
 //! cargo run --release --example hello_load -- [--layer | --floor]

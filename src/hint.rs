@@ -32,8 +32,8 @@ enum Repr {
     Shared(Arc<str>),
 }
 
-/// The longest hint kept inline: what fits beside the variant's tag and the length in 24 bytes,
-/// the size of the shared form.
+/// The longest hint kept inline: what fits beside the variant's tag and the length in 24 bytes
+/// (the shared form, an `Arc<str>`, takes 16).
 const INLINE_LEN: usize = 22;
 
 impl KeyHint {

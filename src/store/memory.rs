@@ -19,7 +19,7 @@ use crate::key::{KeyDigest, LookupId};
 /// lock word between cores; writes take every shard briefly, which makes quota checks atomic.
 /// Clones share the same keys, so keep one to manage keys while the layer holds another.
 ///
-/// A key with short ids and name takes about 230 bytes (`cargo run --release --example
+/// A key with short ids and name takes about 240 bytes (`cargo run --release --example
 /// memory_per_key`). Its times are kept to the nanosecond from 1677 to 2262; a time beyond is
 /// kept as the nearest of those.
 ///

@@ -22,7 +22,7 @@ use crate::error::{AuthError, ErrorResponseFn, Messages, Rejection};
 use crate::grpc;
 use crate::identity::KeyIdentity;
 use crate::key::{KeyDigest, KeyFormat};
-use crate::request_id::{request_id, X_REQUEST_ID};
+use crate::request_id::{request_id, sane_request_id};
 use crate::store::{KeyRecord, KeyStore, StoreError};
 
 /// A [`Layer`] that authenticates every request by API key before it reaches the inner service.
@@ -56,7 +56,8 @@ use crate::store::{KeyRecord, KeyStore, StoreError};
 /// and `grpc-message: <code>: <message>`, so `tonic` reports `Code::Unauthenticated`.
 ///
 /// Each decision is one `tracing` event inside a `api_key_auth` span (DEBUG): `outcome`
-/// (`accepted` or the error code), `key_id` and `account_id` when accepted, and `request_id`;
+/// (`accepted` or the error code), `key_id` and `account_id` when accepted, and `request_id`
+/// (an acceptance logs the request's own id only when it is sane by the rule above, else none);
 /// never the key. Acceptances are DEBUG, refusals INFO, a key in a URL WARN, a store failure
 /// ERROR.
 ///
@@ -351,7 +352,7 @@ fn log_acceptance(identity: &KeyIdentity, headers: &HeaderMap) {
         outcome = "accepted",
         key_id = identity.key_id().as_str(),
         account_id = identity.account_id(),
-        request_id = headers.get(X_REQUEST_ID).and_then(|id| id.to_str().ok()),
+        request_id = sane_request_id(headers).and_then(|id| id.to_str().ok()),
         "API key accepted"
     );
 }

@@ -9,10 +9,16 @@ const MAX_LEN: usize = 128;
 
 /// The request's own id if it is sane, else a new one.
 pub(crate) fn request_id(headers: &HeaderMap) -> HeaderValue {
+    sane_request_id(headers).cloned().unwrap_or_else(generate)
+}
+
+/// The request's own id, if it has exactly one and it is sane: the only form of it that may
+/// reach a log or a response.
+pub(crate) fn sane_request_id(headers: &HeaderMap) -> Option<&HeaderValue> {
     let mut values = headers.get_all(X_REQUEST_ID).iter();
     match (values.next(), values.next()) {
-        (Some(value), None) if is_sane(value.as_bytes()) => value.clone(),
-        _ => generate(),
+        (Some(value), None) if is_sane(value.as_bytes()) => Some(value),
+        _ => None,
     }
 }
 

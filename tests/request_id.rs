@@ -100,3 +100,59 @@ async fn acceptance_is_logged_with_key_account_and_request_id() {
     assert!(event.contains(&id), "{event}");
     assert!(!event.contains(&key), "never the key");
 }
+
+/// Sends `headers` straight to `ApiKeyLayer`, logging at DEBUG into the returned log.
+async fn send_to_the_layer(keys: Keys, headers: &[(&str, &[u8])]) -> (Answer, Log) {
+    let log = Log::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(log.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let service = ServiceBuilder::new()
+        .layer(ApiKeyLayer::new(keys.store))
+        .service_fn(echo_identity);
+    let response = service.oneshot(request(headers)).await.unwrap();
+    (Answer::read(response).await, log)
+}
+
+#[tokio::test]
+async fn acceptance_never_logs_an_insane_request_id() {
+    let keys = Keys::new();
+    let key = keys.active.expose_secret().to_owned();
+    let forged = format!(
+        "{}\" outcome=\"refused\" account_id=\"victim",
+        "a".repeat(8 * 1024)
+    );
+    let headers: [(&str, &[u8]); 2] = [
+        ("x-api-key", key.as_bytes()),
+        ("x-request-id", forged.as_bytes()),
+    ];
+    let (answer, log) = send_to_the_layer(keys, &headers).await;
+    assert!(answer.reached_inner_service());
+    let decisions = log.lines_with("outcome=");
+    assert_eq!(decisions.len(), 1, "one event per decision: {decisions:?}");
+    let event = &decisions[0];
+    assert!(event.contains("accepted"), "{event}");
+    assert!(!event.contains("victim"), "{event}");
+    assert!(!event.contains(&"a".repeat(129)), "{event}");
+}
+
+#[tokio::test]
+async fn acceptance_logs_a_sane_request_id_as_sent() {
+    let keys = Keys::new();
+    let key = keys.active.expose_secret().to_owned();
+    let headers: [(&str, &[u8]); 2] = [
+        ("x-api-key", key.as_bytes()),
+        ("x-request-id", b"req_from_the_proxy"),
+    ];
+    let (_, log) = send_to_the_layer(keys, &headers).await;
+    let decisions = log.lines_with("outcome=");
+    assert_eq!(decisions.len(), 1, "one event per decision: {decisions:?}");
+    assert!(
+        decisions[0].contains("req_from_the_proxy"),
+        "{}",
+        decisions[0]
+    );
+}

@@ -43,6 +43,8 @@ struct Probe {
     delay: Option<Duration>,
     /// When set, a lookup reads the record, then waits for this before answering.
     gate: Option<Arc<Notify>>,
+    /// When set, a revocation or deletion commits, then waits this long before answering.
+    write_delay: Option<Duration>,
 }
 
 impl Probe {
@@ -94,7 +96,9 @@ impl tower_api_key::WritableKeyStore for Probe {
         key_id: &KeyId,
         at: SystemTime,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.revoke(account_id, key_id, at).await
+        let revoked = self.inner.revoke(account_id, key_id, at).await;
+        self.answer_late().await;
+        revoked
     }
 
     async fn delete(
@@ -102,7 +106,17 @@ impl tower_api_key::WritableKeyStore for Probe {
         account_id: &str,
         key_id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        self.inner.delete(account_id, key_id).await
+        let deleted = self.inner.delete(account_id, key_id).await;
+        self.answer_late().await;
+        deleted
+    }
+}
+
+impl Probe {
+    async fn answer_late(&self) {
+        if let Some(delay) = self.write_delay {
+            tokio::time::sleep(delay).await;
+        }
     }
 }
 
@@ -339,4 +353,37 @@ async fn uses_are_recorded_once_per_interval_through_the_cache() {
         assert_eq!(verdict_through(cache.clone(), &key).await, "ok");
     }
     assert_eq!(probe.uses.load(Ordering::SeqCst), 1);
+}
+
+/// A cache over a store whose writes commit at once but answer a minute later, and a key it
+/// has cached as valid.
+async fn cached_key_over_a_slow_writer() -> (CachedKeyStore<Probe>, tower_api_key::ApiKey, KeyId) {
+    let probe = Probe {
+        write_delay: Some(Duration::from_secs(60)),
+        ..Probe::default()
+    };
+    let (key, record) = stored_key(&probe.inner);
+    let cache = CachedKeyStore::new(probe);
+    assert_eq!(verdict_through(cache.clone(), &key).await, "ok");
+    (cache, key, record.identity.key_id().clone())
+}
+
+#[tokio::test]
+async fn a_revocation_cut_short_after_the_store_committed_is_seen_at_once() {
+    use tower_api_key::WritableKeyStore;
+    let (cache, key, key_id) = cached_key_over_a_slow_writer().await;
+    let revoke = cache.revoke("acct_1", &key_id, SystemTime::now());
+    let cut_short = tokio::time::timeout(Duration::from_millis(50), revoke).await;
+    assert!(cut_short.is_err(), "the revocation was to time out");
+    assert_eq!(verdict_through(cache, &key).await, "expired_api_key");
+}
+
+#[tokio::test]
+async fn a_deletion_cut_short_after_the_store_committed_is_seen_at_once() {
+    use tower_api_key::WritableKeyStore;
+    let (cache, key, key_id) = cached_key_over_a_slow_writer().await;
+    let delete = cache.delete("acct_1", &key_id);
+    let cut_short = tokio::time::timeout(Duration::from_millis(50), delete).await;
+    assert!(cut_short.is_err(), "the deletion was to time out");
+    assert_eq!(verdict_through(cache, &key).await, "invalid_api_key");
 }

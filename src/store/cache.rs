@@ -61,7 +61,9 @@ impl Cached {
 ///   of one bad key does not reach the database. Store errors are never cached.
 /// - Concurrent lookups of one key wait for a single call to the store.
 /// - Creating, revoking, deleting and rotating through this wrapper update this instance at
-///   once, including lookups that were in flight during the change.
+///   once, including lookups that were in flight during the change, and also when the call is
+///   dropped before the store answers (a client disconnect, a timeout): then every entry is
+///   dropped, since the store may have committed the change.
 ///
 /// **Staleness bound**: another instance (another process with its own cache) may go on
 /// accepting a key revoked, deleted or rotated out elsewhere for at most `ttl` (10 seconds by
@@ -196,13 +198,17 @@ impl<S: KeyStore> CachedKeyStore<S> {
     /// Runs a write of the inner store; once it is done, retires what was cached of
     /// `lookup_ids`, including lookups still in flight.
     /// `lookup_ids` answers `None` when the write failed without saying what changed (it may
-    /// have timed out after the store committed): then every entry is retired.
+    /// have timed out after the store committed): then every entry is retired. So is every
+    /// entry when the write is dropped before it finishes (a client went away, a timeout fired):
+    /// the store may have committed it.
     async fn write<T>(
         &self,
         write: impl std::future::Future<Output = T>,
         lookup_ids: impl FnOnce(&T) -> Option<Vec<LookupId>>,
     ) -> T {
+        let unfinished = RetireAllOnDrop(self);
         let result = write.await;
+        unfinished.disarm();
         match lookup_ids(&result) {
             Some(lookup_ids) => {
                 for lookup_id in lookup_ids {
@@ -210,12 +216,7 @@ impl<S: KeyStore> CachedKeyStore<S> {
                     self.records.remove(&lookup_id);
                 }
             }
-            None => {
-                self.writes
-                    .iter()
-                    .for_each(|generation| _ = generation.fetch_add(1, Ordering::SeqCst));
-                self.records.clear();
-            }
+            None => self.retire_all(),
         }
         result
     }
@@ -262,6 +263,16 @@ impl<S: KeyStore> CachedKeyStore<S> {
             return None;
         }
         Some(cached.record())
+    }
+}
+
+impl<S> CachedKeyStore<S> {
+    /// Makes every cached entry, and every lookup in flight, stale.
+    fn retire_all(&self) {
+        self.writes
+            .iter()
+            .for_each(|generation| _ = generation.fetch_add(1, Ordering::SeqCst));
+        self.records.clear();
     }
 }
 
@@ -334,6 +345,22 @@ impl<S: WritableKeyStore> WritableKeyStore for CachedKeyStore<S> {
     ) -> Result<Option<KeyRecord>, StoreError> {
         self.write(self.inner.delete(account_id, key_id), changed_lookup_id)
             .await
+    }
+}
+
+/// Retires every cached entry when dropped: a write that did not finish may have changed any.
+struct RetireAllOnDrop<'a, S>(&'a CachedKeyStore<S>);
+
+impl<S> RetireAllOnDrop<'_, S> {
+    /// The write finished: its caller retires what it changed.
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl<S> Drop for RetireAllOnDrop<'_, S> {
+    fn drop(&mut self) {
+        self.0.retire_all();
     }
 }
 

@@ -41,7 +41,8 @@ pub enum AuthError {
     /// The request carried a key in its URL query string, where logs and browser histories keep
     /// it. Refused even beside a good key in a header, so the client learns before it leaks more.
     KeyInQuery,
-    /// The key is malformed, has a wrong checksum, is unknown or was deleted.
+    /// The key is malformed, has a wrong checksum, is unknown or was deleted, or its record's
+    /// mode is not the one its prefix says.
     Invalid,
     /// The key was revoked or is past its expiry.
     Expired,

@@ -265,7 +265,8 @@ impl KeyFormat {
         self
     }
 
-    /// Also accepts keys that start with `prefix` (for example `sk_test_`).
+    /// Also accepts live keys that start with `prefix` (for example `sk_old_`, the prefix of keys
+    /// issued earlier). Test keys have their own [test prefix](KeyFormat::test_prefix).
     ///
     /// # Panics
     ///
@@ -309,12 +310,27 @@ impl KeyFormat {
     /// Whether `key` has an accepted prefix, a body of the right length and alphabet, and the
     /// right checksum. Always true for an [`unchecked`](KeyFormat::unchecked) format.
     pub fn is_well_formed(&self, key: &str) -> bool {
-        self.is_well_formed_bytes(key.as_bytes())
+        self.mode_of(key.as_bytes()).is_some()
     }
 
-    /// [`KeyFormat::is_well_formed`], for a key read from a header as bytes.
-    pub(crate) fn is_well_formed_bytes(&self, key: &[u8]) -> bool {
-        !self.checked || self.prefixes().any(|prefix| has_valid_body(key, prefix))
+    /// The mode that `key`'s prefix says, if the key is [well formed](KeyFormat::is_well_formed):
+    /// test for the [test prefix](KeyFormat::test_prefix), live for any other. A key of an
+    /// [`unchecked`](KeyFormat::unchecked) format is a test key if the longest accepted prefix
+    /// it starts with is the test prefix.
+    pub(crate) fn mode_of(&self, key: &[u8]) -> Option<KeyMode> {
+        let prefix = if self.checked {
+            Some(self.prefixes().find(|prefix| has_valid_body(key, prefix))?)
+        } else {
+            self.prefixes()
+                .filter(|prefix| key.starts_with(prefix.as_bytes()))
+                .max_by_key(|prefix| prefix.len())
+        };
+        let is_test = prefix.is_some() && prefix == self.test_prefix.as_deref();
+        Some(if is_test {
+            KeyMode::Test
+        } else {
+            KeyMode::Live
+        })
     }
 
     /// Generates a new live key with this format's first prefix, from the operating system's
@@ -513,6 +529,31 @@ mod tests {
         assert!(test.expose_secret().starts_with("sk_test_"));
         assert!(format.is_well_formed(live.expose_secret()));
         assert!(format.is_well_formed(test.expose_secret()));
+    }
+
+    #[test]
+    fn a_key_s_prefix_names_its_mode() {
+        let format = KeyFormat::default().also_accept("sk_old_");
+        let mode_of = |key: ApiKey| format.mode_of(key.expose_secret().as_bytes());
+        assert_eq!(mode_of(format.generate()), Some(KeyMode::Live));
+        assert_eq!(mode_of(generate_with("sk_old_")), Some(KeyMode::Live));
+        let test = format.generate_for(KeyMode::Test).unwrap();
+        assert_eq!(mode_of(test), Some(KeyMode::Test));
+        assert_eq!(format.mode_of(b"sk_test_not-a-key"), None);
+    }
+
+    #[test]
+    fn a_live_key_under_a_shorter_test_prefix_is_live() {
+        let format = KeyFormat::new("sk_live_").test_prefix("sk_");
+        let live = format.generate();
+        assert_eq!(
+            format.mode_of(live.expose_secret().as_bytes()),
+            Some(KeyMode::Live)
+        );
+        let unchecked = format.unchecked();
+        assert_eq!(unchecked.mode_of(b"sk_live_legacy"), Some(KeyMode::Live));
+        assert_eq!(unchecked.mode_of(b"sk_legacy"), Some(KeyMode::Test));
+        assert_eq!(unchecked.mode_of(b"legacy"), Some(KeyMode::Live));
     }
 
     #[test]

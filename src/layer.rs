@@ -22,6 +22,7 @@ use crate::error::{AuthError, ErrorResponseFn, Messages, Rejection};
 use crate::grpc;
 use crate::identity::KeyIdentity;
 use crate::key::{KeyDigest, KeyFormat};
+use crate::mode::KeyMode;
 use crate::request_id::{request_id, sane_request_id};
 use crate::store::{KeyRecord, KeyStore, StoreError};
 
@@ -42,8 +43,11 @@ use crate::store::{KeyRecord, KeyStore, StoreError};
 /// 2. Check its [format](KeyFormat): prefix, length, alphabet and checksum. A typo is rejected
 ///    here, without a store lookup.
 /// 3. Find the record by the key's [`LookupId`](crate::LookupId) in the [`KeyStore`], compare the
-///    digests in constant time, and check that the key is neither revoked nor expired. A store
-///    error is answered `503` and logged with `tracing`; it never lets a request through.
+///    digests in constant time, check that the record's [mode](crate::KeyMode) is the one the
+///    key's prefix says (an `sk_test_` key whose record says live is `invalid_api_key`: the
+///    record is wrong, and neither side can be trusted), and that the key is neither revoked nor
+///    expired. A store error is answered `503` and logged with `tracing`; it never lets a
+///    request through.
 ///
 /// Every refusal carries a request id, in the body and in `X-Request-Id`. A request that
 /// arrives with a sane `X-Request-Id` (set by a proxy, or by tower-http's `SetRequestIdLayer`
@@ -259,9 +263,9 @@ impl Config {
         }
     }
 
-    /// Steps 1 and 2: the digest of the request's key, if it has a well-formed one. The
-    /// credential headers are marked sensitive on the way.
-    fn read_digest<B>(&self, request: &mut Request<B>) -> Result<KeyDigest, AuthError> {
+    /// Steps 1 and 2: the request's key, if it has a well-formed one. The credential headers
+    /// are marked sensitive on the way.
+    fn read_key<B>(&self, request: &mut Request<B>) -> Result<PresentedKey, AuthError> {
         if query_parameter_with_key(request.uri(), &self.format).is_some() {
             return Err(AuthError::KeyInQuery);
         }
@@ -273,10 +277,11 @@ impl Config {
                 CredentialError::Conflicting => AuthError::Conflicting,
                 CredentialError::Malformed => AuthError::Invalid,
             })?;
-        if !self.format.is_well_formed_bytes(key) {
-            return Err(AuthError::Invalid);
-        }
-        Ok(KeyDigest::of_bytes(key))
+        let mode = self.format.mode_of(key).ok_or(AuthError::Invalid)?;
+        Ok(PresentedKey {
+            digest: KeyDigest::of_bytes(key),
+            mode,
+        })
     }
 
     /// After step 3: the identity goes on in the request's extensions, or the refusal (returned) is
@@ -368,10 +373,16 @@ fn decision_span() -> tracing::Span {
     }
 }
 
+/// What a request presented: its key's digest, and the mode its prefix says.
+struct PresentedKey {
+    digest: KeyDigest,
+    mode: KeyMode,
+}
+
 /// Step 3, as the future that waits for the store: look up, then conclude.
-async fn authenticate(config: Arc<Config>, digest: KeyDigest) -> Result<KeyIdentity, AuthError> {
-    let found = config.store.find(&digest.lookup_id()).await;
-    conclude(&config, found, &digest)
+async fn authenticate(config: Arc<Config>, key: PresentedKey) -> Result<KeyIdentity, AuthError> {
+    let found = config.store.find(&key.digest.lookup_id()).await;
+    conclude(&config, found, &key)
 }
 
 /// Step 3 once the store has answered: verify the record, and note the key's use when the last
@@ -379,10 +390,10 @@ async fn authenticate(config: Arc<Config>, digest: KeyDigest) -> Result<KeyIdent
 fn conclude(
     config: &Config,
     found: Result<Option<KeyRecord>, StoreError>,
-    digest: &KeyDigest,
+    key: &PresentedKey,
 ) -> Result<KeyIdentity, AuthError> {
     let now = config.clock.now();
-    let record = verify(found, digest, now)?;
+    let record = verify(found, key, now)?;
     let due = record.last_used_at.is_none_or(|last| {
         now.duration_since(last)
             .is_ok_and(|elapsed| elapsed >= config.last_used_interval)
@@ -393,17 +404,22 @@ fn conclude(
     Ok(record.identity)
 }
 
-/// The record of an active key whose digest matches, or why not.
+/// The record of an active key whose digest and mode match, or why not.
 fn verify(
     found: Result<Option<KeyRecord>, StoreError>,
-    digest: &KeyDigest,
+    key: &PresentedKey,
     now: SystemTime,
 ) -> Result<KeyRecord, AuthError> {
     let record = found
         .map_err(AuthError::Unavailable)?
         .ok_or(AuthError::Invalid)?;
     // The secret is checked first, so a wrong key never learns whether a key is revoked.
-    if !record.digest.matches(digest) {
+    if !record.digest.matches(&key.digest) {
+        return Err(AuthError::Invalid);
+    }
+    // A record whose mode is not the one its key's prefix says is corrupt or hand-made wrongly
+    // (an `sk_test_` key stored as live): trusting either side could open a live-only route.
+    if record.identity.mode() != key.mode {
         return Err(AuthError::Invalid);
     }
     if !record.is_active(now) {
@@ -460,8 +476,8 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let span = decision_span();
         let _entered = span.enter();
-        let digest = match self.config.read_digest(&mut request) {
-            Ok(digest) => digest,
+        let key = match self.config.read_key(&mut request) {
+            Ok(key) => key,
             Err(error) => {
                 let response = self.config.reject(error, request.uri(), request.headers());
                 return ResponseFuture::rejected(response);
@@ -469,8 +485,8 @@ where
         };
 
         // A store that holds its records in memory answers at once: no future to box.
-        if let Some(found) = self.config.store.find_now(&digest.lookup_id()) {
-            let verdict = conclude(&self.config, found, &digest);
+        if let Some(found) = self.config.store.find_now(&key.digest.lookup_id()) {
+            let verdict = conclude(&self.config, found, &key);
             return match self.config.decide(verdict, &mut request) {
                 None => ResponseFuture::inner(self.inner.call(request)),
                 Some(refusal) => ResponseFuture::rejected(refusal),
@@ -481,7 +497,7 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let config = Arc::clone(&self.config);
-        let lookup = authenticate(Arc::clone(&config), digest);
+        let lookup = authenticate(Arc::clone(&config), key);
         drop(_entered);
         ResponseFuture {
             state: State::Lookup {
@@ -613,6 +629,13 @@ mod tests {
     use super::*;
     use crate::{KeyId, Tier};
 
+    fn presented(key: &str) -> PresentedKey {
+        PresentedKey {
+            digest: KeyDigest::of(key),
+            mode: KeyMode::Live,
+        }
+    }
+
     fn record(key: &str) -> KeyRecord {
         let identity = KeyIdentity::new(KeyId::new("key_1"), "acct", "ci", Tier::FREE);
         KeyRecord::new(KeyDigest::of(key), identity)
@@ -620,17 +643,13 @@ mod tests {
 
     #[test]
     fn verify_accepts_active_matching_key() {
-        let identity = verify(
-            Ok(Some(record("k"))),
-            &KeyDigest::of("k"),
-            SystemTime::now(),
-        );
+        let identity = verify(Ok(Some(record("k"))), &presented("k"), SystemTime::now());
         assert_eq!(identity.unwrap().identity.key_id().as_str(), "key_1");
     }
 
     #[test]
     fn verify_rejects_unknown_key_as_invalid() {
-        let result = verify(Ok(None), &KeyDigest::of("k"), SystemTime::now());
+        let result = verify(Ok(None), &presented("k"), SystemTime::now());
         assert!(matches!(result, Err(AuthError::Invalid)));
     }
 
@@ -638,7 +657,7 @@ mod tests {
     fn verify_rejects_wrong_digest_as_invalid() {
         let result = verify(
             Ok(Some(record("k"))),
-            &KeyDigest::of("other"),
+            &presented("other"),
             SystemTime::now(),
         );
         assert!(matches!(result, Err(AuthError::Invalid)));
@@ -648,7 +667,24 @@ mod tests {
     fn verify_checks_the_secret_before_the_status() {
         let now = SystemTime::now();
         let revoked = record("k").with_revoked_at(now);
-        let result = verify(Ok(Some(revoked)), &KeyDigest::of("other"), now);
+        let result = verify(Ok(Some(revoked)), &presented("other"), now);
+        assert!(matches!(result, Err(AuthError::Invalid)));
+    }
+
+    #[test]
+    fn verify_rejects_a_record_whose_mode_is_not_the_key_s() {
+        let now = SystemTime::now();
+        let test_key = PresentedKey {
+            mode: KeyMode::Test,
+            ..presented("k")
+        };
+        let result = verify(Ok(Some(record("k"))), &test_key, now);
+        assert!(matches!(result, Err(AuthError::Invalid)));
+        let test_record = KeyRecord::new(
+            KeyDigest::of("k"),
+            record("k").identity.with_mode(KeyMode::Test),
+        );
+        let result = verify(Ok(Some(test_record)), &presented("k"), now);
         assert!(matches!(result, Err(AuthError::Invalid)));
     }
 
@@ -657,7 +693,7 @@ mod tests {
         let now = SystemTime::now();
         let result = verify(
             Ok(Some(record("k").with_revoked_at(now))),
-            &KeyDigest::of("k"),
+            &presented("k"),
             now,
         );
         assert!(matches!(result, Err(AuthError::Expired)));
@@ -667,7 +703,7 @@ mod tests {
     fn verify_rejects_key_past_expiry_as_expired() {
         let now = SystemTime::now();
         let expired = record("k").with_expires_at(now - Duration::from_secs(1));
-        let result = verify(Ok(Some(expired)), &KeyDigest::of("k"), now);
+        let result = verify(Ok(Some(expired)), &presented("k"), now);
         assert!(matches!(result, Err(AuthError::Expired)));
     }
 
@@ -675,7 +711,7 @@ mod tests {
     fn verify_turns_store_errors_into_unavailable() {
         let result = verify(
             Err(StoreError::new("down")),
-            &KeyDigest::of("k"),
+            &presented("k"),
             SystemTime::now(),
         );
         assert!(matches!(result, Err(AuthError::Unavailable(_))));

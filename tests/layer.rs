@@ -433,10 +433,11 @@ async fn no_response_echoes_the_key() {
 #[tokio::test]
 async fn additional_prefix_is_accepted() {
     let store = MemoryKeyStore::new();
-    let key = KeyFormat::new("sk_test_").generate();
-    let identity = KeyIdentity::new(KeyId::new("key_t"), "acct_1", "test", Tier::FREE);
+    // An additional prefix names live keys: `sk_test_` is the default format's test prefix.
+    let key = KeyFormat::new("sk_old_").generate();
+    let identity = KeyIdentity::new(KeyId::new("key_t"), "acct_1", "old", Tier::FREE);
     store.insert(KeyRecord::new(key.digest(), identity));
-    let layer = ApiKeyLayer::new(store).key_format(KeyFormat::default().also_accept("sk_test_"));
+    let layer = ApiKeyLayer::new(store).key_format(KeyFormat::default().also_accept("sk_old_"));
     assert!(
         send(layer, &[("x-api-key", key.expose_secret().as_bytes())])
             .await

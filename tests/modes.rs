@@ -8,8 +8,8 @@ use common::{assert_envelope, echo_identity, send, with_key, Answer};
 use http::{Request, StatusCode};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKey, ApiKeyLayer, CreatedKey, KeyFormat, KeyManager, KeyMode, ManageError, MemoryKeyStore,
-    NewKey, RequireModeLayer, Tier,
+    ApiKey, ApiKeyLayer, CreatedKey, KeyFormat, KeyId, KeyIdentity, KeyManager, KeyMode, KeyRecord,
+    ManageError, MemoryKeyStore, NewKey, RequireModeLayer, Tier,
 };
 
 const ACCOUNT: &str = "acct_1";
@@ -248,4 +248,20 @@ mod axum_extractors {
         let answer = get_path(app(&keys), "/test", &live.key).await;
         assert_envelope(&answer, StatusCode::FORBIDDEN, "test_key_required");
     }
+}
+
+#[tokio::test]
+async fn test_key_stored_as_live_cannot_pass_a_live_only_route() {
+    let store = MemoryKeyStore::new();
+    let key = KeyFormat::default().generate_for(KeyMode::Test).unwrap();
+    // `KeyIdentity::new` makes a live identity: a record hand-made without `with_mode`.
+    let identity = KeyIdentity::new(KeyId::random(), ACCOUNT, "hand-made", Tier::FREE);
+    store.insert(KeyRecord::new(key.digest(), identity));
+    let service = ServiceBuilder::new()
+        .layer(ApiKeyLayer::new(store))
+        .layer(RequireModeLayer::live())
+        .service_fn(echo_identity);
+    let answer = send(service, &with_key(&key)).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(answer.error_code(), "invalid_api_key");
 }

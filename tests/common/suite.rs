@@ -387,6 +387,29 @@ pub async fn last_use_is_recorded(backend: impl Backend) {
     panic!("the key's last use was not recorded within 2 s");
 }
 
+pub async fn a_record_whose_mode_is_not_its_key_s_prefix_is_refused(backend: impl Backend) {
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let account = account();
+    let format = tower_api_key::KeyFormat::default();
+    let test_key = format.generate_for(KeyMode::Test).unwrap();
+    let live_key = format.generate();
+    let mismatched = [(&test_key, KeyMode::Live), (&live_key, KeyMode::Test)];
+    for (key, mode) in mismatched {
+        let identity =
+            tower_api_key::KeyIdentity::new(KeyId::random(), &account, "hand", Tier::FREE)
+                .with_mode(mode);
+        let record = tower_api_key::KeyRecord::new(key.digest(), identity);
+        let quota = Quota::new(50, clock.now());
+        keys.store().create(record, quota).await.unwrap();
+        assert_eq!(
+            verdict(&keys, key).await,
+            "invalid_api_key",
+            "{mode} record"
+        );
+    }
+}
+
 /// Generates one `#[tokio::test]` per suite function, each with a fresh backend.
 #[macro_export]
 macro_rules! store_suite {
@@ -406,6 +429,7 @@ macro_rules! store_suite {
             concurrent_creates_one_below_the_limit_give_one_key,
             instances_see_each_other_s_creates_and_revocations,
             last_use_is_recorded,
+            a_record_whose_mode_is_not_its_key_s_prefix_is_refused,
         );
     };
     (@tests $backend:expr; $($name:ident),* $(,)?) => {

@@ -26,9 +26,15 @@
 //! | `POST /api/v1/keys`     | `keys:write` | any        |
 //! | `DELETE /api/v1/keys/…` | `keys:write` | any        |
 //!
-//! A key without full access creates only keys with some of its own scopes (its own, if the
-//! body names none), and a test key creates and revokes only test keys: no key can make or
-//! remove a key more powerful than itself.
+//! No key can make or remove a key more powerful than itself ([`KeyInfo::may_manage`]): a test
+//! key creates and revokes only test keys (else `403 live_key_required`); a key without full
+//! access creates only keys with some of its own scopes (else `403 cannot_grant_scope`) and
+//! revokes only such keys; a key that expires creates and revokes only keys that expire no
+//! later than itself. Revoking a key with more scopes, or creating or revoking one that outlives
+//! the caller, is `403 key_too_powerful`. A new key has, unless the body says otherwise, the
+//! caller's scopes, mode and expiry: a key that expires creates keys that expire with it.
+//!
+//! [`KeyInfo::may_manage`]: tower_api_key::KeyInfo::may_manage
 
 use std::net::Ipv4Addr;
 
@@ -47,8 +53,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tower_api_key::{
-    CreatedKey, KeyId, KeyIdentity, KeyManager, KeyMode, ManageError, MemoryKeyStore, NewKey,
-    RequireModeLayer, RequireScopeLayer, RequiredScope, Scoped, Tier, WritableKeyStore,
+    CreatedKey, KeyId, KeyIdentity, KeyInfo, KeyManager, KeyMode, ManageError, MemoryKeyStore,
+    NewKey, Overreach, RequireModeLayer, RequireScopeLayer, RequiredScope, Scoped, Tier,
+    WritableKeyStore,
 };
 
 const DEFAULT_PORT: u16 = 3000;
@@ -180,7 +187,8 @@ struct SubmittedIoc {
 
 /// `POST /api/v1/keys` `{"name": "ci", "expires_in": 3600, "scopes": ["iocs:read"], "mode":
 /// "test"}`: a new key for the caller's account, in the only response that ever contains a
-/// key. Without `scopes`, the key has the caller's access; without `mode`, the caller's mode.
+/// key. Without `scopes`, the key has the caller's access; without `mode`, the caller's mode;
+/// without `expires_in`, the caller's expiry.
 async fn create_key<S: WritableKeyStore>(
     State(keys): State<KeyManager<S>>,
     identity: KeyIdentity,
@@ -193,32 +201,13 @@ async fn create_key<S: WritableKeyStore>(
              and a \"mode\" of \"live\" or \"test\".",
         )
     })?;
-    let mode = request.mode.unwrap_or(identity.mode());
-    if identity.mode() == KeyMode::Test && mode == KeyMode::Live {
-        return Err(ApiError::live_key_required("create live keys"));
-    }
-    let mut new =
-        NewKey::new(identity.account_id(), identity.tier().clone(), request.name).mode(mode);
-    match (request.scopes, identity.scopes()) {
-        (Some(scopes), _) => {
-            if let Some(missing) = scopes.iter().find(|scope| !identity.has_scope(scope)) {
-                return Err(ApiError::cannot_grant(missing));
-            }
-            new = new.scopes(scopes);
-        }
-        (None, Some(own)) => new = new.scopes(own.iter()),
-        (None, None) => {}
-    }
-    if let Some(seconds) = request.expires_in {
-        let seconds = u64::try_from(seconds)
-            .ok()
-            .filter(|seconds| *seconds > 0)
-            .ok_or_else(|| {
-                ApiError::invalid_request("\"expires_in\" must be a positive number of seconds.")
-            })?;
-        new = new.expires_in(Duration::from_secs(seconds));
-    }
-    let created = keys.create(new).await?;
+    let listed = keys.list(identity.account_id()).await?;
+    let caller = caller_info(&listed, &identity)?;
+    let new = request.into_new_key(&identity, caller)?.created_by(caller);
+    let created = keys.create(new).await.map_err(|error| match error {
+        ManageError::Overreach(overreach) => ApiError::cannot_create(overreach),
+        error => error.into(),
+    })?;
     let info = serde_json::to_value(&created.info).expect("key info serializes");
     let body = json!({
         "id": info["id"],
@@ -241,23 +230,31 @@ async fn list_keys<S: WritableKeyStore>(
     Ok(Json(json!({ "data": data })))
 }
 
-/// `DELETE /api/v1/keys/{id}`: revokes one of the caller's account's keys (a test key: one
-/// of its test keys).
+/// `DELETE /api/v1/keys/{id}`: revokes one of the caller's account's keys that is no more
+/// powerful than the caller.
 async fn revoke_key<S: WritableKeyStore>(
     State(keys): State<KeyManager<S>>,
     identity: KeyIdentity,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = KeyId::new(id);
-    if identity.mode() == KeyMode::Test {
-        let listed = keys.list(identity.account_id()).await?;
-        let target = listed.iter().find(|info| info.id == id);
-        if target.is_some_and(|info| info.mode == KeyMode::Live) {
-            return Err(ApiError::live_key_required("revoke live keys"));
-        }
-    }
+    let listed = keys.list(identity.account_id()).await?;
+    let caller = caller_info(&listed, &identity)?;
+    let target = listed
+        .iter()
+        .find(|info| info.id == id)
+        .ok_or(ManageError::NotFound)?;
+    caller.may_manage(target).map_err(ApiError::cannot_revoke)?;
     keys.revoke(identity.account_id(), &id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's own key among its account's keys: its expiry is in its record, not its identity.
+fn caller_info<'a>(listed: &'a [KeyInfo], identity: &KeyIdentity) -> Result<&'a KeyInfo, ApiError> {
+    listed
+        .iter()
+        .find(|info| info.id == *identity.key_id())
+        .ok_or_else(ApiError::caller_unknown)
 }
 
 #[derive(Deserialize)]
@@ -267,6 +264,36 @@ struct CreateKeyRequest {
     expires_in: Option<i64>,
     scopes: Option<Vec<String>>,
     mode: Option<KeyMode>,
+}
+
+impl CreateKeyRequest {
+    /// The key asked for, with the caller's scopes, mode and expiry where the body names none.
+    fn into_new_key(self, identity: &KeyIdentity, caller: &KeyInfo) -> Result<NewKey, ApiError> {
+        let mode = self.mode.unwrap_or(caller.mode);
+        let mut new =
+            NewKey::new(identity.account_id(), identity.tier().clone(), self.name).mode(mode);
+        match (self.scopes, &caller.scopes) {
+            (Some(scopes), _) => new = new.scopes(scopes),
+            (None, Some(own)) => new = new.scopes(own.iter()),
+            (None, None) => {}
+        }
+        match (self.expires_in, caller.expires_at) {
+            (Some(seconds), _) => new = new.expires_in(positive_seconds(seconds)?),
+            (None, Some(own)) => new = new.expires_at(own),
+            (None, None) => {}
+        }
+        Ok(new)
+    }
+}
+
+fn positive_seconds(seconds: i64) -> Result<Duration, ApiError> {
+    u64::try_from(seconds)
+        .ok()
+        .filter(|seconds| *seconds > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            ApiError::invalid_request("\"expires_in\" must be a positive number of seconds.")
+        })
 }
 
 /// An error of the key-management endpoints, in the layer's envelope.
@@ -294,19 +321,69 @@ impl ApiError {
         }
     }
 
-    /// A restricted key tried to create a key with `scope`, which it does not have.
-    fn cannot_grant(scope: &str) -> Self {
-        // Named only if it is a valid scope: the message must not echo arbitrary input.
-        let named = tower_api_key::Scopes::new([scope])
-            .map(|_| format!(" \"{scope}\""))
-            .unwrap_or_default();
+    /// The caller asked for a key more powerful than itself.
+    fn cannot_create(overreach: Overreach) -> Self {
+        match overreach {
+            Overreach::LiveKey => Self::live_key_required("create live keys"),
+            // A valid scope: the manager refuses invalid ones before comparing.
+            Overreach::Scope(scope) => Self::cannot_grant(&format!("the scope \"{scope}\"")),
+            Overreach::FullAccess => Self::cannot_grant("full access"),
+            Overreach::Outlives => Self::too_powerful(
+                "create a key that expires later than itself. Ask for an \"expires_in\" that \
+                 ends no later than this key's \"expires_at\", or leave it out to expire with \
+                 this key",
+            ),
+            other => Self::too_powerful(&format!("create this key: {other}")),
+        }
+    }
+
+    /// The caller tried to revoke a key more powerful than itself.
+    fn cannot_revoke(overreach: Overreach) -> Self {
+        match overreach {
+            Overreach::LiveKey => Self::live_key_required("revoke live keys"),
+            Overreach::Scope(scope) => Self::too_powerful(&format!(
+                "revoke a key with the scope \"{scope}\", which it does not have itself. Use a \
+                 key with that scope, or with full access"
+            )),
+            Overreach::FullAccess => Self::too_powerful(
+                "revoke a key with full access, which it does not have itself. Use a key with \
+                 full access",
+            ),
+            Overreach::Outlives => Self::too_powerful(
+                "revoke a key that expires later than itself, or never. Use a key that expires \
+                 no sooner",
+            ),
+            other => Self::too_powerful(&format!("revoke this key: {other}")),
+        }
+    }
+
+    /// A restricted key tried to create a key with `access` (`the scope "x"`), which it lacks.
+    fn cannot_grant(access: &str) -> Self {
         Self {
             status: StatusCode::FORBIDDEN,
             code: "cannot_grant_scope",
             message: format!(
-                "This key cannot create a key with the scope{named}, which it does not have \
-                 itself. Ask only for scopes of this key, or use a key with full access."
+                "This key cannot create a key with {access}, which it does not have itself. \
+                 Ask only for scopes of this key, or use a key with full access."
             ),
+        }
+    }
+
+    /// The caller tried to `act` on a key more powerful than itself (`"revoke a key ..."`).
+    fn too_powerful(act: &str) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            code: "key_too_powerful",
+            message: format!("This key cannot {act}."),
+        }
+    }
+
+    /// The caller's key authenticated but is no longer in its account's keys: it was deleted.
+    fn caller_unknown() -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            code: "invalid_api_key",
+            message: "This key no longer exists. Use another key.".to_owned(),
         }
     }
 }
@@ -320,6 +397,7 @@ impl From<ManageError> for ApiError {
             | ManageError::UnsupportedMode(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ManageError::KeyLimitReached { .. } => (StatusCode::FORBIDDEN, "key_limit_reached"),
             ManageError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ManageError::Overreach(_) => (StatusCode::FORBIDDEN, "key_too_powerful"),
             ManageError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         };

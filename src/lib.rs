@@ -103,7 +103,9 @@
 //! rotates them, and holds each account to its tier's quota of active keys ([`TierLimits`]:
 //! free 3, pro 50). It works over any [`WritableKeyStore`], the write path that a read-only
 //! store need not implement. Give the manager and the layer the same [`Clock`]; in tests a
-//! [`ManualClock`] moves time without sleeping.
+//! [`ManualClock`] moves time without sleeping. When keys manage keys, no key may create or
+//! remove a key more powerful than itself in scopes, mode or expiry: [`KeyInfo::may_manage`]
+//! decides, and [`NewKey::created_by`] has [`KeyManager::create`] apply it.
 //!
 //! # Scopes and test keys
 //!
@@ -202,7 +204,8 @@ pub use identity::{KeyId, KeyIdentity, Tier};
 pub use key::{ApiKey, KeyDigest, KeyFormat, LookupId, MAX_KEY_LEN};
 pub use layer::{ApiKeyAuth, ApiKeyLayer, ResponseFuture};
 pub use lifecycle::{
-    CreatedKey, KeyInfo, KeyManager, ManageError, NewKey, TierLimits, MAX_LIFETIME, MAX_NAME_LEN,
+    CreatedKey, KeyInfo, KeyManager, ManageError, NewKey, Overreach, TierLimits, MAX_LIFETIME,
+    MAX_NAME_LEN,
 };
 pub use mode::{KeyMode, RequireMode, RequireModeLayer};
 pub use scope::{

@@ -69,6 +69,7 @@ pub struct NewKey {
     metadata: Option<serde_json::Value>,
     scopes: Option<Vec<String>>,
     mode: KeyMode,
+    creator: Option<KeyInfo>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -101,6 +102,7 @@ impl NewKey {
             metadata: None,
             scopes: None,
             mode: KeyMode::Live,
+            creator: None,
         }
     }
 
@@ -138,6 +140,37 @@ impl NewKey {
     /// Application data that handlers read from the key's [`KeyIdentity`].
     pub fn metadata(mut self, metadata: serde_json::Value) -> Self {
         self.metadata = Some(metadata);
+        self
+    }
+
+    /// The key is made by `creator` (the key of the request asking for it):
+    /// [`KeyManager::create`] refuses it with [`ManageError::Overreach`] if it would be more
+    /// powerful than `creator` ([`KeyInfo::may_manage`]). Only the manager can apply the rule
+    /// here, because only it knows when an [`expires_in`](NewKey::expires_in) ends.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_api_key::{KeyManager, ManageError, MemoryKeyStore, NewKey, Overreach, Tier};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ManageError> {
+    /// let keys = KeyManager::new(MemoryKeyStore::new());
+    /// let hourly = NewKey::new("acct_42", Tier::PRO, "hourly").expires_in(Duration::from_secs(3600));
+    /// let hourly = keys.create(hourly).await?.info;
+    ///
+    /// let forever = NewKey::new("acct_42", Tier::PRO, "forever").created_by(&hourly);
+    /// let refused = keys.create(forever).await;
+    /// assert!(matches!(refused, Err(ManageError::Overreach(Overreach::Outlives))));
+    ///
+    /// let shorter = NewKey::new("acct_42", Tier::PRO, "shorter")
+    ///     .expires_in(Duration::from_secs(60))
+    ///     .created_by(&hourly);
+    /// keys.create(shorter).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn created_by(mut self, creator: &KeyInfo) -> Self {
+        self.creator = Some(creator.clone());
         self
     }
 }
@@ -199,6 +232,109 @@ impl From<&KeyRecord> for KeyInfo {
     }
 }
 
+impl KeyInfo {
+    /// Whether this key may create or remove (revoke, delete, rotate) `target`: only if
+    /// `target` is no more powerful in any way, so that no key can make or remove a key more
+    /// powerful than itself. Else the first way in which it is more powerful, checked in this
+    /// order:
+    ///
+    /// - mode: a test key manages only test keys ([`Overreach::LiveKey`]);
+    /// - scopes: a restricted key manages only keys with some of its scopes
+    ///   ([`Overreach::FullAccess`], [`Overreach::Scope`]);
+    /// - expiry: a key that expires manages only keys that expire no later
+    ///   ([`Overreach::Outlives`]).
+    ///
+    /// [`KeyManager::create`] applies it to a key [created by](NewKey::created_by) another;
+    /// check it before [`KeyManager::revoke`], [`delete`](KeyManager::delete) or
+    /// [`rotate`](KeyManager::rotate) on behalf of a key.
+    ///
+    /// ```
+    /// use tower_api_key::{KeyManager, KeyMode, ManageError, MemoryKeyStore, NewKey, Overreach, Tier};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ManageError> {
+    /// let keys = KeyManager::new(MemoryKeyStore::new());
+    /// let new = |name| NewKey::new("acct_42", Tier::PRO, name);
+    /// let admin = keys.create(new("admin")).await?.info;
+    /// let manager = keys.create(new("manager").scopes(["iocs:read", "keys:write"])).await?.info;
+    /// let reader = keys.create(new("reader").scopes(["iocs:read"])).await?.info;
+    /// let sandbox = keys.create(new("sandbox").mode(KeyMode::Test)).await?.info;
+    ///
+    /// assert_eq!(admin.may_manage(&manager), Ok(()));
+    /// assert_eq!(manager.may_manage(&reader), Ok(()));
+    /// assert_eq!(manager.may_manage(&admin), Err(Overreach::FullAccess));
+    /// assert_eq!(reader.may_manage(&manager), Err(Overreach::Scope("keys:write".into())));
+    /// assert_eq!(sandbox.may_manage(&admin), Err(Overreach::LiveKey));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn may_manage(&self, target: &KeyInfo) -> Result<(), Overreach> {
+        mode_covers(self.mode, target.mode)?;
+        scopes_cover(self.scopes.as_ref(), target.scopes.as_ref())?;
+        expiry_covers(self.expires_at, target.expires_at)
+    }
+}
+
+fn mode_covers(own: KeyMode, target: KeyMode) -> Result<(), Overreach> {
+    match (own, target) {
+        (KeyMode::Test, KeyMode::Live) => Err(Overreach::LiveKey),
+        _ => Ok(()),
+    }
+}
+
+fn scopes_cover(own: Option<&Scopes>, target: Option<&Scopes>) -> Result<(), Overreach> {
+    match (own, target) {
+        (None, _) => Ok(()),
+        (Some(_), None) => Err(Overreach::FullAccess),
+        (Some(own), Some(target)) => match target.iter().find(|scope| !own.contains(scope)) {
+            Some(missing) => Err(Overreach::Scope(missing.to_owned())),
+            None => Ok(()),
+        },
+    }
+}
+
+fn expiry_covers(own: Option<SystemTime>, target: Option<SystemTime>) -> Result<(), Overreach> {
+    match (own, target) {
+        (Some(own), target) if target.is_none_or(|target| target > own) => Err(Overreach::Outlives),
+        _ => Ok(()),
+    }
+}
+
+/// How a key would be more powerful than the key creating or removing it
+/// ([`KeyInfo::may_manage`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Overreach {
+    /// The key is live, and a test key manages only test keys.
+    LiveKey,
+    /// The key has full access, and the managing key is restricted.
+    FullAccess,
+    /// The key has this scope, which the managing key lacks.
+    Scope(String),
+    /// The managing key expires, and the key outlives it: it never expires, or expires later.
+    Outlives,
+}
+
+impl fmt::Display for Overreach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::LiveKey => f.write_str("a test key cannot create or remove live keys"),
+            Self::FullAccess => f.write_str(
+                "a key without full access cannot create or remove a key with full access",
+            ),
+            Self::Scope(scope) => write!(
+                f,
+                "a key without the scope \"{scope}\" cannot create or remove a key with it"
+            ),
+            Self::Outlives => f.write_str(
+                "a key that expires cannot create or remove a key that expires later, or never",
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Overreach {}
+
 fn rfc3339<S: Serializer>(time: &Option<SystemTime>, serializer: S) -> Result<S::Ok, S::Error> {
     match time {
         // humantime panics before 1970 and cannot write years past 9999: a store's odd time is
@@ -246,6 +382,8 @@ pub enum ManageError {
     },
     /// The account has no such key (or no such active key, to rotate).
     NotFound,
+    /// The key would be more powerful than the key creating it ([`NewKey::created_by`]).
+    Overreach(Overreach),
     /// The store failed.
     Store(StoreError),
 }
@@ -268,6 +406,7 @@ impl fmt::Display for ManageError {
                 "the {tier} tier allows {limit} active keys; revoke one before creating another"
             ),
             Self::NotFound => f.write_str("no such key"),
+            Self::Overreach(overreach) => overreach.fmt(f),
             Self::Store(error) => error.fmt(f),
         }
     }
@@ -278,6 +417,7 @@ impl std::error::Error for ManageError {
         match self {
             Self::Store(error) => Some(error),
             Self::InvalidScopes(error) => Some(error),
+            Self::Overreach(overreach) => Some(overreach),
             _ => None,
         }
     }
@@ -392,7 +532,8 @@ impl<S: WritableKeyStore> KeyManager<S> {
         if let Some(metadata) = new.metadata {
             identity = identity.with_metadata(metadata);
         }
-        self.insert(identity, expires_at, Quota::new(limit, now))
+        let quota = Quota::new(limit, now);
+        self.insert(identity, expires_at, quota, new.creator.as_ref())
             .await
     }
 
@@ -450,7 +591,7 @@ impl<S: WritableKeyStore> KeyManager<S> {
         let retire_at = Expiry::After(grace).time_after(now)?;
         let identity = old.identity.with_key_id(KeyId::random());
         let quota = Quota::new(limit, now).retiring(key_id.clone(), retire_at);
-        self.insert(identity, old.expires_at, quota).await
+        self.insert(identity, old.expires_at, quota, None).await
     }
 
     fn limit(&self, tier: &Tier) -> Result<usize, ManageError> {
@@ -464,6 +605,7 @@ impl<S: WritableKeyStore> KeyManager<S> {
         identity: KeyIdentity,
         expires_at: Option<SystemTime>,
         quota: Quota,
+        creator: Option<&KeyInfo>,
     ) -> Result<CreatedKey, ManageError> {
         let mode = identity.mode();
         let prefix = (self.format.prefix_for(mode)).ok_or(ManageError::UnsupportedMode(mode))?;
@@ -479,6 +621,9 @@ impl<S: WritableKeyStore> KeyManager<S> {
             .with_hint(hint);
         record.expires_at = expires_at;
         let info = KeyInfo::from(&record);
+        if let Some(creator) = creator {
+            creator.may_manage(&info).map_err(ManageError::Overreach)?;
+        }
         let limit = quota.limit;
         self.store
             .create(record, quota)
@@ -566,6 +711,129 @@ mod tests {
         let json = serde_json::to_value(&info).unwrap();
         assert_eq!(json["created_at"], "2023-11-14T22:13:20Z");
         assert_eq!(json["expires_at"], serde_json::Value::Null);
+    }
+
+    /// A key's info with only what [`KeyInfo::may_manage`] compares; `expires_at` in seconds
+    /// after the epoch.
+    fn powers(mode: KeyMode, scopes: Option<&[&str]>, expires_at: Option<u64>) -> KeyInfo {
+        KeyInfo {
+            id: KeyId::new("key_1"),
+            name: "k".into(),
+            mode,
+            scopes: scopes.map(|scopes| Scopes::new(scopes.iter().copied()).unwrap()),
+            hint: None,
+            created_at: None,
+            expires_at: expires_at.map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
+            revoked_at: None,
+            last_used_at: None,
+        }
+    }
+
+    const LIVE: KeyMode = KeyMode::Live;
+    const TEST: KeyMode = KeyMode::Test;
+
+    #[test]
+    fn full_access_live_key_that_never_expires_manages_any_key() {
+        let admin = powers(LIVE, None, None);
+        for target in [
+            powers(LIVE, None, None),
+            powers(TEST, Some(&["iocs:read"]), Some(1)),
+        ] {
+            assert_eq!(admin.may_manage(&target), Ok(()));
+        }
+    }
+
+    #[test]
+    fn test_key_may_not_manage_a_live_key() {
+        let test = powers(TEST, None, None);
+        assert_eq!(
+            test.may_manage(&powers(LIVE, None, None)),
+            Err(Overreach::LiveKey)
+        );
+        assert_eq!(test.may_manage(&powers(TEST, None, None)), Ok(()));
+    }
+
+    #[test]
+    fn restricted_key_may_not_manage_a_full_access_key() {
+        let restricted = powers(LIVE, Some(&["keys:write"]), None);
+        let admin = powers(LIVE, None, None);
+        assert_eq!(restricted.may_manage(&admin), Err(Overreach::FullAccess));
+    }
+
+    #[test]
+    fn restricted_key_may_not_manage_a_key_with_a_scope_it_lacks() {
+        let restricted = powers(LIVE, Some(&["iocs:read", "keys:write"]), None);
+        let wider = powers(LIVE, Some(&["iocs:read", "iocs:write"]), None);
+        let refused = restricted.may_manage(&wider);
+        assert_eq!(refused, Err(Overreach::Scope("iocs:write".into())));
+    }
+
+    #[test]
+    fn restricted_key_manages_keys_with_some_of_its_scopes() {
+        let restricted = powers(LIVE, Some(&["iocs:read", "keys:write"]), None);
+        for scopes in [&["iocs:read"][..], &["iocs:read", "keys:write"]] {
+            let target = powers(LIVE, Some(scopes), None);
+            assert_eq!(restricted.may_manage(&target), Ok(()), "{scopes:?}");
+        }
+    }
+
+    #[test]
+    fn expiring_key_may_not_manage_a_key_that_never_expires_or_expires_later() {
+        let expiring = powers(LIVE, None, Some(100));
+        for expires_at in [None, Some(101)] {
+            let target = powers(LIVE, None, expires_at);
+            let refused = expiring.may_manage(&target);
+            assert_eq!(refused, Err(Overreach::Outlives), "{expires_at:?}");
+        }
+    }
+
+    #[test]
+    fn expiring_key_manages_keys_that_expire_no_later() {
+        let expiring = powers(LIVE, None, Some(100));
+        for expires_at in [99, 100] {
+            let target = powers(LIVE, None, Some(expires_at));
+            assert_eq!(expiring.may_manage(&target), Ok(()), "{expires_at}");
+        }
+    }
+
+    #[test]
+    fn mode_is_checked_before_scopes_and_scopes_before_expiry() {
+        let caller = powers(TEST, Some(&["iocs:read"]), Some(100));
+        let target = powers(LIVE, None, None);
+        assert_eq!(caller.may_manage(&target), Err(Overreach::LiveKey));
+        let target = powers(TEST, None, None);
+        assert_eq!(caller.may_manage(&target), Err(Overreach::FullAccess));
+    }
+
+    #[tokio::test]
+    async fn create_refuses_a_key_more_powerful_than_its_creator() {
+        let keys = KeyManager::new(crate::MemoryKeyStore::new());
+        let new = |name: &str| NewKey::new("acct", Tier::PRO, name);
+        let reader = new("reader").scopes(["iocs:read"]);
+        let reader = keys.create(reader).await.unwrap().info;
+        let refused = keys.create(new("admin").created_by(&reader)).await;
+        assert!(matches!(
+            refused,
+            Err(ManageError::Overreach(Overreach::FullAccess))
+        ));
+        assert_eq!(keys.list("acct").await.unwrap().len(), 1, "nothing created");
+    }
+
+    #[tokio::test]
+    async fn create_compares_an_expires_in_at_the_managers_clock() {
+        let clock = crate::ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1000));
+        let keys = KeyManager::new(crate::MemoryKeyStore::new()).clock(clock);
+        let new = |name: &str| NewKey::new("acct", Tier::PRO, name);
+        let hourly = new("hourly").expires_in(Duration::from_secs(3600));
+        let hourly = keys.create(hourly).await.unwrap().info;
+        let later = new("later").expires_in(Duration::from_secs(3601));
+        let refused = keys.create(later.created_by(&hourly)).await;
+        assert!(matches!(
+            refused,
+            Err(ManageError::Overreach(Overreach::Outlives))
+        ));
+        let same = new("same").expires_in(Duration::from_secs(3600));
+        assert!(keys.create(same.created_by(&hourly)).await.is_ok());
     }
 
     #[test]

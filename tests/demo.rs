@@ -14,7 +14,8 @@ use std::time::{Duration, SystemTime};
 use common::{assert_envelope, Answer};
 use http::{Method, StatusCode};
 use tower_api_key::{
-    ApiKey, KeyManager, ManualClock, MemoryKeyStore, NewKey, Tier, WritableKeyStore,
+    ApiKey, CreatedKey, KeyId, KeyManager, ManualClock, MemoryKeyStore, NewKey, Tier,
+    WritableKeyStore,
 };
 
 struct Demo<S = MemoryKeyStore> {
@@ -25,8 +26,10 @@ struct Demo<S = MemoryKeyStore> {
     account: String,
     /// The live key the demo prints at start, with full access.
     key: ApiKey,
+    key_id: KeyId,
     /// The test key the demo prints at start, restricted to `demo::TEST_KEY_SCOPES`.
     test_key: ApiKey,
+    test_key_id: KeyId,
 }
 
 impl Demo {
@@ -51,7 +54,9 @@ impl<S: WritableKeyStore + Clone> Demo<S> {
             store,
             account,
             key: live.key,
+            key_id: live.info.id,
             test_key: test.key,
+            test_key_id: test.info.id,
         }
     }
 
@@ -71,6 +76,30 @@ impl<S: WritableKeyStore + Clone> Demo<S> {
 
     async fn list_with(&self, key: &str) -> Answer {
         self.call(Method::GET, "/api/v1/keys", key, "").await
+    }
+
+    async fn revoke_with(&self, key: &ApiKey, id: &KeyId) -> Answer {
+        let path = format!("/api/v1/keys/{id}");
+        self.call(Method::DELETE, &path, key.expose_secret(), "")
+            .await
+    }
+
+    /// The demo's keys, managed directly, at the demo's time.
+    fn keys(&self) -> KeyManager<S> {
+        KeyManager::new(self.store.clone()).clock(self.clock.clone())
+    }
+
+    /// A key of the demo's account made directly, `customize`d from a pro-tier key named
+    /// `name`: on the pro tier, so that it can create more keys than the free tier's 3.
+    async fn add(&self, name: &str, customize: impl FnOnce(NewKey) -> NewKey) -> CreatedKey {
+        let new = customize(NewKey::new(&self.account, Tier::PRO, name));
+        self.keys().create(new).await.unwrap()
+    }
+
+    async fn is_revoked(&self, id: &KeyId) -> bool {
+        let listed = self.keys().list(&self.account).await.unwrap();
+        let info = listed.iter().find(|info| info.id == *id).unwrap();
+        info.revoked_at.is_some()
     }
 
     async fn iocs_with(&self, key: &str) -> Answer {
@@ -469,4 +498,108 @@ async fn submitting_an_indicator_needs_a_live_key_with_iocs_write() {
         .await;
     assert_eq!(by_live_key.status, StatusCode::ACCEPTED);
     assert_eq!(by_live_key.json()["status"], "received");
+}
+
+#[tokio::test]
+async fn restricted_live_key_cannot_revoke_a_full_access_key() {
+    let demo = Demo::start().await;
+    let manager = demo.add("manager", |new| new.scopes(["keys:write"])).await;
+    let answer = demo.revoke_with(&manager.key, &demo.key_id).await;
+    assert_envelope(&answer, StatusCode::FORBIDDEN, "key_too_powerful");
+    assert!(!demo.is_revoked(&demo.key_id).await);
+}
+
+#[tokio::test]
+async fn restricted_key_cannot_revoke_a_key_with_a_scope_it_lacks() {
+    let demo = Demo::start().await;
+    let scopes = ["iocs:read", "keys:write"];
+    let manager = demo.add("manager", |new| new.scopes(scopes)).await;
+    let writer = demo.add("writer", |new| new.scopes(["iocs:write"])).await;
+    let answer = demo.revoke_with(&manager.key, &writer.info.id).await;
+    assert_envelope(&answer, StatusCode::FORBIDDEN, "key_too_powerful");
+    let message = answer.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("\"iocs:write\""), "{message}");
+    assert!(!demo.is_revoked(&writer.info.id).await);
+}
+
+#[tokio::test]
+async fn key_created_by_an_expiring_key_expires_with_it_by_default() {
+    let demo = Demo::start().await;
+    let hourly = demo
+        .add("hourly", |new| new.expires_in(Duration::from_secs(3600)))
+        .await;
+    let answer = demo.create_with(&hourly.key, r#"{"name": "child"}"#).await;
+    assert_eq!(answer.status, StatusCode::CREATED);
+    let hourly = serde_json::to_value(&hourly.info).unwrap();
+    assert_eq!(answer.json()["expires_at"], hourly["expires_at"]);
+}
+
+#[tokio::test]
+async fn expiring_key_cannot_create_a_key_that_expires_later_than_itself() {
+    let demo = Demo::start().await;
+    let hourly = demo
+        .add("hourly", |new| new.expires_in(Duration::from_secs(3600)))
+        .await;
+    let body = r#"{"name": "longer", "expires_in": 3601}"#;
+    let answer = demo.create_with(&hourly.key, body).await;
+    assert_envelope(&answer, StatusCode::FORBIDDEN, "key_too_powerful");
+    let listed = demo.keys().list(&demo.account).await.unwrap();
+    assert_eq!(listed.len(), 3, "nothing created");
+}
+
+#[tokio::test]
+async fn expiring_key_cannot_revoke_a_key_that_outlives_it() {
+    let demo = Demo::start().await;
+    let hourly = demo
+        .add("hourly", |new| new.expires_in(Duration::from_secs(3600)))
+        .await;
+    let answer = demo.revoke_with(&hourly.key, &demo.key_id).await;
+    assert_envelope(&answer, StatusCode::FORBIDDEN, "key_too_powerful");
+    assert!(!demo.is_revoked(&demo.key_id).await);
+}
+
+#[tokio::test]
+async fn full_access_live_key_revokes_any_key_of_its_account() {
+    let demo = Demo::start().await;
+    let hourly_reader = demo
+        .add("hourly reader", |new| {
+            new.scopes(["iocs:read"])
+                .expires_in(Duration::from_secs(3600))
+        })
+        .await;
+    for id in [&demo.test_key_id, &hourly_reader.info.id, &demo.key_id] {
+        let answer = demo.revoke_with(&demo.key, id).await;
+        assert_eq!(answer.status, StatusCode::NO_CONTENT, "{id}");
+        assert!(demo.is_revoked(id).await, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn restricted_key_creates_and_revokes_keys_with_some_of_its_scopes() {
+    let demo = Demo::start().await;
+    let scopes = ["iocs:read", "keys:write"];
+    let manager = demo.add("manager", |new| new.scopes(scopes)).await;
+    let body = r#"{"name": "reader", "scopes": ["iocs:read"]}"#;
+    let created = demo.create_with(&manager.key, body).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let id = KeyId::new(created.json()["id"].as_str().unwrap());
+    let answer = demo.revoke_with(&manager.key, &id).await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT);
+}
+
+#[tokio::test]
+async fn expiring_key_creates_and_revokes_keys_that_expire_no_later() {
+    let demo = Demo::start().await;
+    let hourly = demo
+        .add("hourly", |new| new.expires_in(Duration::from_secs(3600)))
+        .await;
+    let body = r#"{"name": "minute", "expires_in": 60}"#;
+    let created = demo.create_with(&hourly.key, body).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let id = KeyId::new(created.json()["id"].as_str().unwrap());
+    let answer = demo.revoke_with(&hourly.key, &id).await;
+    assert_eq!(answer.status, StatusCode::NO_CONTENT);
 }

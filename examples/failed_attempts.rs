@@ -21,10 +21,11 @@
 //!
 //! 1. If the client is blocked, answer 429 at once: the request never reaches `ApiKeyLayer`, so a
 //!    blocked client cannot test keys, not even the right one.
-//! 2. Otherwise pass the request on. Only when the answer is `401` does it count a failure
-//!    against the client, in a `governor` keyed rate limiter (GCRA: a burst, then a steady
-//!    refill). Successes are never counted: a client with a good key is not slowed down by its
-//!    own traffic, however heavy.
+//! 2. Otherwise pass the request on. Only when `ApiKeyLayer` refused the key (its response
+//!    carries an `AuthError`: a 401, or a gRPC refusal, which is an HTTP 200) does it count a
+//!    failure against the client, in a `governor` keyed rate limiter (GCRA: a burst, then a
+//!    steady refill). Successes are never counted: a client with a good key is not slowed down
+//!    by its own traffic, however heavy. Nor are the store's 503s.
 //! 3. The failure that uses up the quota blocks the client until the limiter would allow one
 //!    more, which is the `Retry-After` of the 429s it gets meanwhile. Refused requests do not
 //!    count, so waiting `Retry-After` always works.
@@ -70,7 +71,8 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use tokio::net::TcpListener;
 use tower_api_key::{
-    ApiKeyLayer, ErrorResponse, KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier,
+    ApiKeyLayer, AuthError, ErrorResponse, KeyFormat, KeyId, KeyIdentity, KeyRecord,
+    MemoryKeyStore, Tier,
 };
 
 const DEFAULT_PORT: u16 = 3002;
@@ -145,7 +147,7 @@ pub fn client_of(address: IpAddr) -> IpAddr {
     }
 }
 
-/// Refuses blocked clients before `ApiKeyLayer`, and counts the 401s it answers.
+/// Refuses blocked clients before `ApiKeyLayer`, and counts the keys it refuses.
 async fn limit_failed_attempts<C>(
     State(attempts): State<Arc<FailedAttempts<C>>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -163,16 +165,27 @@ where
             "Too many failed attempts from your address. Retry after the number of seconds in \
              the Retry-After header, with a valid API key.",
         )
-        .for_request(request.headers())
+        .for_request(&request)
         .retry_after(wait)
         .into_response()
         .map(Body::from);
     }
     let response = next.run(request).await;
-    if response.status() == StatusCode::UNAUTHORIZED {
+    if is_failed_attempt(&response) {
         attempts.record_failure(client);
     }
     response
+}
+
+/// Whether `ApiKeyLayer` refused the request for its key: a 401, or a gRPC call's HTTP 200 with
+/// `grpc-status: 16`. Known by the [`AuthError`] the layer puts on each refusal, so a 401 of the
+/// application's own is not counted, nor is a 503 of a store outage, which is not the client's
+/// doing.
+fn is_failed_attempt(response: &Response) -> bool {
+    response
+        .extensions()
+        .get::<AuthError>()
+        .is_some_and(|error| !matches!(error, AuthError::Unavailable(_)))
 }
 
 /// `/health` is open; `/api/whoami` needs a key from `store`, and failed attempts at it are

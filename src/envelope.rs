@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
-use http::{Response, StatusCode};
+use http::{Request, Response, StatusCode};
 
-use crate::grpc;
+use crate::grpc::{self, RequestHead};
 use crate::request_id::{request_id, X_REQUEST_ID};
 
 /// A refusal in the crate's JSON envelope, for answers the layer does not give itself: `429`
@@ -20,18 +20,17 @@ use crate::request_id::{request_id, X_REQUEST_ID};
 /// ```
 /// use std::time::Duration;
 ///
-/// use http::{HeaderMap, StatusCode};
+/// use http::{Request, StatusCode};
 /// use tower_api_key::ErrorResponse;
 ///
-/// let mut request_headers = HeaderMap::new();
-/// request_headers.insert("x-request-id", "req_42".parse().unwrap());
+/// let request = Request::get("/api").header("x-request-id", "req_42").body(()).unwrap();
 ///
 /// let response = ErrorResponse::new(
 ///     StatusCode::TOO_MANY_REQUESTS,
 ///     "rate_limited",
 ///     "Too many failed attempts. Retry after the time in the Retry-After header.",
 /// )
-/// .for_request(&request_headers)
+/// .for_request(&request)
 /// .retry_after(Duration::from_millis(1500))
 /// .into_response();
 ///
@@ -50,6 +49,7 @@ pub struct ErrorResponse {
     request_id: Option<HeaderValue>,
     grpc: bool,
     headers: HeaderMap,
+    extensions: http::Extensions,
 }
 
 impl ErrorResponse {
@@ -68,23 +68,36 @@ impl ErrorResponse {
             request_id: None,
             grpc: false,
             headers: HeaderMap::new(),
+            extensions: http::Extensions::new(),
         }
     }
 
-    /// Answers the request that has these headers: keeps its `X-Request-Id` when that is sane
-    /// (by the rule documented on [`ApiKeyLayer`](crate::ApiKeyLayer)), and answers a gRPC
-    /// call the gRPC way, as the layer does (HTTP 200, the status in `grpc-status`:
-    /// 7 PERMISSION_DENIED for a 403, 8 RESOURCE_EXHAUSTED for a 429, 16 UNAUTHENTICATED for
-    /// a 401, 14 UNAVAILABLE for a 503). Without this call, the response is JSON with a new id.
-    pub fn for_request(mut self, request_headers: &HeaderMap) -> Self {
-        self.request_id = Some(request_id(request_headers));
-        self.grpc = grpc::is_grpc(request_headers);
+    /// Answers `request`: keeps its `X-Request-Id` when that is sane (by the rule documented
+    /// on [`ApiKeyLayer`](crate::ApiKeyLayer)), and answers a gRPC call the gRPC way, as the
+    /// layer does (HTTP 200, the status in `grpc-status`: 7 PERMISSION_DENIED for a 403,
+    /// 8 RESOURCE_EXHAUSTED for a 429, 16 UNAUTHENTICATED for a 401, 14 UNAVAILABLE for a 503).
+    /// A gRPC call is a `POST` over HTTP/2 or with `te: trailers`, with a `Content-Type` of
+    /// `application/grpc`. Without this call, the response is JSON with a new id.
+    pub fn for_request<B>(self, request: &Request<B>) -> Self {
+        self.answering(request.into())
+    }
+
+    /// [`ErrorResponse::for_request`], for a request known by its head.
+    pub(crate) fn answering(mut self, request: RequestHead<'_>) -> Self {
+        self.request_id = Some(request_id(request.headers));
+        self.grpc = request.is_grpc_call();
         self
     }
 
     /// Adds a header to the response, such as a `WWW-Authenticate` challenge.
     pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.append(name, value);
+        self
+    }
+
+    /// Puts `value` in the response's extensions, where a layer outside can read it.
+    pub(crate) fn extension<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.extensions.insert(value);
         self
     }
 
@@ -113,6 +126,7 @@ impl ErrorResponse {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(X_REQUEST_ID, request_id);
         headers.extend(self.headers);
+        *response.extensions_mut() = self.extensions;
         response
     }
 }
@@ -225,30 +239,32 @@ mod tests {
 
     #[test]
     fn error_response_reuses_a_sane_request_id_and_replaces_an_insane_one() {
-        let mut headers = HeaderMap::new();
-        headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc-1"));
+        let with_id = |id| Request::get("/").header(X_REQUEST_ID, id).body(()).unwrap();
         let kept = ErrorResponse::new(StatusCode::NOT_FOUND, "not_found", "No such key.")
-            .for_request(&headers)
+            .for_request(&with_id("abc-1"))
             .into_response();
         assert_eq!(kept.headers()[X_REQUEST_ID], "abc-1");
         assert_eq!(body(&kept)["error"]["request_id"], "abc-1");
 
-        headers.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
         let replaced = ErrorResponse::new(StatusCode::NOT_FOUND, "not_found", "No such key.")
-            .for_request(&headers)
+            .for_request(&with_id("has space"))
             .into_response();
         assert_ne!(replaced.headers()[X_REQUEST_ID], "has space");
     }
 
     #[test]
     fn error_response_to_a_grpc_call_is_a_grpc_status() {
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        let call = Request::post("/pkg.Service/Method")
+            .version(http::Version::HTTP_2)
+            .header(CONTENT_TYPE, "application/grpc")
+            .body(())
+            .unwrap();
         let response = ErrorResponse::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Wait.")
-            .for_request(&headers)
+            .for_request(&call)
             .retry_after(Duration::from_secs(2))
             .into_response();
         assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
         assert_eq!(response.headers()["grpc-status"], "8");
         assert_eq!(response.headers()["grpc-message"], "rate_limited: Wait.");
         assert_eq!(response.headers()[RETRY_AFTER], "2");

@@ -31,7 +31,12 @@ use http::{Response, StatusCode};
 /// request id in `X-Request-Id` (see [`ApiKeyLayer`](crate::ApiKeyLayer) for where it comes
 /// from). Messages tell the caller what to do and never repeat the key or a store's error.
 /// [`ApiKeyLayer::error_response`](crate::ApiKeyLayer::error_response) replaces the body.
-#[derive(Debug)]
+///
+/// Every refusal of the layer, whatever renders it (gRPC included), carries its `AuthError` in
+/// the response's extensions, so that a layer outside can tell it from the inner service's own
+/// answers, for example to count failed attempts:
+/// `response.extensions().get::<AuthError>()`.
+#[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum AuthError {
     /// The request carried no key.
@@ -135,6 +140,11 @@ impl Rejection {
         &self.error
     }
 
+    /// Why the request was refused, taken out.
+    pub(crate) fn into_error(self) -> AuthError {
+        self.error
+    }
+
     /// What the caller should do, in English; never contains the key.
     pub fn message(&self) -> &str {
         &self.message
@@ -160,8 +170,8 @@ impl Rejection {
     }
 
     /// The answer to a gRPC call: HTTP 200 with `grpc-status` 16 (UNAUTHENTICATED), or 14
-    /// (UNAVAILABLE) when the store failed, `code: message` in `grpc-message`, and the request
-    /// id in `X-Request-Id`.
+    /// (UNAVAILABLE) when the store failed, `code: message` in `grpc-message`,
+    /// `Cache-Control: no-store`, and the request id in `X-Request-Id`.
     pub(crate) fn to_grpc_response(&self) -> Response<Bytes> {
         let mut response = grpc::response(self.error.status(), self.error.code(), self.message());
         (response.headers_mut()).insert(X_REQUEST_ID, self.request_id.clone());

@@ -41,7 +41,7 @@ impl<S: Send + Sync> FromRequestParts<S> for KeyIdentity {
             .get::<KeyIdentity>()
             .cloned()
             .ok_or_else(|| MissingIdentity {
-                response: Box::new(AccessError::MissingIdentity.error_response(&parts.headers)),
+                response: Box::new(AccessError::MissingIdentity.error_response((&*parts).into())),
             })
     }
 }
@@ -258,7 +258,7 @@ fn checked_identity(
         None => Err(AccessError::MissingIdentity),
     };
     verdict.map_err(|error| AccessRejection {
-        response: Box::new(error.error_response(&parts.headers)),
+        response: Box::new(error.error_response(parts.into())),
         error,
     })
 }

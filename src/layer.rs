@@ -19,7 +19,7 @@ use crate::body::ResponseBody;
 use crate::clock::{Clock, SystemClock};
 use crate::credentials::{key_in_query, CredentialError, CredentialHeaders};
 use crate::error::{AuthError, ErrorResponseFn, Messages, Rejection};
-use crate::grpc;
+use crate::grpc::RequestHead;
 use crate::identity::KeyIdentity;
 use crate::key::{KeyDigest, KeyFormat};
 use crate::mode::KeyMode;
@@ -55,9 +55,14 @@ use crate::store::{KeyRecord, KeyStore, StoreError};
 /// each an ASCII letter or digit or one of `-` `_` `.` `:`. Otherwise the layer makes a new one,
 /// `req_` and 32 random hexadecimal digits.
 ///
-/// A gRPC call (`Content-Type: application/grpc...`) is refused the way gRPC clients understand:
-/// HTTP 200 with `grpc-status: 16` (UNAUTHENTICATED), or `14` (UNAVAILABLE) when the store fails,
-/// and `grpc-message: <code>: <message>`, so `tonic` reports `Code::Unauthenticated`.
+/// A gRPC call (a `POST` over HTTP/2 or with `te: trailers`, with `Content-Type:
+/// application/grpc...`) is refused the way gRPC clients understand: HTTP 200 with
+/// `grpc-status: 16` (UNAUTHENTICATED), or `14` (UNAVAILABLE) when the store fails, and
+/// `grpc-message: <code>: <message>`, so `tonic` reports `Code::Unauthenticated`. Any other
+/// request gets the HTTP answer, whatever its `Content-Type`.
+///
+/// Every refusal carries `Cache-Control: no-store`, and its [`AuthError`] in the response's
+/// extensions, so that a layer outside can recognise it (a gRPC refusal is an HTTP 200).
 ///
 /// Each decision is one `tracing` event inside a `api_key_auth` span (DEBUG): `outcome`
 /// (`accepted` or the error code), `key_id` and `account_id` when accepted, and `request_id`
@@ -297,23 +302,26 @@ impl Config {
                 request.extensions_mut().insert(identity);
                 None
             }
-            Err(error) => Some(self.reject(error, request.uri(), request.headers())),
+            Err(error) => Some(self.reject(error, request)),
         }
     }
 
     /// The answer to a refused request: gRPC's for a gRPC call, else the hook's or the JSON
-    /// envelope.
-    fn reject(&self, error: AuthError, uri: &Uri, headers: &HeaderMap) -> Response<Bytes> {
-        let rejection = Rejection::new(error, &self.messages, request_id(headers));
-        self.log_refusal(&rejection, uri);
-        if grpc::is_grpc(headers) {
-            return rejection.to_grpc_response();
-        }
-        let mut response = match &self.error_response {
-            Some(render) => render(&rejection),
-            None => rejection.to_json_response(),
+    /// envelope; with the error in its extensions.
+    fn reject<B>(&self, error: AuthError, request: &Request<B>) -> Response<Bytes> {
+        let rejection = Rejection::new(error, &self.messages, request_id(request.headers()));
+        self.log_refusal(&rejection, request.uri());
+        let mut response = if RequestHead::from(request).is_grpc_call() {
+            rejection.to_grpc_response()
+        } else {
+            let mut response = match &self.error_response {
+                Some(render) => render(&rejection),
+                None => rejection.to_json_response(),
+            };
+            rejection.finish(&mut response);
+            response
         };
-        rejection.finish(&mut response);
+        response.extensions_mut().insert(rejection.into_error());
         response
     }
 
@@ -479,7 +487,7 @@ where
         let key = match self.config.read_key(&mut request) {
             Ok(key) => key,
             Err(error) => {
-                let response = self.config.reject(error, request.uri(), request.headers());
+                let response = self.config.reject(error, &request);
                 return ResponseFuture::rejected(response);
             }
         };

@@ -59,9 +59,10 @@
 //! # With tonic
 //!
 //! `Server::builder().layer(ApiKeyLayer::new(store))` protects every service of a tonic server
-//! (or wrap one service with tonic's `LayerExt::named_layer`). A gRPC call is refused the way
-//! gRPC clients read: HTTP 200 with `grpc-status` 16 (UNAUTHENTICATED), or 14 (UNAVAILABLE) when
-//! the store fails, and `grpc-message: <code>: <message>`. Handlers read the identity with
+//! (or wrap one service with tonic's `LayerExt::named_layer`). A gRPC call (a `POST` over HTTP/2
+//! or with `te: trailers`, `Content-Type: application/grpc`) is refused the way gRPC clients
+//! read: HTTP 200 with `grpc-status` 16 (UNAUTHENTICATED), or 14 (UNAVAILABLE) when the store
+//! fails, and `grpc-message: <code>: <message>`. Handlers read the identity with
 //! `request.extensions().get::<KeyIdentity>()`. `examples/tonic.rs` is a complete service.
 //!
 //! # Errors
@@ -79,8 +80,9 @@
 //! it has already leaked into logs.
 //!
 //! Every refusal carries `Cache-Control: no-store`, the request id in `X-Request-Id` (the
-//! request's own if it is sane, see [`ApiKeyLayer`]), and on 401 a `WWW-Authenticate: Bearer`
-//! challenge (RFC 6750). Replace the body with [`ApiKeyLayer::error_response`]; answer in the
+//! request's own if it is sane, see [`ApiKeyLayer`]), on 401 a `WWW-Authenticate: Bearer`
+//! challenge (RFC 6750), and its error ([`AuthError`], or [`AccessError`] for a 403) in the
+//! response's extensions, so that a layer outside can tell it from the application's answers. Replace the body with [`ApiKeyLayer::error_response`]; answer in the
 //! same envelope from your own code (a rate limiter's 429, a permission check's 403) with
 //! [`ErrorResponse`].
 //!

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, WWW_AUTHENTICATE};
 use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use serde::Serialize;
@@ -21,6 +21,7 @@ use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::envelope::ErrorResponse;
+use crate::grpc::RequestHead;
 use crate::identity::KeyIdentity;
 use crate::mode::KeyMode;
 
@@ -219,14 +220,16 @@ impl AccessError {
         }
     }
 
-    /// The answer, in the crate's envelope, with the request id taken from `request_headers`.
-    pub fn to_response(&self, request_headers: &HeaderMap) -> Response<Bytes> {
-        self.error_response(request_headers).into_response()
+    /// The answer to `request`, in the crate's envelope (see
+    /// [`ErrorResponse::for_request`]), with this error in its extensions.
+    pub fn to_response<B>(&self, request: &Request<B>) -> Response<Bytes> {
+        self.error_response(request.into()).into_response()
     }
 
-    pub(crate) fn error_response(&self, request_headers: &HeaderMap) -> ErrorResponse {
+    pub(crate) fn error_response(&self, request: RequestHead<'_>) -> ErrorResponse {
         let response = ErrorResponse::new(self.status(), self.code(), self.to_string())
-            .for_request(request_headers);
+            .answering(request)
+            .extension(self.clone());
         match self {
             Self::InsufficientScope { scope } => {
                 let challenge = format!(r#"Bearer error="insufficient_scope", scope="{scope}""#);
@@ -422,7 +425,7 @@ where
         },
         Err(error) => RequireFuture {
             kind: Kind::Rejected {
-                response: Some(error.to_response(request.headers())),
+                response: Some(error.to_response(&request)),
             },
         },
     }
@@ -553,7 +556,7 @@ mod tests {
         let error = AccessError::InsufficientScope {
             scope: "keys:write".into(),
         };
-        let response = error.to_response(&HeaderMap::new());
+        let response = error.to_response(&Request::new(()));
         assert_eq!(response.status(), StatusCode::FORBIDDEN);
         assert_eq!(
             response.headers()[WWW_AUTHENTICATE],

@@ -79,6 +79,23 @@ impl Server {
         Answer::read(client.request(request).await.unwrap()).await
     }
 
+    /// A gRPC-shaped `POST /api/whoami` (HTTP/1.1 with `te: trailers`) with a well-formed key
+    /// that the store does not know: refused the gRPC way, HTTP 200 with `grpc-status: 16`.
+    async fn grpc_call_with_bad_key(&self, from: IpAddr) -> Answer {
+        assert!(from.is_loopback(), "tests only talk over loopback");
+        let mut connector = HttpConnector::new();
+        connector.set_local_address(Some(from));
+        let client = Client::builder(TokioExecutor::new()).build::<_, Full<Bytes>>(connector);
+        let guess = KeyFormat::default().generate();
+        let request = Request::post(format!("http://{}/api/whoami", self.address))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .header("x-api-key", guess.expose_secret())
+            .body(Full::default())
+            .unwrap();
+        Answer::read(client.request(request).await.unwrap()).await
+    }
+
     async fn with_good_key(&self, from: IpAddr) -> Answer {
         self.whoami(from, &[("x-api-key", self.key.expose_secret())])
             .await
@@ -107,6 +124,18 @@ async fn failures_past_the_quota_get_429_with_retry_after_in_the_envelope() {
     let refused = server.with_bad_key(FIRST).await;
     assert_envelope(&refused, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
     assert_eq!(refused.header("retry-after"), REFILL.as_secs().to_string());
+}
+
+#[tokio::test]
+async fn refused_grpc_calls_count_as_failures() {
+    let server = Server::start().await;
+    for attempt in 1..=BURST {
+        let answer = server.grpc_call_with_bad_key(FIRST).await;
+        assert_eq!(answer.status, StatusCode::OK, "attempt {attempt}");
+        assert_eq!(answer.header("grpc-status"), "16", "attempt {attempt}");
+    }
+    let refused = server.with_bad_key(FIRST).await;
+    assert_envelope(&refused, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
 }
 
 #[tokio::test]

@@ -633,14 +633,64 @@ async fn inner_service_is_never_called_for_a_refused_request() {
     assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
+/// A gRPC call (an HTTP/2 `POST` with a gRPC content type) with `headers`.
 async fn send_grpc(layer: ApiKeyLayer, headers: &[(&str, &[u8])]) -> Answer {
-    let service = ServiceBuilder::new().layer(layer).service_fn(echo_identity);
     let mut request = request(headers);
+    *request.method_mut() = http::Method::POST;
+    *request.version_mut() = http::Version::HTTP_2;
+    send_with_grpc_content_type(layer, request).await
+}
+
+async fn send_with_grpc_content_type(
+    layer: ApiKeyLayer,
+    mut request: Request<Full<Bytes>>,
+) -> Answer {
+    let service = ServiceBuilder::new().layer(layer).service_fn(echo_identity);
     request.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/grpc"),
     );
     Answer::read(service.oneshot(request).await.unwrap()).await
+}
+
+#[tokio::test]
+async fn a_get_labelled_grpc_gets_the_http_refusal() {
+    let keys = Keys::new();
+    let answer = send_with_grpc_content_type(ApiKeyLayer::new(keys.store), request(&[])).await;
+    assert_envelope(&answer, StatusCode::UNAUTHORIZED, "missing_api_key");
+    assert!(!answer.headers.contains_key("grpc-status"));
+}
+
+#[tokio::test]
+async fn a_grpc_refusal_is_never_cached() {
+    let answer = send_grpc(ApiKeyLayer::new(Keys::new().store), &[]).await;
+    assert_eq!(answer.headers["grpc-status"], "16");
+    assert_eq!(answer.headers["cache-control"], "no-store");
+}
+
+#[tokio::test]
+async fn every_refusal_carries_its_auth_error_in_the_response_extensions() {
+    let keys = Keys::new();
+    let revoked = keys.revoked.expose_secret().to_owned();
+    let service = ServiceBuilder::new()
+        .layer(ApiKeyLayer::new(keys.store))
+        .service_fn(echo_identity);
+    let plain = request(&[("x-api-key", revoked.as_bytes())]);
+    let mut grpc = request(&[("x-api-key", revoked.as_bytes())]);
+    *grpc.method_mut() = http::Method::POST;
+    *grpc.version_mut() = http::Version::HTTP_2;
+    grpc.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    for request in [plain, grpc] {
+        let response = service.clone().oneshot(request).await.unwrap();
+        let error = response.extensions().get::<tower_api_key::AuthError>();
+        assert!(
+            matches!(error, Some(tower_api_key::AuthError::Expired)),
+            "{error:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -302,3 +302,23 @@ mod axum_extractor {
         assert_insufficient_scope(&answer, "keys:write");
     }
 }
+
+#[tokio::test]
+async fn a_scope_refusal_carries_its_access_error_in_the_response_extensions() {
+    let keys = manager();
+    let key = create(&keys, Some(&["iocs:read"])).await;
+    let service = ServiceBuilder::new()
+        .layer(keys.layer())
+        .layer(RequireScopeLayer::new("keys:write"))
+        .service_fn(echo_identity);
+    let response = service
+        .oneshot(common::request(&with_key(&key)))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let error = response.extensions().get::<AccessError>();
+    assert!(
+        matches!(error, Some(AccessError::InsufficientScope { scope }) if scope == "keys:write"),
+        "{error:?}"
+    );
+}

@@ -471,6 +471,7 @@ async fn every_path(layer: ApiKeyLayer, keys: &PathKeys, seen: &mut Seen) {
             "a gRPC call with a revoked key",
             vec![
                 ("content-type", "application/grpc".to_owned()),
+                ("te", "trailers".to_owned()),
                 ("x-api-key", secret_of(&keys.revoked)),
             ],
             StatusCode::OK, // gRPC answers its errors with HTTP 200 and a grpc-status
@@ -481,7 +482,10 @@ async fn every_path(layer: ApiKeyLayer, keys: &PathKeys, seen: &mut Seen) {
             .iter()
             .map(|(name, value)| (*name, value.as_bytes()))
             .collect();
-        let request = request(&headers);
+        let mut request = request(&headers);
+        if what.starts_with("a gRPC call") {
+            *request.method_mut() = http::Method::POST;
+        }
         let answer = call(&layer, request, seen).await;
         assert_eq!(answer.status, status, "{what}");
         seen.answer(what, &answer);

@@ -288,13 +288,15 @@ fn is_active(
 ///
 /// It displays as the error it wraps. The layer logs it (with `tracing`, at error level) and
 /// never sends it to the client.
-#[derive(Debug)]
-pub struct StoreError(Box<dyn Error + Send + Sync>);
+///
+/// Clones share the error they wrap.
+#[derive(Clone, Debug)]
+pub struct StoreError(Arc<dyn Error + Send + Sync>);
 
 impl StoreError {
     /// Wraps the backend's error (or a message).
     pub fn new(source: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
-        Self(source.into())
+        Self(Arc::from(source.into()))
     }
 }
 

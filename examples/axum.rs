@@ -38,7 +38,7 @@
 
 use std::net::Ipv4Addr;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -55,7 +55,7 @@ use tokio::net::TcpListener;
 use tower_api_key::{
     CreatedKey, KeyId, KeyIdentity, KeyInfo, KeyManager, KeyMode, ManageError, MemoryKeyStore,
     NewKey, Overreach, RequireModeLayer, RequireScopeLayer, RequiredScope, Scoped, Tier,
-    WritableKeyStore,
+    WritableKeyStore, MAX_LIFETIME,
 };
 
 const DEFAULT_PORT: u16 = 3000;
@@ -279,11 +279,23 @@ impl CreateKeyRequest {
         }
         match (self.expires_in, caller.expires_at) {
             (Some(seconds), _) => new = new.expires_in(positive_seconds(seconds)?),
-            (None, Some(own)) => new = new.expires_at(own),
+            (None, Some(own)) => new = new.expires_at(inherited_expiry(own)?),
             (None, None) => {}
         }
         Ok(new)
     }
+}
+
+/// The expiry a new key takes from its creator's, `own`: the same, but no further ahead than a
+/// key may live. A creator that expired since it authenticated creates nothing.
+fn inherited_expiry(own: SystemTime) -> Result<SystemTime, ApiError> {
+    let now = SystemTime::now();
+    if own <= now {
+        return Err(ApiError::caller_expired());
+    }
+    Ok(now
+        .checked_add(MAX_LIFETIME)
+        .map_or(own, |latest| own.min(latest)))
 }
 
 fn positive_seconds(seconds: i64) -> Result<Duration, ApiError> {
@@ -375,6 +387,15 @@ impl ApiError {
             status: StatusCode::FORBIDDEN,
             code: "key_too_powerful",
             message: format!("This key cannot {act}."),
+        }
+    }
+
+    /// The caller's key authenticated but has expired since.
+    fn caller_expired() -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            code: "expired_api_key",
+            message: "This key has expired. Use another key.".to_owned(),
         }
     }
 

@@ -35,7 +35,9 @@ use http::{Response, StatusCode};
 /// Every refusal of the layer, whatever renders it (gRPC included), carries its `AuthError` in
 /// the response's extensions, so that a layer outside can tell it from the inner service's own
 /// answers, for example to count failed attempts:
-/// `response.extensions().get::<AuthError>()`.
+/// `response.extensions().get::<AuthError>()`. (An `Unavailable` error holds the store's error,
+/// whose text may name a database host or user: it stays in the process, never in a response
+/// body or header.)
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub enum AuthError {

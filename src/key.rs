@@ -259,9 +259,12 @@ impl KeyFormat {
     ///
     /// # Panics
     ///
-    /// As [`KeyFormat::new`].
+    /// As [`KeyFormat::new`], and if `prefix` is already a prefix of live keys: a prefix names
+    /// one mode.
     pub fn test_prefix(mut self, prefix: impl Into<Cow<'static, str>>) -> Self {
-        self.test_prefix = Some(valid_prefix(prefix.into()));
+        let prefix = valid_prefix(prefix.into());
+        assert_one_mode(self.prefixes.contains(&prefix), &prefix);
+        self.test_prefix = Some(prefix);
         self
     }
 
@@ -270,9 +273,11 @@ impl KeyFormat {
     ///
     /// # Panics
     ///
-    /// As [`KeyFormat::new`].
+    /// As [`KeyFormat::new`], and if `prefix` is the test prefix: a prefix names one mode.
     pub fn also_accept(mut self, prefix: impl Into<Cow<'static, str>>) -> Self {
-        self.prefixes.push(valid_prefix(prefix.into()));
+        let prefix = valid_prefix(prefix.into());
+        assert_one_mode(self.test_prefix.as_ref() == Some(&prefix), &prefix);
+        self.prefixes.push(prefix);
         self
     }
 
@@ -315,15 +320,17 @@ impl KeyFormat {
 
     /// The mode that `key`'s prefix says, if the key is [well formed](KeyFormat::is_well_formed):
     /// test for the [test prefix](KeyFormat::test_prefix), live for any other. A key of an
-    /// [`unchecked`](KeyFormat::unchecked) format is a test key if the longest accepted prefix
-    /// it starts with is the test prefix.
+    /// [`unchecked`](KeyFormat::unchecked) format that is well formed under no prefix is a test
+    /// key if the longest accepted prefix it starts with is the test prefix.
     pub(crate) fn mode_of(&self, key: &[u8]) -> Option<KeyMode> {
-        let prefix = if self.checked {
-            Some(self.prefixes().find(|prefix| has_valid_body(key, prefix))?)
-        } else {
-            self.prefixes()
+        let well_formed = self.prefixes().find(|prefix| has_valid_body(key, prefix));
+        let prefix = match (well_formed, self.checked) {
+            (Some(prefix), _) => Some(prefix),
+            (None, true) => return None,
+            (None, false) => self
+                .prefixes()
                 .filter(|prefix| key.starts_with(prefix.as_bytes()))
-                .max_by_key(|prefix| prefix.len())
+                .max_by_key(|prefix| prefix.len()),
         };
         let is_test = prefix.is_some() && prefix == self.test_prefix.as_deref();
         Some(if is_test {
@@ -366,6 +373,13 @@ fn generate_with(prefix: &str) -> ApiKey {
     let check = checksum(key.as_bytes());
     key.extend(check.iter().map(|&byte| char::from(byte)));
     ApiKey(key)
+}
+
+fn assert_one_mode(clash: bool, prefix: &str) {
+    assert!(
+        !clash,
+        "the key prefix {prefix:?} cannot name both live and test keys"
+    );
 }
 
 fn valid_prefix(prefix: Cow<'static, str>) -> Cow<'static, str> {
@@ -554,6 +568,32 @@ mod tests {
         assert_eq!(unchecked.mode_of(b"sk_live_legacy"), Some(KeyMode::Live));
         assert_eq!(unchecked.mode_of(b"sk_legacy"), Some(KeyMode::Test));
         assert_eq!(unchecked.mode_of(b"legacy"), Some(KeyMode::Live));
+    }
+
+    #[test]
+    fn an_unchecked_format_reads_a_well_formed_key_s_mode_from_its_body() {
+        let format = KeyFormat::new("sk_").test_prefix("sk_t").unchecked();
+        // One live key in 62 has a body that starts with `t`, so it starts with the test prefix.
+        let live = std::iter::repeat_with(|| format.generate())
+            .take(100_000)
+            .find(|key| key.expose_secret().starts_with("sk_t"))
+            .expect("a live key starting with sk_t");
+        assert_eq!(
+            format.mode_of(live.expose_secret().as_bytes()),
+            Some(KeyMode::Live)
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot name both live and test keys")]
+    fn a_test_prefix_cannot_be_a_live_prefix() {
+        let _ = KeyFormat::new("sk_").test_prefix("sk_");
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot name both live and test keys")]
+    fn an_additional_live_prefix_cannot_be_the_test_prefix() {
+        let _ = KeyFormat::default().also_accept("sk_test_");
     }
 
     #[test]

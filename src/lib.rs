@@ -70,7 +70,7 @@
 //! | Status | `code`                       | When                                              |
 //! |--------|------------------------------|---------------------------------------------------|
 //! | 401    | `missing_api_key`            | no key in either header                           |
-//! | 401    | `invalid_api_key`            | malformed, bad checksum, unknown, deleted, or two different keys |
+//! | 401    | `invalid_api_key`            | malformed, bad checksum, unknown, deleted, two different keys, or a record whose mode is not its prefix's |
 //! | 401    | `expired_api_key`            | revoked, or past its expiry                       |
 //! | 503    | `authentication_unavailable` | the store failed: the request is refused, never let through |
 //! | 403    | `insufficient_scope`         | the key lacks the scope of a [`RequireScopeLayer`] |
@@ -81,7 +81,7 @@
 //!
 //! Every refusal carries `Cache-Control: no-store`, the request id in `X-Request-Id` (the
 //! request's own if it is sane, see [`ApiKeyLayer`]), on 401 a `WWW-Authenticate: Bearer`
-//! challenge (RFC 6750), and its error ([`AuthError`], or [`AccessError`] for a 403) in the
+//! challenge (RFC 6750), and its error ([`AuthError`], or [`AccessError`] for a 403 or 500) in the
 //! response's extensions, so that a layer outside can tell it from the application's answers. Replace the body with [`ApiKeyLayer::error_response`]; answer in the
 //! same envelope from your own code (a rate limiter's 429, a permission check's 403) with
 //! [`ErrorResponse`].

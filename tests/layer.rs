@@ -669,6 +669,45 @@ async fn a_grpc_refusal_is_never_cached() {
 }
 
 #[tokio::test]
+async fn refusals_of_every_kind_carry_their_auth_error() {
+    let keys = Keys::new();
+    let active = keys.active.expose_secret().to_owned();
+    let in_query = Request::get(format!("/api?api_key={active}"))
+        .body(Full::default())
+        .unwrap();
+    let rendered = ApiKeyLayer::new(keys.store.clone())
+        .error_response(|_: &Rejection| Response::new(Bytes::from_static(b"refused")));
+    let failing = ApiKeyLayer::new(FailingStore);
+    let cases: [(&str, ApiKeyLayer, Request<Full<Bytes>>, &str); 4] = [
+        (
+            "missing",
+            ApiKeyLayer::new(keys.store.clone()),
+            request(&[]),
+            "missing_api_key",
+        ),
+        (
+            "in the query",
+            ApiKeyLayer::new(keys.store.clone()),
+            in_query,
+            "invalid_api_key",
+        ),
+        ("custom body", rendered, request(&[]), "missing_api_key"),
+        (
+            "store down",
+            failing,
+            request(&[("x-api-key", active.as_bytes())]),
+            "authentication_unavailable",
+        ),
+    ];
+    for (what, layer, request, code) in cases {
+        let service = ServiceBuilder::new().layer(layer).service_fn(echo_identity);
+        let response = service.oneshot(request).await.unwrap();
+        let error = response.extensions().get::<tower_api_key::AuthError>();
+        assert_eq!(error.map(|error| error.code()), Some(code), "{what}");
+    }
+}
+
+#[tokio::test]
 async fn every_refusal_carries_its_auth_error_in_the_response_extensions() {
     let keys = Keys::new();
     let revoked = keys.revoked.expose_secret().to_owned();

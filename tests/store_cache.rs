@@ -45,6 +45,8 @@ struct Probe {
     gate: Option<Arc<Notify>>,
     /// When set, a revocation or deletion commits, then waits this long before answering.
     write_delay: Option<Duration>,
+    /// When set, a revocation waits this long before it commits.
+    commit_delay: Option<Duration>,
 }
 
 impl Probe {
@@ -96,6 +98,9 @@ impl tower_api_key::WritableKeyStore for Probe {
         key_id: &KeyId,
         at: SystemTime,
     ) -> Result<Option<KeyRecord>, StoreError> {
+        if let Some(delay) = self.commit_delay {
+            tokio::time::sleep(delay).await;
+        }
         let revoked = self.inner.revoke(account_id, key_id, at).await;
         self.answer_late().await;
         revoked
@@ -386,4 +391,29 @@ async fn a_deletion_cut_short_after_the_store_committed_is_seen_at_once() {
     let cut_short = tokio::time::timeout(Duration::from_millis(50), delete).await;
     assert!(cut_short.is_err(), "the deletion was to time out");
     assert_eq!(verdict_through(cache, &key).await, "invalid_api_key");
+}
+
+#[tokio::test]
+async fn a_revocation_that_commits_after_its_caller_left_is_seen_once_it_commits() {
+    use tower_api_key::WritableKeyStore;
+    let probe = Probe {
+        commit_delay: Some(Duration::from_millis(200)),
+        ..Probe::default()
+    };
+    let (key, record) = stored_key(&probe.inner);
+    let cache = CachedKeyStore::new(probe.clone());
+    let revoke = cache.revoke("acct_1", record.identity.key_id(), SystemTime::now());
+    let cut_short = tokio::time::timeout(Duration::from_millis(20), revoke).await;
+    assert!(cut_short.is_err(), "the revocation was to time out");
+    // Not committed yet: the key still works, and its record is cached again.
+    assert_eq!(verdict_through(cache.clone(), &key).await, "ok");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while verdict_through(cache.clone(), &key).await == "ok" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the revocation committed, but this instance still accepts the key"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(verdict_through(cache, &key).await, "expired_api_key");
 }

@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -61,9 +62,10 @@ impl Cached {
 ///   of one bad key does not reach the database. Store errors are never cached.
 /// - Concurrent lookups of one key wait for a single call to the store.
 /// - Creating, revoking, deleting and rotating through this wrapper update this instance at
-///   once, including lookups that were in flight during the change, and also when the call is
-///   dropped before the store answers (a client disconnect, a timeout): then every entry is
-///   dropped, since the store may have committed the change.
+///   once, including lookups that were in flight during the change. A call dropped before the
+///   store answers (a client disconnect, a timeout) drops every entry, since the store may have
+///   committed the change; the write itself runs on to its end (on the tokio runtime) and
+///   updates this instance again then, in case the store commits later.
 ///
 /// **Staleness bound**: another instance (another process with its own cache) may go on
 /// accepting a key revoked, deleted or rotated out elsewhere for at most `ttl` (10 seconds by
@@ -80,9 +82,9 @@ impl Cached {
 /// let store = CachedKeyStore::new(MemoryKeyStore::new()).ttl(Duration::from_secs(5));
 /// let layer = ApiKeyLayer::new(store);
 /// ```
-#[derive(Clone)]
 pub struct CachedKeyStore<S> {
-    inner: S,
+    // Shared with the writes it runs, which finish even when their caller goes away.
+    inner: Arc<S>,
     // quick_cache: a hit is one shard read lock and a hash lookup, and its S3-FIFO eviction keeps
     // a flood of one-off keys from pushing out keys in regular use. Seeded, because negative entries
     // hold lookup ids that callers chose (by grinding keys), and fast: SipHash cost as much as
@@ -118,7 +120,7 @@ impl<S: KeyStore> CachedKeyStore<S> {
     /// keys for 5 seconds.
     pub fn new(inner: S) -> Self {
         Self::with_config(
-            inner,
+            Arc::new(inner),
             CacheConfig {
                 max_capacity: DEFAULT_MAX_CAPACITY,
                 ttl: DEFAULT_TTL,
@@ -170,7 +172,7 @@ impl<S: KeyStore> CachedKeyStore<S> {
         &self.inner
     }
 
-    fn with_config(inner: S, config: CacheConfig) -> Self {
+    fn with_config(inner: Arc<S>, config: CacheConfig) -> Self {
         // 0 caches nothing (lookups are still shared). quick_cache splits the capacity over
         // its shards, rounding each share up: the cache may hold a few entries more.
         let capacity = config.max_capacity;
@@ -192,33 +194,53 @@ impl<S: KeyStore> CachedKeyStore<S> {
 
     /// The write generation of `lookup_id`'s stripe.
     fn generation(&self, lookup_id: &LookupId) -> &AtomicU64 {
-        &self.writes[usize::from(lookup_id.as_bytes()[0]) % STRIPES]
+        &self.writes[stripe(lookup_id)]
     }
 
-    /// Runs a write of the inner store; once it is done, retires what was cached of
-    /// `lookup_ids`, including lookups still in flight.
-    /// `lookup_ids` answers `None` when the write failed without saying what changed (it may
-    /// have timed out after the store committed): then every entry is retired. So is every
-    /// entry when the write is dropped before it finishes (a client went away, a timeout fired):
-    /// the store may have committed it.
-    async fn write<T>(
+    /// Runs `write`, a write of the inner store, to its end even if the caller goes away; once
+    /// it is done, retires what was cached of the `lookup_ids` it changed, including lookups
+    /// still in flight. `lookup_ids` answers `None` when the write failed without saying what
+    /// changed (it may have timed out after the store committed): then every entry is retired.
+    ///
+    /// A caller that goes away before the write is done (a client disconnect, a timeout) retires
+    /// every entry at once, as the store may have committed already; the write still retires
+    /// its own when it ends, in case the store commits later.
+    async fn write<T, E>(
         &self,
-        write: impl std::future::Future<Output = T>,
-        lookup_ids: impl FnOnce(&T) -> Option<Vec<LookupId>>,
-    ) -> T {
-        let unfinished = RetireAllOnDrop(self);
-        let result = write.await;
+        write: impl Future<Output = Result<T, E>> + Send + 'static,
+        lookup_ids: impl FnOnce(&Result<T, E>) -> Option<Vec<LookupId>> + Send + 'static,
+    ) -> Result<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+    {
+        let retirer = self.retirer();
+        let unfinished = RetireAllOnDrop(retirer.clone());
+        let finish = async move {
+            let result = write.await;
+            retirer.retire(lookup_ids(&result));
+            result
+        };
+        let result = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => match runtime.spawn(finish).await {
+                Ok(result) => result,
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                Err(_) => Err(StoreError::new(
+                    "the write was cancelled: the runtime is shutting down",
+                )
+                .into()),
+            },
+            Err(_) => finish.await,
+        };
         unfinished.disarm();
-        match lookup_ids(&result) {
-            Some(lookup_ids) => {
-                for lookup_id in lookup_ids {
-                    self.generation(&lookup_id).fetch_add(1, Ordering::SeqCst);
-                    self.records.remove(&lookup_id);
-                }
-            }
-            None => self.retire_all(),
-        }
         result
+    }
+
+    fn retirer(&self) -> Retirer {
+        Retirer {
+            records: Arc::clone(&self.records),
+            writes: Arc::clone(&self.writes),
+        }
     }
 
     /// Reads `lookup_id` from the store and caches it; concurrent callers share one read.
@@ -266,13 +288,46 @@ impl<S: KeyStore> CachedKeyStore<S> {
     }
 }
 
-impl<S> CachedKeyStore<S> {
-    /// Makes every cached entry, and every lookup in flight, stale.
-    fn retire_all(&self) {
-        self.writes
-            .iter()
-            .for_each(|generation| _ = generation.fetch_add(1, Ordering::SeqCst));
-        self.records.clear();
+/// What retires cached entries after a write, apart from the store, so that it can outlive the
+/// call that started the write.
+#[derive(Clone)]
+struct Retirer {
+    records: Records,
+    writes: Arc<[AtomicU64; STRIPES]>,
+}
+
+impl Retirer {
+    /// Makes the entries of `lookup_ids` stale, or every entry for `None`; lookups in flight
+    /// included.
+    fn retire(&self, lookup_ids: Option<Vec<LookupId>>) {
+        let Some(lookup_ids) = lookup_ids else {
+            self.writes
+                .iter()
+                .for_each(|generation| _ = generation.fetch_add(1, Ordering::SeqCst));
+            self.records.clear();
+            return;
+        };
+        for lookup_id in lookup_ids {
+            self.writes[stripe(&lookup_id)].fetch_add(1, Ordering::SeqCst);
+            self.records.remove(&lookup_id);
+        }
+    }
+}
+
+/// The stripe of write generations that `lookup_id` belongs to.
+fn stripe(lookup_id: &LookupId) -> usize {
+    usize::from(lookup_id.as_bytes()[0]) % STRIPES
+}
+
+impl<S> Clone for CachedKeyStore<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            records: Arc::clone(&self.records),
+            in_flight: Arc::clone(&self.in_flight),
+            writes: Arc::clone(&self.writes),
+            config: self.config.clone(),
+        }
     }
 }
 
@@ -320,8 +375,9 @@ impl<S: WritableKeyStore> WritableKeyStore for CachedKeyStore<S> {
             let retired = records.iter().find(|old| old.identity.key_id() == retiring);
             changed.extend(retired.map(|old| old.digest.lookup_id()));
         }
-        self.write(self.inner.create(record, quota), |_| Some(changed))
-            .await
+        let inner = Arc::clone(&self.inner);
+        let write = async move { inner.create(record, quota).await };
+        self.write(write, |_| Some(changed)).await
     }
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
@@ -334,8 +390,13 @@ impl<S: WritableKeyStore> WritableKeyStore for CachedKeyStore<S> {
         key_id: &KeyId,
         at: SystemTime,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        self.write(self.inner.revoke(account_id, key_id, at), changed_lookup_id)
-            .await
+        let (inner, account_id, key_id) = (
+            Arc::clone(&self.inner),
+            account_id.to_owned(),
+            key_id.clone(),
+        );
+        let write = async move { inner.revoke(&account_id, &key_id, at).await };
+        self.write(write, changed_lookup_id).await
     }
 
     async fn delete(
@@ -343,24 +404,29 @@ impl<S: WritableKeyStore> WritableKeyStore for CachedKeyStore<S> {
         account_id: &str,
         key_id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        self.write(self.inner.delete(account_id, key_id), changed_lookup_id)
-            .await
+        let (inner, account_id, key_id) = (
+            Arc::clone(&self.inner),
+            account_id.to_owned(),
+            key_id.clone(),
+        );
+        let write = async move { inner.delete(&account_id, &key_id).await };
+        self.write(write, changed_lookup_id).await
     }
 }
 
-/// Retires every cached entry when dropped: a write that did not finish may have changed any.
-struct RetireAllOnDrop<'a, S>(&'a CachedKeyStore<S>);
+/// Retires every cached entry when dropped: a write whose caller went away may have changed any.
+struct RetireAllOnDrop(Retirer);
 
-impl<S> RetireAllOnDrop<'_, S> {
-    /// The write finished: its caller retires what it changed.
+impl RetireAllOnDrop {
+    /// The caller saw the write end, which retired what it changed.
     fn disarm(self) {
         std::mem::forget(self);
     }
 }
 
-impl<S> Drop for RetireAllOnDrop<'_, S> {
+impl Drop for RetireAllOnDrop {
     fn drop(&mut self) {
-        self.0.retire_all();
+        self.0.retire(None);
     }
 }
 

@@ -49,7 +49,6 @@ pub struct ErrorResponse {
     request_id: Option<HeaderValue>,
     grpc: bool,
     headers: HeaderMap,
-    extensions: http::Extensions,
 }
 
 impl ErrorResponse {
@@ -68,7 +67,6 @@ impl ErrorResponse {
             request_id: None,
             grpc: false,
             headers: HeaderMap::new(),
-            extensions: http::Extensions::new(),
         }
     }
 
@@ -78,26 +76,15 @@ impl ErrorResponse {
     /// 8 RESOURCE_EXHAUSTED for a 429, 16 UNAUTHENTICATED for a 401, 14 UNAVAILABLE for a 503).
     /// A gRPC call is a `POST` over HTTP/2 or with `te: trailers`, with a `Content-Type` of
     /// `application/grpc`. Without this call, the response is JSON with a new id.
-    pub fn for_request<B>(self, request: &Request<B>) -> Self {
-        self.answering(request.into())
-    }
-
-    /// [`ErrorResponse::for_request`], for a request known by its head.
-    pub(crate) fn answering(mut self, request: RequestHead<'_>) -> Self {
-        self.request_id = Some(request_id(request.headers));
-        self.grpc = request.is_grpc_call();
+    pub fn for_request<B>(mut self, request: &Request<B>) -> Self {
+        self.request_id = Some(request_id(request.headers()));
+        self.grpc = RequestHead::from(request).is_grpc_call();
         self
     }
 
     /// Adds a header to the response, such as a `WWW-Authenticate` challenge.
     pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.append(name, value);
-        self
-    }
-
-    /// Puts `value` in the response's extensions, where a layer outside can read it.
-    pub(crate) fn extension<T: Clone + Send + Sync + 'static>(mut self, value: T) -> Self {
-        self.extensions.insert(value);
         self
     }
 
@@ -126,7 +113,6 @@ impl ErrorResponse {
         headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
         headers.insert(X_REQUEST_ID, request_id);
         headers.extend(self.headers);
-        *response.extensions_mut() = self.extensions;
         response
     }
 }

@@ -1,39 +1,47 @@
-//! Why a request was refused, and the response that says so.
+//! Why a request was refused, and the one function that answers every refusal: [`Refusals`].
 
+use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use crate::credentials::CredentialHeaders;
 use crate::envelope::envelope;
-use crate::grpc;
+use crate::grpc::{self, RequestHead};
 use crate::key::KeyFormat;
-use crate::request_id::X_REQUEST_ID;
+use crate::mode::KeyMode;
+use crate::request_id::{request_id, X_REQUEST_ID};
 use crate::store::StoreError;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
-/// Why the layer refused a request.
+/// Why the crate refused a request: the layer (401, 503), a scope or mode check (403), or a
+/// route that no layer authenticated (500).
 ///
 /// Every refusal is answered with the same JSON envelope,
 /// `{"error":{"code":"...","message":"...","request_id":"req_..."}}`:
 ///
-/// | Variant       | Status | `code`                       | `WWW-Authenticate`             |
-/// |---------------|--------|------------------------------|--------------------------------|
-/// | `Missing`     | 401    | `missing_api_key`            | `Bearer`                       |
-/// | `Conflicting` | 401    | `invalid_api_key`            | `Bearer error="invalid_token"` |
-/// | `KeyInQuery`  | 401    | `invalid_api_key`            | `Bearer error="invalid_request"` |
-/// | `Invalid`     | 401    | `invalid_api_key`            | `Bearer error="invalid_token"` |
-/// | `Expired`     | 401    | `expired_api_key`            | `Bearer error="invalid_token"` |
-/// | `Unavailable` | 503    | `authentication_unavailable` | (none)                         |
+/// | Variant             | Status | `code`                       | `WWW-Authenticate`               |
+/// |---------------------|--------|------------------------------|----------------------------------|
+/// | `Missing`           | 401    | `missing_api_key`            | `Bearer`                         |
+/// | `Conflicting`       | 401    | `invalid_api_key`            | `Bearer error="invalid_token"`   |
+/// | `KeyInQuery`        | 401    | `invalid_api_key`            | `Bearer error="invalid_request"` |
+/// | `Invalid`           | 401    | `invalid_api_key`            | `Bearer error="invalid_token"`   |
+/// | `Expired`           | 401    | `expired_api_key`            | `Bearer error="invalid_token"`   |
+/// | `Unavailable`       | 503    | `authentication_unavailable` | (none)                           |
+/// | `InsufficientScope` | 403    | `insufficient_scope`         | `Bearer error="insufficient_scope", scope="..."` |
+/// | `WrongMode`         | 403    | `live_key_required`, `test_key_required` | (none)               |
+/// | `MissingIdentity`   | 500    | `internal_error`             | (none)                           |
 ///
 /// Each response also has `Content-Type: application/json`, `Cache-Control: no-store`, and the
 /// request id in `X-Request-Id` (see [`ApiKeyLayer`](crate::ApiKeyLayer) for where it comes
 /// from). Messages tell the caller what to do and never repeat the key or a store's error.
-/// [`ApiKeyLayer::error_response`](crate::ApiKeyLayer::error_response) replaces the body.
+/// [`ApiKeyLayer::error_response`](crate::ApiKeyLayer::error_response) replaces the body of
+/// every one of them, the 403s of [`RequireScopeLayer`](crate::RequireScopeLayer),
+/// [`RequireModeLayer`](crate::RequireModeLayer) and the axum extractors included.
 ///
-/// Every refusal of the layer, whatever renders it (gRPC included), carries its `AuthError` in
-/// the response's extensions, so that a layer outside can tell it from the inner service's own
+/// Every refusal, whatever renders it (gRPC included), carries its `AuthError` in the
+/// response's extensions, so that a layer outside can tell it from the inner service's own
 /// answers, for example to count failed attempts:
 /// `response.extensions().get::<AuthError>()`. (An `Unavailable` error holds the store's error,
 /// whose text may name a database host or user: it stays in the process, never in a response
@@ -55,14 +63,34 @@ pub enum AuthError {
     Expired,
     /// The store could not be asked; the request is refused, not let through.
     Unavailable(StoreError),
+    /// The key is restricted, and `scope` is not one of its scopes (RFC 6750 §3.1).
+    InsufficientScope {
+        /// The scope the route requires.
+        scope: Cow<'static, str>,
+    },
+    /// The key is of the other mode than the route requires.
+    WrongMode {
+        /// The mode the route requires.
+        required: KeyMode,
+    },
+    /// The request carries no [`KeyIdentity`](crate::KeyIdentity): a check runs outside
+    /// `ApiKeyLayer`, a server misconfiguration. Refused so that the route stays closed.
+    MissingIdentity,
 }
 
 impl AuthError {
-    /// The HTTP status of the response: 401, or 503 when the store is unavailable.
+    /// The HTTP status of the response: 401, 403 for a scope or mode check, 503 when the store
+    /// is unavailable, 500 for a route no layer authenticated.
     pub fn status(&self) -> StatusCode {
         match self {
+            Self::Missing
+            | Self::Conflicting
+            | Self::KeyInQuery
+            | Self::Invalid
+            | Self::Expired => StatusCode::UNAUTHORIZED,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope { .. } | Self::WrongMode { .. } => StatusCode::FORBIDDEN,
+            Self::MissingIdentity => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -73,16 +101,29 @@ impl AuthError {
             Self::Conflicting | Self::KeyInQuery | Self::Invalid => "invalid_api_key",
             Self::Expired => "expired_api_key",
             Self::Unavailable(_) => "authentication_unavailable",
+            Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::WrongMode {
+                required: KeyMode::Live,
+            } => "live_key_required",
+            Self::WrongMode {
+                required: KeyMode::Test,
+            } => "test_key_required",
+            Self::MissingIdentity => "internal_error",
         }
     }
 
-    /// The `WWW-Authenticate` challenge of RFC 6750, for 401 answers.
+    /// The `WWW-Authenticate` challenge of RFC 6750, for 401 answers and a missing scope.
     fn challenge(&self) -> Option<HeaderValue> {
         let challenge = match self {
             Self::Missing => "Bearer",
             Self::KeyInQuery => r#"Bearer error="invalid_request""#,
             Self::Conflicting | Self::Invalid | Self::Expired => r#"Bearer error="invalid_token""#,
-            Self::Unavailable(_) => return None,
+            Self::InsufficientScope { scope } => {
+                let challenge = format!(r#"Bearer error="insufficient_scope", scope="{scope}""#);
+                // Scopes are checked to be visible ASCII without quotes where they are made.
+                return HeaderValue::try_from(challenge).ok();
+            }
+            Self::Unavailable(_) | Self::WrongMode { .. } | Self::MissingIdentity => return None,
         };
         Some(HeaderValue::from_static(challenge))
     }
@@ -97,6 +138,11 @@ impl fmt::Display for AuthError {
             Self::Invalid => f.write_str("the API key is not valid"),
             Self::Expired => f.write_str("the API key was revoked or has expired"),
             Self::Unavailable(_) => f.write_str("the key store is unavailable"),
+            Self::InsufficientScope { scope } => {
+                write!(f, "the API key lacks the scope \"{scope}\"")
+            }
+            Self::WrongMode { required } => write!(f, "the route requires a {required} key"),
+            Self::MissingIdentity => f.write_str("no ApiKeyLayer authenticated the request"),
         }
     }
 }
@@ -123,16 +169,33 @@ pub struct Rejection {
 impl Rejection {
     pub(crate) fn new(error: AuthError, messages: &Messages, request_id: HeaderValue) -> Self {
         let message = match &error {
-            AuthError::Missing => &messages.missing,
-            AuthError::Conflicting => &messages.conflicting,
-            AuthError::KeyInQuery => &messages.key_in_query,
-            AuthError::Invalid => &messages.invalid,
-            AuthError::Expired => &messages.expired,
-            AuthError::Unavailable(_) => &messages.unavailable,
+            AuthError::Missing => Arc::clone(&messages.missing),
+            AuthError::Conflicting => Arc::clone(&messages.conflicting),
+            AuthError::KeyInQuery => Arc::clone(&messages.key_in_query),
+            AuthError::Invalid => Arc::clone(&messages.invalid),
+            AuthError::Expired => Arc::clone(&messages.expired),
+            AuthError::Unavailable(_) => Arc::clone(&messages.unavailable),
+            AuthError::InsufficientScope { scope } => format!(
+                "This API key does not have the scope \"{scope}\" that this endpoint requires. \
+                 Use a key that has it, or a key with full access."
+            )
+            .into(),
+            AuthError::WrongMode { required } => {
+                let used = match required {
+                    KeyMode::Live => KeyMode::Test,
+                    KeyMode::Test => KeyMode::Live,
+                };
+                format!(
+                    "This endpoint accepts {required} keys only, and the request used a {used} \
+                     key. Use a {required} key."
+                )
+                .into()
+            }
+            AuthError::MissingIdentity => Arc::clone(&messages.missing_identity),
         };
         Self {
             error,
-            message: Arc::clone(message),
+            message,
             request_id,
         }
     }
@@ -171,19 +234,19 @@ impl Rejection {
         response
     }
 
-    /// The answer to a gRPC call: HTTP 200 with `grpc-status` 16 (UNAUTHENTICATED), or 14
-    /// (UNAVAILABLE) when the store failed, `code: message` in `grpc-message`,
-    /// `Cache-Control: no-store`, and the request id in `X-Request-Id`.
-    pub(crate) fn to_grpc_response(&self) -> Response<Bytes> {
+    /// The answer to a gRPC call: HTTP 200 with `grpc-status` 16 (UNAUTHENTICATED) for a 401,
+    /// 7 (PERMISSION_DENIED) for a 403, 14 (UNAVAILABLE) when the store failed, `code: message`
+    /// in `grpc-message`, `Cache-Control: no-store`, and the request id in `X-Request-Id`.
+    fn to_grpc_response(&self) -> Response<Bytes> {
         let mut response = grpc::response(self.error.status(), self.error.code(), self.message());
         (response.headers_mut()).insert(X_REQUEST_ID, self.request_id.clone());
         response
     }
 
     /// Makes `response` a proper refusal whatever rendered it: the error's status, and
-    /// `Cache-Control: no-store`, `X-Request-Id` and, on a 401, `WWW-Authenticate` unless the
+    /// `Cache-Control: no-store`, `X-Request-Id` and its `WWW-Authenticate` challenge unless the
     /// response already has them.
-    pub(crate) fn finish(&self, response: &mut Response<Bytes>) {
+    fn finish(&self, response: &mut Response<Bytes>) {
         *response.status_mut() = self.error.status();
         let headers = response.headers_mut();
         headers
@@ -201,6 +264,67 @@ impl Rejection {
 /// A hook that renders a [`Rejection`] as a response, in place of the JSON envelope.
 pub(crate) type ErrorResponseFn = dyn Fn(&Rejection) -> Response<Bytes> + Send + Sync;
 
+/// How the crate answers refusals: the messages and the rendering hook of the
+/// [`ApiKeyLayer`](crate::ApiKeyLayer) that authenticated the request. The layer hands them on
+/// in the request's extensions, so that the scope and mode checks inside it answer alike.
+#[derive(Clone)]
+pub(crate) struct Refusals {
+    messages: Messages,
+    render: Option<Arc<ErrorResponseFn>>,
+}
+
+impl Refusals {
+    pub(crate) fn new(messages: Messages, render: Option<Arc<ErrorResponseFn>>) -> Self {
+        Self { messages, render }
+    }
+
+    /// The refusals of a request that no layer configured: the default messages, JSON.
+    pub(crate) fn fallback() -> &'static Self {
+        static DEFAULT: LazyLock<Refusals> = LazyLock::new(|| {
+            let messages = Messages::new(&KeyFormat::default(), &CredentialHeaders::default());
+            Refusals::new(messages, None)
+        });
+        &DEFAULT
+    }
+
+    /// The answer to `request`, refused for `error`: the one function behind every refusal of
+    /// the crate. A gRPC call gets gRPC's answer; any other the hook's or the JSON envelope,
+    /// with the protocol headers. The error goes in the response's extensions.
+    pub(crate) fn respond(&self, error: AuthError, request: RequestHead<'_>) -> Response<Bytes> {
+        let rejection = self.rejection(error, request_id(request.headers));
+        self.answer(rejection, request.is_grpc_call())
+    }
+
+    /// [`Refusals::respond`], for a rejection already made (and logged).
+    pub(crate) fn answer(&self, rejection: Rejection, grpc: bool) -> Response<Bytes> {
+        let mut response = if grpc {
+            rejection.to_grpc_response()
+        } else {
+            let mut response = match &self.render {
+                Some(render) => render(&rejection),
+                None => rejection.to_json_response(),
+            };
+            rejection.finish(&mut response);
+            response
+        };
+        response.extensions_mut().insert(rejection.into_error());
+        response
+    }
+
+    /// A rejection of `error`, with these messages.
+    pub(crate) fn rejection(&self, error: AuthError, request_id: HeaderValue) -> Rejection {
+        Rejection::new(error, &self.messages, request_id)
+    }
+}
+
+impl fmt::Debug for Refusals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Refusals")
+            .field("custom_error_response", &self.render.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The messages of the envelope, built once from the layer's configuration.
 #[derive(Clone, Debug)]
 pub(crate) struct Messages {
@@ -210,6 +334,7 @@ pub(crate) struct Messages {
     invalid: Arc<str>,
     expired: Arc<str>,
     unavailable: Arc<str>,
+    missing_identity: Arc<str>,
 }
 
 impl Messages {
@@ -247,6 +372,10 @@ impl Messages {
                       your integration."
                 .into(),
             unavailable: "API keys cannot be checked right now. Retry the request shortly.".into(),
+            missing_identity: "The server could not authenticate this request: its API key \
+                               check is not configured for this route. Contact the service's \
+                               operators."
+                .into(),
         }
     }
 }
@@ -284,6 +413,60 @@ mod tests {
             "API key is required. Include it in the Authorization header as \
              \"Bearer sk_live_...\" or in the X-API-Key header."
         );
+    }
+
+    #[test]
+    fn insufficient_scope_challenge_names_the_scope() {
+        let error = AuthError::InsufficientScope {
+            scope: "keys:write".into(),
+        };
+        let response = Refusals::fallback().respond(error, (&http::Request::new(())).into());
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            response.headers()[WWW_AUTHENTICATE],
+            r#"Bearer error="insufficient_scope", scope="keys:write""#
+        );
+    }
+
+    #[test]
+    fn every_refusal_has_its_documented_status_and_code() {
+        let cases = [
+            (AuthError::Missing, 401, "missing_api_key"),
+            (AuthError::Conflicting, 401, "invalid_api_key"),
+            (AuthError::KeyInQuery, 401, "invalid_api_key"),
+            (AuthError::Invalid, 401, "invalid_api_key"),
+            (AuthError::Expired, 401, "expired_api_key"),
+            (
+                AuthError::Unavailable(StoreError::new("down")),
+                503,
+                "authentication_unavailable",
+            ),
+            (
+                AuthError::InsufficientScope {
+                    scope: "keys:write".into(),
+                },
+                403,
+                "insufficient_scope",
+            ),
+            (
+                AuthError::WrongMode {
+                    required: KeyMode::Live,
+                },
+                403,
+                "live_key_required",
+            ),
+            (
+                AuthError::WrongMode {
+                    required: KeyMode::Test,
+                },
+                403,
+                "test_key_required",
+            ),
+            (AuthError::MissingIdentity, 500, "internal_error"),
+        ];
+        for (error, status, code) in cases {
+            assert_eq!((error.status().as_u16(), error.code()), (status, code));
+        }
     }
 
     #[test]

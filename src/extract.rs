@@ -10,10 +10,10 @@ use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 
-use crate::envelope::ErrorResponse;
+use crate::error::AuthError;
 use crate::identity::KeyIdentity;
 use crate::mode::KeyMode;
-use crate::scope::{is_valid_scope, AccessError};
+use crate::scope::{checked_identity, is_valid_scope, refusals_of};
 
 /// Extracts the identity that [`ApiKeyLayer`](crate::ApiKeyLayer) put in the request.
 ///
@@ -30,19 +30,13 @@ use crate::scope::{is_valid_scope, AccessError};
 ///     .layer(ApiKeyLayer::new(MemoryKeyStore::new()));
 /// ```
 ///
-/// On a route the layer does not cover, extraction fails with [`MissingIdentity`]; use
-/// `Option<KeyIdentity>` on routes where a key is optional.
+/// On a route the layer does not cover, extraction fails with `500`
+/// ([`AuthError::MissingIdentity`]); use `Option<KeyIdentity>` on routes where a key is optional.
 impl<S: Send + Sync> FromRequestParts<S> for KeyIdentity {
-    type Rejection = MissingIdentity;
+    type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<KeyIdentity>()
-            .cloned()
-            .ok_or_else(|| MissingIdentity {
-                response: Box::new(AccessError::MissingIdentity.error_response((&*parts).into())),
-            })
+        checked(parts, |_| Ok(()))
     }
 }
 
@@ -54,23 +48,6 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for KeyIdentity {
         _state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
         Ok(parts.extensions.get::<KeyIdentity>().cloned())
-    }
-}
-
-/// The rejection of the [`KeyIdentity`] extractor on a route that
-/// [`ApiKeyLayer`](crate::ApiKeyLayer) does not cover: a server misconfiguration.
-///
-/// It answers `500` with the crate's envelope and code `internal_error`, so that the route stays
-/// closed and the caller is not told to fix a key that is not at fault.
-#[derive(Debug)]
-pub struct MissingIdentity {
-    // Boxed: rejections are rare, and extraction results stay small.
-    response: Box<ErrorResponse>,
-}
-
-impl IntoResponse for MissingIdentity {
-    fn into_response(self) -> Response {
-        IntoResponse::into_response(*self.response)
     }
 }
 
@@ -113,7 +90,7 @@ pub trait RequiredScope: Send + Sync + 'static {
 ///
 /// A restricted key without the scope is refused with `403` `insufficient_scope` and its
 /// `WWW-Authenticate` challenge; a route outside [`ApiKeyLayer`](crate::ApiKeyLayer) answers
-/// `500` `internal_error` ([`AccessRejection`]). It dereferences to the [`KeyIdentity`].
+/// `500` `internal_error` ([`AuthRejection`]). It dereferences to the [`KeyIdentity`].
 ///
 /// ```
 /// use axum::{routing::post, Router};
@@ -172,7 +149,7 @@ impl<T: RequiredScope> fmt::Debug for Scoped<T> {
 }
 
 impl<S: Send + Sync, T: RequiredScope> FromRequestParts<S> for Scoped<T> {
-    type Rejection = AccessRejection;
+    type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         const {
@@ -182,15 +159,7 @@ impl<S: Send + Sync, T: RequiredScope> FromRequestParts<S> for Scoped<T> {
                  or backslashes"
             );
         }
-        let identity = checked_identity(parts, |identity| {
-            if identity.has_scope(T::SCOPE) {
-                Ok(())
-            } else {
-                Err(AccessError::InsufficientScope {
-                    scope: T::SCOPE.into(),
-                })
-            }
-        })?;
+        let identity = checked(parts, |identity| identity.require_scope(T::SCOPE))?;
         Ok(Self {
             identity,
             scope: PhantomData,
@@ -223,64 +192,58 @@ pub struct LiveKey(pub KeyIdentity);
 pub struct TestKey(pub KeyIdentity);
 
 impl<S: Send + Sync> FromRequestParts<S> for LiveKey {
-    type Rejection = AccessRejection;
+    type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        of_mode(parts, KeyMode::Live).map(Self)
+        checked(parts, |identity| identity.require_mode(KeyMode::Live)).map(Self)
     }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for TestKey {
-    type Rejection = AccessRejection;
+    type Rejection = AuthRejection;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        of_mode(parts, KeyMode::Test).map(Self)
+        checked(parts, |identity| identity.require_mode(KeyMode::Test)).map(Self)
     }
 }
 
-fn of_mode(parts: &Parts, required: KeyMode) -> Result<KeyIdentity, AccessRejection> {
-    checked_identity(parts, |identity| {
-        if identity.mode() == required {
-            Ok(())
-        } else {
-            Err(AccessError::WrongMode { required })
-        }
-    })
-}
-
-/// The request's identity if `check` passes it.
-fn checked_identity(
+/// The request's identity if `check` passes it, else the refusal, answered as the
+/// [`ApiKeyLayer`](crate::ApiKeyLayer) that authenticated the request answers refusals.
+fn checked(
     parts: &Parts,
-    check: impl FnOnce(&KeyIdentity) -> Result<(), AccessError>,
-) -> Result<KeyIdentity, AccessRejection> {
-    let verdict = match parts.extensions.get::<KeyIdentity>() {
-        Some(identity) => check(identity).map(|()| identity.clone()),
-        None => Err(AccessError::MissingIdentity),
-    };
-    verdict.map_err(|error| AccessRejection {
-        response: Box::new(error.error_response(parts.into())),
-        error,
-    })
+    check: impl FnOnce(&KeyIdentity) -> Result<(), AuthError>,
+) -> Result<KeyIdentity, AuthRejection> {
+    match checked_identity(&parts.extensions, check) {
+        Ok(identity) => Ok(identity.clone()),
+        Err(error) => {
+            let response = refusals_of(&parts.extensions).respond(error.clone(), parts.into());
+            Err(AuthRejection {
+                error,
+                response: Box::new(response),
+            })
+        }
+    }
 }
 
-/// The rejection of [`Scoped`], [`LiveKey`] and [`TestKey`]: the [`AccessError`], answered in
-/// the crate's envelope with the request's id.
+/// The rejection of the crate's extractors ([`KeyIdentity`], [`Scoped`], [`LiveKey`],
+/// [`TestKey`]): the [`AuthError`], answered as every refusal of the crate is (the JSON
+/// envelope, or the layer's [`error_response`](crate::ApiKeyLayer::error_response) hook).
 #[derive(Debug)]
-pub struct AccessRejection {
-    error: AccessError,
-    // Boxed, as in `MissingIdentity`.
-    response: Box<ErrorResponse>,
+pub struct AuthRejection {
+    error: AuthError,
+    // Boxed: rejections are rare, and extraction results stay small.
+    response: Box<http::Response<bytes::Bytes>>,
 }
 
-impl AccessRejection {
+impl AuthRejection {
     /// Why the request was refused.
-    pub fn error(&self) -> &AccessError {
+    pub fn error(&self) -> &AuthError {
         &self.error
     }
 }
 
-impl IntoResponse for AccessRejection {
+impl IntoResponse for AuthRejection {
     fn into_response(self) -> Response {
-        IntoResponse::into_response(*self.response)
+        self.response.map(axum_core::body::Body::from)
     }
 }

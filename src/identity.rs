@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::error::AuthError;
 use crate::mode::KeyMode;
 use crate::scope::Scopes;
 
@@ -281,6 +282,28 @@ impl KeyIdentity {
     /// Whether the key may do what `scope` allows: it has full access, or that scope.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes().is_none_or(|scopes| scopes.contains(scope))
+    }
+
+    /// The scope check of [`RequireScopeLayer`](crate::RequireScopeLayer) and the `Scoped`
+    /// extractor: `Ok` if the key [has](KeyIdentity::has_scope) `scope`, else
+    /// [`AuthError::InsufficientScope`] (`403`).
+    pub fn require_scope(&self, scope: &str) -> Result<(), AuthError> {
+        if self.has_scope(scope) {
+            return Ok(());
+        }
+        Err(AuthError::InsufficientScope {
+            scope: Cow::Owned(scope.to_owned()),
+        })
+    }
+
+    /// The mode check of [`RequireModeLayer`](crate::RequireModeLayer) and the `LiveKey` and
+    /// `TestKey` extractors: `Ok` if the key is of mode `required`, else
+    /// [`AuthError::WrongMode`] (`403`).
+    pub fn require_mode(&self, required: KeyMode) -> Result<(), AuthError> {
+        if self.mode() == required {
+            return Ok(());
+        }
+        Err(AuthError::WrongMode { required })
     }
 
     fn extras(&self) -> Option<&Extras> {

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::body::ResponseBody;
 use crate::clock::{Clock, SystemClock};
 use crate::credentials::{key_in_query, CredentialError, CredentialHeaders};
-use crate::error::{AuthError, ErrorResponseFn, Messages, Rejection};
+use crate::error::{AuthError, ErrorResponseFn, Messages, Refusals, Rejection};
 use crate::grpc::RequestHead;
 use crate::identity::KeyIdentity;
 use crate::key::{KeyDigest, KeyFormat};
@@ -114,8 +114,9 @@ struct Config {
     store: Arc<dyn KeyStore>,
     headers: CredentialHeaders,
     format: KeyFormat,
-    messages: Messages,
     error_response: Option<Arc<ErrorResponseFn>>,
+    /// How refusals are answered, from the settings above; handed on to the checks inside.
+    refusals: Arc<Refusals>,
     clock: Arc<dyn Clock>,
     last_used_interval: Duration,
 }
@@ -165,11 +166,14 @@ impl ApiKeyLayer {
     }
 
     /// Renders refusals with `render` instead of the JSON envelope, for example as RFC 9457
-    /// problem details.
+    /// problem details: the layer's own (401, 503) and those of the checks inside it
+    /// ([`RequireScopeLayer`](crate::RequireScopeLayer),
+    /// [`RequireModeLayer`](crate::RequireModeLayer) and the axum extractors, 403), which find
+    /// it in the request's extensions.
     ///
-    /// The layer still adds `Cache-Control: no-store`, `X-Request-Id` and, on a 401,
-    /// `WWW-Authenticate` to the response, unless `render` set them. gRPC calls are always
-    /// refused the gRPC way, without `render`.
+    /// The crate still sets the status and adds `Cache-Control: no-store`, `X-Request-Id` and
+    /// the `WWW-Authenticate` challenge to the response, unless `render` set them. gRPC calls are
+    /// always refused the gRPC way, without `render`.
     ///
     /// ```
     /// use bytes::Bytes;
@@ -220,7 +224,10 @@ impl ApiKeyLayer {
             config.headers.authorization.is_some() || config.headers.api_key.is_some(),
             "an ApiKeyLayer must read keys from at least one header"
         );
-        config.messages = Messages::new(&config.format, &config.headers);
+        config.refusals = Arc::new(Refusals::new(
+            Messages::new(&config.format, &config.headers),
+            config.error_response.clone(),
+        ));
         self
     }
 }
@@ -259,7 +266,7 @@ impl Config {
     fn new(store: Arc<dyn KeyStore>, headers: CredentialHeaders, format: KeyFormat) -> Self {
         Self {
             store,
-            messages: Messages::new(&format, &headers),
+            refusals: Arc::new(Refusals::new(Messages::new(&format, &headers), None)),
             headers,
             format,
             error_response: None,
@@ -299,7 +306,9 @@ impl Config {
         match verdict {
             Ok(identity) => {
                 log_acceptance(&identity, request.headers());
-                request.extensions_mut().insert(identity);
+                let extensions = request.extensions_mut();
+                extensions.insert(identity);
+                extensions.insert(Arc::clone(&self.refusals));
                 None
             }
             Err(error) => Some(self.reject(error, request)),
@@ -309,20 +318,12 @@ impl Config {
     /// The answer to a refused request: gRPC's for a gRPC call, else the hook's or the JSON
     /// envelope; with the error in its extensions.
     fn reject<B>(&self, error: AuthError, request: &Request<B>) -> Response<Bytes> {
-        let rejection = Rejection::new(error, &self.messages, request_id(request.headers()));
+        let rejection = self
+            .refusals
+            .rejection(error, request_id(request.headers()));
         self.log_refusal(&rejection, request.uri());
-        let mut response = if RequestHead::from(request).is_grpc_call() {
-            rejection.to_grpc_response()
-        } else {
-            let mut response = match &self.error_response {
-                Some(render) => render(&rejection),
-                None => rejection.to_json_response(),
-            };
-            rejection.finish(&mut response);
-            response
-        };
-        response.extensions_mut().insert(rejection.into_error());
-        response
+        let grpc = RequestHead::from(request).is_grpc_call();
+        self.refusals.answer(rejection, grpc)
     }
 
     /// The one event of a refusal: a store failure is an error, a key in a URL a warning (the

@@ -81,7 +81,7 @@
 //!
 //! Every refusal carries `Cache-Control: no-store`, the request id in `X-Request-Id` (the
 //! request's own if it is sane, see [`ApiKeyLayer`]), on 401 a `WWW-Authenticate: Bearer`
-//! challenge (RFC 6750), and its error ([`AuthError`], or [`AccessError`] for a 403 or 500) in the
+//! challenge (RFC 6750), and its [`AuthError`] in the
 //! response's extensions, so that a layer outside can tell it from the application's answers. Replace the body with [`ApiKeyLayer::error_response`]; answer in the
 //! same envelope from your own code (a rate limiter's 429, a permission check's 403) with
 //! [`ErrorResponse`].
@@ -200,7 +200,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use envelope::ErrorResponse;
 pub use error::{AuthError, Rejection};
 #[cfg(feature = "axum")]
-pub use extract::{AccessRejection, LiveKey, MissingIdentity, RequiredScope, Scoped, TestKey};
+pub use extract::{AuthRejection, LiveKey, RequiredScope, Scoped, TestKey};
 pub use hint::KeyHint;
 pub use identity::{KeyId, KeyIdentity, Tier};
 pub use key::{ApiKey, KeyDigest, KeyFormat, LookupId, MAX_KEY_LEN};
@@ -211,8 +211,7 @@ pub use lifecycle::{
 };
 pub use mode::{KeyMode, RequireMode, RequireModeLayer};
 pub use scope::{
-    AccessError, RequireFuture, RequireScope, RequireScopeLayer, ScopeError, Scopes, MAX_SCOPES,
-    MAX_SCOPE_LEN,
+    RequireFuture, RequireScope, RequireScopeLayer, ScopeError, Scopes, MAX_SCOPES, MAX_SCOPE_LEN,
 };
 #[cfg(feature = "cache")]
 pub use store::CachedKeyStore;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::scope::{check_then_call, AccessError, RequireFuture};
+use crate::scope::{check_then_call, RequireFuture};
 
 /// Whether a key is a live key (`sk_live_...`) or a test key (`sk_test_...`), as Stripe's are.
 ///
@@ -168,11 +168,7 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let required = self.mode;
         check_then_call(&mut self.inner, request, |identity| {
-            if identity.mode() == required {
-                Ok(())
-            } else {
-                Err(AccessError::WrongMode { required })
-            }
+            identity.require_mode(required)
         })
     }
 }

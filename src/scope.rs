@@ -9,21 +9,19 @@ use std::borrow::Cow;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, WWW_AUTHENTICATE};
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use serde::Serialize;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::envelope::ErrorResponse;
-use crate::grpc::RequestHead;
+use crate::error::{AuthError, Refusals};
 use crate::identity::KeyIdentity;
-use crate::mode::KeyMode;
 
 /// The most scopes a key may have.
 pub const MAX_SCOPES: usize = 32;
@@ -167,112 +165,6 @@ pub(crate) const fn is_valid_scope(scope: &str) -> bool {
     true
 }
 
-/// Why a check on the authenticated key ([`RequireScopeLayer`],
-/// [`RequireModeLayer`](crate::RequireModeLayer), or their axum extractors) refused a request
-/// that [`ApiKeyLayer`](crate::ApiKeyLayer) had let through.
-///
-/// | Variant                        | Status | `code`               | `WWW-Authenticate`                                   |
-/// |--------------------------------|--------|----------------------|------------------------------------------------------|
-/// | `InsufficientScope`            | 403    | `insufficient_scope` | `Bearer error="insufficient_scope", scope="<scope>"` |
-/// | `WrongMode { required: Live }` | 403    | `live_key_required`  | (none)                                               |
-/// | `WrongMode { required: Test }` | 403    | `test_key_required`  | (none)                                               |
-/// | `MissingIdentity`              | 500    | `internal_error`     | (none)                                               |
-///
-/// The answers are in the layer's envelope, with `Cache-Control: no-store` and `X-Request-Id`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AccessError {
-    /// The key is restricted, and `scope` is not one of its scopes (RFC 6750 §3.1).
-    InsufficientScope {
-        /// The scope the route requires.
-        scope: Cow<'static, str>,
-    },
-    /// The key is of the other mode than the route requires.
-    WrongMode {
-        /// The mode the route requires.
-        required: KeyMode,
-    },
-    /// The request carries no [`KeyIdentity`]: the check runs outside `ApiKeyLayer`, a server
-    /// misconfiguration. Refused so that the route stays closed.
-    MissingIdentity,
-}
-
-impl AccessError {
-    /// 403, or 500 for [`AccessError::MissingIdentity`].
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Self::MissingIdentity => StatusCode::INTERNAL_SERVER_ERROR,
-            _ => StatusCode::FORBIDDEN,
-        }
-    }
-
-    /// The machine-readable `code` of the error envelope.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::InsufficientScope { .. } => "insufficient_scope",
-            Self::WrongMode {
-                required: KeyMode::Live,
-            } => "live_key_required",
-            Self::WrongMode {
-                required: KeyMode::Test,
-            } => "test_key_required",
-            Self::MissingIdentity => "internal_error",
-        }
-    }
-
-    /// The answer to `request`, in the crate's envelope (see
-    /// [`ErrorResponse::for_request`]), with this error in its extensions.
-    pub fn to_response<B>(&self, request: &Request<B>) -> Response<Bytes> {
-        self.error_response(request.into()).into_response()
-    }
-
-    pub(crate) fn error_response(&self, request: RequestHead<'_>) -> ErrorResponse {
-        let response = ErrorResponse::new(self.status(), self.code(), self.to_string())
-            .answering(request)
-            .extension(self.clone());
-        match self {
-            Self::InsufficientScope { scope } => {
-                let challenge = format!(r#"Bearer error="insufficient_scope", scope="{scope}""#);
-                let challenge = HeaderValue::try_from(challenge)
-                    .expect("a valid scope is visible ASCII without quotes");
-                response.header(WWW_AUTHENTICATE, challenge)
-            }
-            _ => response,
-        }
-    }
-}
-
-/// The message of the envelope: what went wrong and what to do.
-impl fmt::Display for AccessError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::InsufficientScope { scope } => write!(
-                f,
-                "This API key does not have the scope \"{scope}\" that this endpoint requires. \
-                 Use a key that has it, or a key with full access."
-            ),
-            Self::WrongMode {
-                required: KeyMode::Live,
-            } => f.write_str(
-                "This endpoint accepts live keys only, and the request used a test key. \
-                 Use a live key.",
-            ),
-            Self::WrongMode {
-                required: KeyMode::Test,
-            } => f.write_str(
-                "This endpoint accepts test keys only, and the request used a live key. \
-                 Use a test key.",
-            ),
-            Self::MissingIdentity => f.write_str(
-                "The server could not authenticate this request: its API key check is not \
-                 configured for this route. Contact the service's operators.",
-            ),
-        }
-    }
-}
-
-impl std::error::Error for AccessError {}
-
 /// A [`Layer`] that lets through only requests whose key has a scope, or has full access: put
 /// it inside [`ApiKeyLayer`](crate::ApiKeyLayer), on the routes that need the scope.
 ///
@@ -392,13 +284,7 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let scope = &self.scope;
         check_then_call(&mut self.inner, request, |identity| {
-            if identity.has_scope(scope) {
-                Ok(())
-            } else {
-                Err(AccessError::InsufficientScope {
-                    scope: scope.clone(),
-                })
-            }
+            identity.require_scope(scope)
         })
     }
 }
@@ -408,27 +294,44 @@ where
 pub(crate) fn check_then_call<S, ReqBody, ResBody>(
     inner: &mut S,
     request: Request<ReqBody>,
-    check: impl FnOnce(&KeyIdentity) -> Result<(), AccessError>,
+    check: impl FnOnce(&KeyIdentity) -> Result<(), AuthError>,
 ) -> RequireFuture<S::Future>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    let verdict = match request.extensions().get::<KeyIdentity>() {
-        Some(identity) => check(identity),
-        None => Err(AccessError::MissingIdentity),
-    };
-    match verdict {
-        Ok(()) => RequireFuture {
+    let extensions = request.extensions();
+    match checked_identity(extensions, check) {
+        Ok(_) => RequireFuture {
             kind: Kind::Inner {
                 future: inner.call(request),
             },
         },
         Err(error) => RequireFuture {
             kind: Kind::Rejected {
-                response: Some(error.to_response(&request)),
+                response: Some(refusals_of(extensions).respond(error, (&request).into())),
             },
         },
     }
+}
+
+/// The request's identity, if `check` passes it; [`AuthError::MissingIdentity`] if no layer
+/// authenticated the request. The check of the layers and of the axum extractors alike.
+pub(crate) fn checked_identity(
+    extensions: &http::Extensions,
+    check: impl FnOnce(&KeyIdentity) -> Result<(), AuthError>,
+) -> Result<&KeyIdentity, AuthError> {
+    let identity = extensions
+        .get::<KeyIdentity>()
+        .ok_or(AuthError::MissingIdentity)?;
+    check(identity).map(|()| identity)
+}
+
+/// How the [`ApiKeyLayer`](crate::ApiKeyLayer) that authenticated a request answers refusals;
+/// the defaults if none did.
+pub(crate) fn refusals_of(extensions: &http::Extensions) -> &Refusals {
+    extensions
+        .get::<Arc<Refusals>>()
+        .map_or(Refusals::fallback(), |refusals| refusals)
 }
 
 pin_project! {
@@ -549,18 +452,5 @@ mod tests {
     #[should_panic(expected = "not a valid scope")]
     fn require_scope_layer_refuses_an_invalid_scope() {
         let _ = RequireScopeLayer::new("keys write");
-    }
-
-    #[test]
-    fn insufficient_scope_challenge_names_the_scope() {
-        let error = AccessError::InsufficientScope {
-            scope: "keys:write".into(),
-        };
-        let response = error.to_response(&Request::new(()));
-        assert_eq!(response.status(), StatusCode::FORBIDDEN);
-        assert_eq!(
-            response.headers()[WWW_AUTHENTICATE],
-            r#"Bearer error="insufficient_scope", scope="keys:write""#
-        );
     }
 }

@@ -12,7 +12,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    AccessError, ApiKey, KeyManager, ManageError, MemoryKeyStore, NewKey, RequireScopeLayer,
+    ApiKey, AuthError, KeyManager, ManageError, MemoryKeyStore, NewKey, RequireScopeLayer,
     ScopeError, Scopes, Tier, MAX_SCOPES, MAX_SCOPE_LEN,
 };
 
@@ -218,13 +218,13 @@ async fn rotation_keeps_the_key_s_scopes() {
 }
 
 #[test]
-fn access_errors_have_their_documented_status_and_code() {
-    let insufficient = AccessError::InsufficientScope {
+fn check_errors_have_their_documented_status_and_code() {
+    let insufficient = AuthError::InsufficientScope {
         scope: "keys:write".into(),
     };
     assert_eq!(insufficient.status(), StatusCode::FORBIDDEN);
     assert_eq!(insufficient.code(), "insufficient_scope");
-    let missing = AccessError::MissingIdentity;
+    let missing = AuthError::MissingIdentity;
     assert_eq!(missing.status(), StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(missing.code(), "internal_error");
 }
@@ -304,7 +304,7 @@ mod axum_extractor {
 }
 
 #[tokio::test]
-async fn a_scope_refusal_carries_its_access_error_in_the_response_extensions() {
+async fn a_scope_refusal_carries_its_auth_error_in_the_response_extensions() {
     let keys = manager();
     let key = create(&keys, Some(&["iocs:read"])).await;
     let service = ServiceBuilder::new()
@@ -316,9 +316,115 @@ async fn a_scope_refusal_carries_its_access_error_in_the_response_extensions() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    let error = response.extensions().get::<AccessError>();
+    let error = response.extensions().get::<AuthError>();
     assert!(
-        matches!(error, Some(AccessError::InsufficientScope { scope }) if scope == "keys:write"),
+        matches!(error, Some(AuthError::InsufficientScope { scope }) if scope == "keys:write"),
         "{error:?}"
     );
+}
+
+/// One renderer reaches every refusal the crate makes behind a layer: its own 401 and 503, the
+/// 403s of the scope and mode layers, and those of the axum extractors. (The 500 of a route
+/// that no layer covers has no layer to take a renderer from: it is the default envelope.)
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn a_problem_json_renderer_answers_every_status_through_layers_and_extractors() {
+    use axum::routing::get;
+    use axum::Router;
+    use tower_api_key::{ApiKeyLayer, KeyMode, LiveKey, RequireModeLayer, RequiredScope, Scoped};
+
+    struct KeysWrite;
+    impl RequiredScope for KeysWrite {
+        const SCOPE: &'static str = "keys:write";
+    }
+
+    fn problem_json(rejection: &tower_api_key::Rejection) -> Response<Bytes> {
+        let body = serde_json::json!({
+            "type": format!("https://example.com/errors/{}", rejection.error().code()),
+            "title": rejection.message(),
+            "status": rejection.error().status().as_u16(),
+        });
+        Response::builder()
+            .status(rejection.error().status())
+            .header("content-type", "application/problem+json")
+            .body(Bytes::from(body.to_string()))
+            .unwrap()
+    }
+
+    let keys = manager();
+    let reader = create(&keys, Some(&["iocs:read"])).await;
+    let test_key = keys
+        .create(NewKey::new(ACCOUNT, Tier::PRO, "test").mode(KeyMode::Test))
+        .await
+        .unwrap()
+        .key;
+    let layer = keys.layer().error_response(problem_json);
+    let app = Router::new()
+        .route(
+            "/scope-layer",
+            get(|| async { "ok" }).route_layer(RequireScopeLayer::new("keys:write")),
+        )
+        .route(
+            "/mode-layer",
+            get(|| async { "ok" }).route_layer(RequireModeLayer::live()),
+        )
+        .route(
+            "/scope-extractor",
+            get(|_: Scoped<KeysWrite>| async { "ok" }),
+        )
+        .route("/mode-extractor", get(|_: LiveKey| async { "ok" }))
+        .layer(layer);
+    let down = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(ApiKeyLayer::new(common::FailingStore).error_response(problem_json));
+
+    let cases: [(&str, &Router, Option<&ApiKey>, u16, &str); 6] = [
+        ("/scope-layer", &app, None, 401, "missing_api_key"),
+        ("/", &down, Some(&reader), 503, "authentication_unavailable"),
+        (
+            "/scope-layer",
+            &app,
+            Some(&reader),
+            403,
+            "insufficient_scope",
+        ),
+        (
+            "/mode-layer",
+            &app,
+            Some(&test_key),
+            403,
+            "live_key_required",
+        ),
+        (
+            "/scope-extractor",
+            &app,
+            Some(&reader),
+            403,
+            "insufficient_scope",
+        ),
+        (
+            "/mode-extractor",
+            &app,
+            Some(&test_key),
+            403,
+            "live_key_required",
+        ),
+    ];
+    for (path, router, key, status, code) in cases {
+        let mut request = Request::builder().uri(path);
+        if let Some(key) = key {
+            request = request.header("x-api-key", key.expose_secret());
+        }
+        let request = request.body(axum::body::Body::empty()).unwrap();
+        let answer = Answer::read(router.clone().oneshot(request).await.unwrap()).await;
+        assert_eq!(answer.status.as_u16(), status, "{path}");
+        assert_eq!(
+            answer.header("content-type"),
+            "application/problem+json",
+            "{path}"
+        );
+        let expected_type = format!("https://example.com/errors/{code}");
+        assert_eq!(answer.json()["type"], expected_type.as_str(), "{path}");
+        assert_eq!(answer.header("cache-control"), "no-store", "{path}");
+    }
 }

@@ -74,7 +74,7 @@ const COLUMNS: &str = "key_id, digest, account_id, name, tier, metadata, hint, \
 /// let store = PgKeyStore::new(pool)
 ///     .table("api_keys")
 ///     .timeout(Duration::from_secs(1));
-/// // Creates the table and its index unless they exist; or apply `postgres.sql` yourself.
+/// // Creates the table and its indexes unless they exist; or apply `postgres.sql` yourself.
 /// store.migrate().await?;
 ///
 /// let keys = KeyManager::new(store.clone());
@@ -133,7 +133,7 @@ impl PgKeyStore {
         Self::build(self.pool, self.statements, timeout)
     }
 
-    /// Creates the table and its index unless they exist.
+    /// Creates the table and its indexes unless they exist.
     ///
     /// Safe to run at every start, from any number of instances at once: migrations of one
     /// table are serialized by an advisory lock. The schema is `src/store/postgres.sql` in the

@@ -353,6 +353,75 @@ async fn migrating_twice_and_concurrently_is_fine() {
         .unwrap();
 }
 
+/// One account's history in `{table}`: 1,000 revoked keys, 1 expired and 2 active in 2027
+/// (one without expiry).
+const HISTORY: &str = r#"
+INSERT INTO "{table}" (key_id, lookup_id, digest, account_id, name, tier, expires_at, revoked_at)
+SELECT 'key_' || i, decode(lpad(to_hex(i), 32, '0'), 'hex'), decode(repeat('00', 32), 'hex'),
+       'acct_history', 'old', 'free',
+       CASE i WHEN 1001 THEN timestamptz '2020-01-01' WHEN 1002 THEN timestamptz '2100-01-01' END,
+       CASE WHEN i <= 1000 THEN timestamptz '2020-01-01' END
+FROM generate_series(1, 1003) AS i;
+ANALYZE "{table}";
+"#;
+
+/// Rows that scans of `table` have read (sequentially, or as index entries) and rows inserted,
+/// once the statistics count `inserted` rows: backends report them when their connection closes.
+async fn reads_once_inserted(table: &str, inserted: i64) -> i64 {
+    let observer = pool(server());
+    for _ in 0..100 {
+        let (read, rows): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce(t.seq_tup_read, 0) + coalesce(sum(i.idx_tup_read), 0)::bigint, \
+                    t.n_tup_ins \
+             FROM pg_stat_user_tables t LEFT JOIN pg_stat_user_indexes i USING (relid) \
+             WHERE t.relname = $1 GROUP BY t.seq_tup_read, t.n_tup_ins",
+        )
+        .bind(table)
+        .fetch_one(&observer)
+        .await
+        .unwrap();
+        if rows == inserted {
+            return read;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the statistics did not count {inserted} inserted rows within 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_reads_none_of_the_account_s_revoked_or_expired_rows() {
+    let table = unique_table();
+    let admin = pool(server());
+    PgKeyStore::new(admin.clone())
+        .table(&table)
+        .migrate()
+        .await
+        .unwrap();
+    sqlx::raw_sql(AssertSqlSafe(HISTORY.replace("{table}", &table)))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let before = reads_once_inserted(&table, 1_003).await;
+
+    let connections = pool(server());
+    let store = PgKeyStore::new(connections.clone()).table(&table);
+    let identity = KeyIdentity::new(KeyId::random(), "acct_history", "new", Tier::FREE);
+    let record = KeyRecord::new(KeyFormat::default().generate().digest(), identity);
+    let now = suite::clock().now();
+    store.create(record, Quota::new(10, now)).await.unwrap();
+    connections.close().await;
+    let read = reads_once_inserted(&table, 1_004).await - before;
+    assert_eq!(
+        read, 2,
+        "the quota check read {read} rows for 2 active keys"
+    );
+    sqlx::query(AssertSqlSafe(format!("DROP TABLE \"{table}\"")))
+        .execute(&pool(server()))
+        .await
+        .unwrap();
+}
+
 /// The schema before keys had modes and scopes, as version 0.1 created it.
 const SCHEMA_WITHOUT_MODES_AND_SCOPES: &str = r#"
 CREATE TABLE "{table}" (

@@ -21,7 +21,7 @@ use redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
     ApiKey, ApiKeyLayer, Clock, KeyDigest, KeyFormat, KeyId, KeyIdentity, KeyRecord, KeyStore,
-    ManualClock, Quota, RedisKeyStore, Tier, WritableKeyStore,
+    ManualClock, NewKey, Quota, RedisKeyStore, Tier, WritableKeyStore,
 };
 
 /// A prefix no earlier run used, shared by this process's stores, so that whatever earlier
@@ -273,6 +273,7 @@ async fn stores_with_different_prefixes_do_not_see_each_other_s_keys() {
     written.sort();
     let expected = [
         format!("{prefix_a}:account:{account}"),
+        format!("{prefix_a}:active:{account}"),
         format!("{prefix_a}:id:{}", created.info.id),
         record_key(&prefix_a, &created.key),
     ];
@@ -386,6 +387,74 @@ async fn digest_is_not_in_a_malformed_record_s_error() {
         !error.contains(&KeyDigest::of("sk_live_other").to_hex()[..8]),
         "{error}"
     );
+}
+
+/// The members of `account`'s active set, sorted, with their scores as Redis gives them.
+async fn active_set(account: &str) -> Vec<(String, String)> {
+    let mut raw = connect().await;
+    let mut members: Vec<(String, String)> = redis::cmd("ZRANGE")
+        .arg(format!("{}:active:{account}", *PREFIX))
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    members.sort();
+    members
+}
+
+fn micros(time: SystemTime) -> String {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_set_holds_exactly_the_account_s_active_keys() {
+    let clock = clock();
+    let keys = manager(Redis::shared().instance().await, &clock);
+    let account = account();
+    let entry = |id: &KeyId, score: String| (id.to_string(), score);
+    let forever = || "inf".to_owned();
+
+    let revoked = create(&keys, &account).await.info.id;
+    let deleted = create(&keys, &account).await.info.id;
+    let short = NewKey::new(&account, Tier::FREE, "short").expires_in(Duration::from_secs(10));
+    let short = keys.create(short).await.unwrap().info.id;
+    keys.revoke(&account, &revoked).await.unwrap();
+    keys.delete(&account, &deleted).await.unwrap();
+    let short_entry = entry(&short, micros(clock.now() + Duration::from_secs(10)));
+    let only_short = vec![short_entry.clone()];
+    assert_eq!(active_set(&account).await, only_short);
+
+    // A record written already revoked never enters the set.
+    let identity = KeyIdentity::new(KeyId::random(), &account, "dead", Tier::FREE);
+    let dead = KeyRecord::new(KeyFormat::default().generate().digest(), identity)
+        .with_revoked_at(clock.now());
+    let quota = Quota::new(3, clock.now());
+    keys.store().create(dead, quota).await.unwrap();
+    assert_eq!(active_set(&account).await, only_short);
+
+    let rotated = create(&keys, &account).await.info.id;
+    let replacement = keys
+        .rotate(&account, &rotated, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .info
+        .id;
+    let retiring = entry(&rotated, micros(clock.now() + Duration::from_secs(5)));
+    let mut expected = vec![short_entry, retiring, entry(&replacement, forever())];
+    expected.sort();
+    assert_eq!(active_set(&account).await, expected);
+
+    // The next create drops the keys that expired meanwhile.
+    clock.advance(Duration::from_secs(10));
+    let fresh = create(&keys, &account).await.info.id;
+    let mut expected = vec![entry(&replacement, forever()), entry(&fresh, forever())];
+    expected.sort();
+    assert_eq!(active_set(&account).await, expected);
 }
 
 /// The suite again over a cache in front of each instance.

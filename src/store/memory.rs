@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -19,8 +20,8 @@ use crate::key::{KeyDigest, LookupId};
 /// lock word between cores; writes take every shard briefly, which makes quota checks atomic.
 /// Clones share the same keys, so keep one to manage keys while the layer holds another.
 ///
-/// A key with short ids and name takes about 240 bytes (`cargo run --release --example
-/// memory_per_key`). Its times are kept to the nanosecond from 1677 to 2262; a time beyond is
+/// A key with short ids and name takes about 330 bytes (`cargo run --release --example
+/// memory_per_key`), of which about 80 are the index of active keys that quota checks count. Its times are kept to the nanosecond from 1677 to 2262; a time beyond is
 /// kept as the nearest of those.
 ///
 /// ```
@@ -53,8 +54,59 @@ struct Keys {
     by_key_id: HashTable<u32>,
     /// The first slot of each account's chain.
     by_account: HashTable<u32>,
+    active: ActiveKeys,
     seed: RandomState,
     len: usize,
+}
+
+/// Each account's active keys, by slot number, with their expiry: what a quota check counts,
+/// so that it reads none of the account's revoked or expired records.
+///
+/// A key leaves it when revoked or removed, and once expired at its account's next create.
+#[derive(Default)]
+struct ActiveKeys(HashMap<Box<str>, HashMap<u32, StoredTime>>);
+
+impl ActiveKeys {
+    /// Adds slot `slot` of `account_id`, or sets its expiry if it is there.
+    fn insert(&mut self, account_id: &str, slot: u32, expires_at: StoredTime) {
+        match self.0.get_mut(account_id) {
+            Some(slots) => {
+                slots.insert(slot, expires_at);
+            }
+            None => {
+                self.0
+                    .insert(account_id.into(), HashMap::from([(slot, expires_at)]));
+            }
+        }
+    }
+
+    fn remove(&mut self, account_id: &str, slot: u32) {
+        if let Some(slots) = self.0.get_mut(account_id) {
+            slots.remove(&slot);
+            if slots.is_empty() {
+                self.0.remove(account_id);
+            }
+        }
+    }
+
+    fn contains(&self, account_id: &str, slot: u32) -> bool {
+        self.0
+            .get(account_id)
+            .is_some_and(|slots| slots.contains_key(&slot))
+    }
+
+    /// How many keys of `account_id` are active at `now`, after dropping those expired by then.
+    fn count(&mut self, account_id: &str, now: SystemTime) -> usize {
+        let Some(slots) = self.0.get_mut(account_id) else {
+            return 0;
+        };
+        slots.retain(|_, expires_at| super::is_active(None, expires_at.get(), now));
+        let count = slots.len();
+        if count == 0 {
+            self.0.remove(account_id);
+        }
+        count
+    }
 }
 
 struct Slot {
@@ -287,10 +339,18 @@ impl Keys {
             by_lookup_id,
             by_key_id,
             by_account,
+            active,
             seed,
             ..
         } = self;
         let slots = &*slots;
+        let record = match &slots[index as usize] {
+            Some(slot) => &slot.record,
+            None => unreachable!("slot {index} was just filled"),
+        };
+        if record.revoked_at == StoredTime::NONE {
+            active.insert(record.identity.account_id(), index, record.expires_at);
+        }
         by_lookup_id.insert_unique(lookup_hash, index, rehash(slots, lookup_hash_of));
         by_key_id.insert_unique(
             key_id_hash,
@@ -363,15 +423,48 @@ impl Keys {
         self.len -= 1;
         self.free.push(index);
         match self.slots[index as usize].take() {
-            Some(slot) => slot.record.to_record(),
+            Some(slot) => {
+                self.active.remove(slot.record.identity.account_id(), index);
+                slot.record.to_record()
+            }
             None => unreachable!("slot {index} was just read"),
         }
     }
 
-    /// The record of key `key_id` if it belongs to `account_id`.
-    fn get_mut(&mut self, account_id: &str, key_id: &KeyId) -> Option<&mut StoredRecord> {
+    /// The slot of key `key_id` if it belongs to `account_id`.
+    fn slot_in_account(&self, account_id: &str, key_id: &KeyId) -> Option<u32> {
         let index = self.slot_of_key_id(key_id)?;
-        Some(self.record_mut(index)).filter(|record| record.identity.account_id() == account_id)
+        Some(index).filter(|&index| self.slot(index).record.identity.account_id() == account_id)
+    }
+
+    /// Marks slot `index` revoked at `at` unless it already is, and returns its record.
+    fn revoke(&mut self, index: u32, at: SystemTime) -> KeyRecord {
+        let Self { slots, active, .. } = self;
+        let record = match &mut slots[index as usize] {
+            Some(slot) => &mut slot.record,
+            None => unreachable!("an index names an empty slot"),
+        };
+        if record.revoked_at == StoredTime::NONE {
+            record.revoked_at = StoredTime::new(Some(at));
+        }
+        active.remove(record.identity.account_id(), index);
+        record.to_record()
+    }
+
+    /// Sets slot `index` to expire at `expires_at`, unless it expires earlier: a rotation.
+    fn retire(&mut self, index: u32, expires_at: SystemTime) {
+        let Self { slots, active, .. } = self;
+        let record = match &mut slots[index as usize] {
+            Some(slot) => &mut slot.record,
+            None => unreachable!("an index names an empty slot"),
+        };
+        let own = record.expires_at.get();
+        record.expires_at =
+            StoredTime::new(Some(own.map_or(expires_at, |own| own.min(expires_at))));
+        let account_id = record.identity.account_id();
+        if active.contains(account_id, index) {
+            active.insert(account_id, index, record.expires_at);
+        }
     }
 
     fn records_of<'a>(&'a self, account_id: &str) -> impl Iterator<Item = &'a StoredRecord> + 'a {
@@ -443,28 +536,25 @@ impl WritableKeyStore for MemoryKeyStore {
             return Err(CreateError::AlreadyExists);
         }
         let account_id = record.identity.account_id();
-        let retiring_id = quota.retiring.as_ref().map(|(key_id, _)| key_id);
-        if let Some(key_id) = retiring_id {
-            let active = keys
-                .get_mut(account_id, key_id)
-                .is_some_and(|old| old.is_active(quota.now));
-            if !active {
-                return Err(CreateError::RetiringKeyNotFound);
+        let retiring = match &quota.retiring {
+            Some((key_id, expires_at)) => {
+                let index = keys
+                    .slot_in_account(account_id, key_id)
+                    .filter(|&index| keys.slot(index).record.is_active(quota.now))
+                    .ok_or(CreateError::RetiringKeyNotFound)?;
+                Some((index, *expires_at))
             }
+            None => None,
+        };
+        let mut active = keys.active.count(account_id, quota.now);
+        if let Some((index, _)) = retiring {
+            active -= usize::from(keys.active.contains(account_id, index));
         }
-        let active = keys
-            .records_of(account_id)
-            .filter(|old| Some(old.identity.key_id()) != retiring_id && old.is_active(quota.now))
-            .count();
         if active >= quota.limit {
             return Err(CreateError::LimitReached);
         }
-        if let Some((key_id, expires_at)) = &quota.retiring {
-            if let Some(old) = keys.get_mut(account_id, key_id) {
-                let own = old.expires_at.get();
-                old.expires_at =
-                    StoredTime::new(Some(own.map_or(*expires_at, |own| own.min(*expires_at))));
-            }
+        if let Some((index, expires_at)) = retiring {
+            keys.retire(index, expires_at);
         }
         keys.add(record);
         Ok(())
@@ -485,12 +575,8 @@ impl WritableKeyStore for MemoryKeyStore {
         at: SystemTime,
     ) -> Result<Option<KeyRecord>, StoreError> {
         let mut keys = self.write();
-        Ok(keys.get_mut(account_id, key_id).map(|record| {
-            if record.revoked_at == StoredTime::NONE {
-                record.revoked_at = StoredTime::new(Some(at));
-            }
-            record.to_record()
-        }))
+        let index = keys.slot_in_account(account_id, key_id);
+        Ok(index.map(|index| keys.revoke(index, at)))
     }
 
     async fn delete(
@@ -499,10 +585,8 @@ impl WritableKeyStore for MemoryKeyStore {
         key_id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
         let mut keys = self.write();
-        if keys.get_mut(account_id, key_id).is_none() {
-            return Ok(None);
-        }
-        Ok(keys.remove_by_key_id(key_id))
+        let index = keys.slot_in_account(account_id, key_id);
+        Ok(index.map(|index| keys.remove_slot(index)))
     }
 }
 
@@ -692,7 +776,61 @@ mod tests {
         assert!(found.digest.matches(&KeyDigest::of("k")));
     }
 
-    // The layout that keeps a store of 1,000,000 keys under 256 bytes a key (see the
+    /// The key ids in `account_id`'s active index, sorted.
+    fn active_ids(store: &MemoryKeyStore, account_id: &str) -> Vec<String> {
+        let keys = store.read();
+        let mut ids: Vec<_> = keys
+            .active
+            .0
+            .get(account_id)
+            .into_iter()
+            .flat_map(|slots| slots.keys())
+            .map(|&index| {
+                keys.slot(index)
+                    .record
+                    .identity
+                    .key_id()
+                    .as_str()
+                    .to_owned()
+            })
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[tokio::test]
+    async fn active_index_holds_only_the_account_s_active_keys() {
+        let store = MemoryKeyStore::new();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let quota = |now| Quota::new(10, now);
+        for id in ["revoked", "deleted", "rotated", "kept"] {
+            store.create(record(id, id), quota(now)).await.unwrap();
+        }
+        let short = record("short", "short").with_expires_at(now + Duration::from_secs(10));
+        store.create(short, quota(now)).await.unwrap();
+        let dead = record("dead", "dead").with_revoked_at(now);
+        store.create(dead, quota(now)).await.unwrap();
+        store
+            .revoke("acct", &KeyId::new("revoked"), now)
+            .await
+            .unwrap();
+        store.delete("acct", &KeyId::new("deleted")).await.unwrap();
+        let rotation = quota(now).retiring(KeyId::new("rotated"), now + Duration::from_secs(5));
+        let replacement = record("replacement", "replacement");
+        store.create(replacement, rotation).await.unwrap();
+        let expected = ["kept", "replacement", "rotated", "short"];
+        assert_eq!(active_ids(&store, "acct"), expected);
+
+        // A create drops the keys expired by its time: the rotated one and the short one.
+        let later = now + Duration::from_secs(10);
+        store
+            .create(record("fresh", "fresh"), quota(later))
+            .await
+            .unwrap();
+        assert_eq!(active_ids(&store, "acct"), ["fresh", "kept", "replacement"]);
+    }
+
+    // The layout that keeps a store of 1,000,000 keys under 512 bytes a key (see the
     // `memory_per_key` example): a slot of 136 bytes, hint included, and one allocation per
     // identity.
     #[cfg(target_pointer_width = "64")]

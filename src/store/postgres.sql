@@ -43,5 +43,11 @@ BEGIN
 END
 $$;
 
--- Listing an account's keys and counting them against its quota.
+-- Listing an account's keys.
 CREATE INDEX IF NOT EXISTS "api_keys_account_id_idx" ON "api_keys" (account_id);
+
+-- Counting an account's active keys against its quota: revoked keys are not in this index, and
+-- expired ones are skipped by the range scan, so the count reads none of the account's history.
+CREATE INDEX IF NOT EXISTS "api_keys_active_idx" ON "api_keys"
+    (account_id, (coalesce(expires_at, 'infinity')))
+    WHERE revoked_at IS NULL;

@@ -2,11 +2,16 @@
 //!
 //! Every Redis key starts with the store's prefix, so several applications can share one Redis:
 //!
-//! | Redis key                           | Type   | Holds                                  |
-//! |-------------------------------------|--------|----------------------------------------|
-//! | `{prefix}:lookup:{lookup id in hex}` | hash   | the record, so `find` is one `HGETALL` |
-//! | `{prefix}:id:{key id}`              | string | the key's lookup id in hex             |
-//! | `{prefix}:account:{account id}`     | set    | the account's key ids                  |
+//! | Redis key                            | Type       | Holds                                  |
+//! |--------------------------------------|------------|----------------------------------------|
+//! | `{prefix}:lookup:{lookup id in hex}` | hash       | the record, so `find` is one `HGETALL` |
+//! | `{prefix}:id:{key id}`               | string     | the key's lookup id in hex             |
+//! | `{prefix}:account:{account id}`      | set        | all the account's key ids, for `list`  |
+//! | `{prefix}:active:{account id}`       | sorted set | its active key ids, scored by expiry   |
+//!
+//! The active set scores each key id by its expiry in microseconds (`+inf` for none). A key
+//! leaves it when it is revoked or deleted, and once expired at the next `create` of its
+//! account, so a quota check costs the same however many revoked keys the account has had.
 //!
 //! A record's fields are `digest` (hex), `key_id`, `account_id`, `name`, `tier`, `mode` (`live`
 //! or `test`; a record without it, written by an earlier version, is live) and, when set,
@@ -419,6 +424,7 @@ local prefix = ARGV[1]
 local function record_key(lookup_hex) return prefix .. ':lookup:' .. lookup_hex end
 local function id_key(key_id) return prefix .. ':id:' .. key_id end
 local function account_key(account_id) return prefix .. ':account:' .. account_id end
+local function active_key(account_id) return prefix .. ':active:' .. account_id end
 
 local function micros(value)
   local number = tonumber(value)
@@ -440,6 +446,13 @@ local function is_active(key, now)
   return not times[1] and (not times[2] or now < micros(times[2]))
 end
 
+-- Puts key `key_id`, whose record is at `key`, in its account's active set if active at `now`.
+local function track(account_id, key_id, key, now)
+  if not is_active(key, now) then return end
+  local expires_at = redis.call('HGET', key, 'expires_at') or '+inf'
+  redis.call('ZADD', active_key(account_id), expires_at, key_id)
+end
+
 -- Deletes key `key_id`: its record (if it is that key's), its id and its account's entry.
 local function remove(key_id)
   local lookup_hex = redis.call('GET', id_key(key_id))
@@ -448,6 +461,7 @@ local function remove(key_id)
   local owner = redis.call('HMGET', key, 'key_id', 'account_id')
   if owner[1] == key_id then
     redis.call('SREM', account_key(owner[2]), key_id)
+    redis.call('ZREM', active_key(owner[2]), key_id)
     redis.call('DEL', key)
   end
   redis.call('DEL', id_key(key_id))
@@ -473,25 +487,26 @@ if has_retiring then
   end
 end
 
-local active = 0
-for _, other in ipairs(redis.call('SMEMBERS', account_key(account_id))) do
-  if not (has_retiring and other == retiring) then
-    local key = record_of(account_id, other)
-    if key and is_active(key, now) then active = active + 1 end
-  end
-end
+-- Counted from the active set alone, so revoked and expired history is never read.
+local active_set = active_key(account_id)
+redis.call('ZREMRANGEBYSCORE', active_set, '-inf', ARGV[3])
+local active = redis.call('ZCARD', active_set)
+if has_retiring and redis.call('ZSCORE', active_set, retiring) then active = active - 1 end
 if active >= limit then return 'limit_reached' end
 
 if retiring_key then
   local own = redis.call('HGET', retiring_key, 'expires_at')
   if not own or micros(retire_at) < micros(own) then
     redis.call('HSET', retiring_key, 'expires_at', retire_at)
+    redis.call('ZADD', active_set, 'XX', retire_at, retiring)
   end
 end
 
-redis.call('HSET', record_key(lookup_hex), unpack(ARGV, 10))
+local key = record_key(lookup_hex)
+redis.call('HSET', key, unpack(ARGV, 10))
 redis.call('SET', id_key(key_id), lookup_hex)
 redis.call('SADD', account_key(account_id), key_id)
+track(account_id, key_id, key, now)
 return 'created'
 "#;
 
@@ -511,6 +526,7 @@ const REVOKE_LUA: &str = r#"
 local key = record_of(ARGV[2], ARGV[3])
 if not key then return {} end
 redis.call('HSETNX', key, 'revoked_at', ARGV[4])
+redis.call('ZREM', active_key(ARGV[2]), ARGV[3])
 return redis.call('HGETALL', key)
 "#;
 

@@ -430,6 +430,7 @@ macro_rules! store_suite {
             instances_see_each_other_s_creates_and_revocations,
             last_use_is_recorded,
             a_record_whose_mode_is_not_its_key_s_prefix_is_refused,
+            quota_stays_exact_across_revocations_deletions_rotations_and_expiry,
         );
     };
     (@tests $backend:expr; $($name:ident),* $(,)?) => {
@@ -440,4 +441,40 @@ macro_rules! store_suite {
             }
         )*
     };
+}
+
+pub async fn quota_stays_exact_across_revocations_deletions_rotations_and_expiry(
+    backend: impl Backend,
+) {
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let account = account();
+    for _ in 0..20 {
+        let revoked = create(&keys, &account).await;
+        keys.revoke(&account, &revoked.info.id).await.unwrap();
+    }
+    let deleted = create(&keys, &account).await;
+    keys.delete(&account, &deleted.info.id).await.unwrap();
+    let short = NewKey::new(&account, Tier::FREE, "short").expires_in(Duration::from_secs(10));
+    keys.create(short).await.unwrap();
+    let rotated = create(&keys, &account).await;
+    let grace = Duration::from_secs(5);
+    keys.rotate(&account, &rotated.info.id, grace)
+        .await
+        .unwrap();
+    let at_limit = keys.create(NewKey::new(&account, Tier::FREE, "4th")).await;
+    assert!(
+        matches!(at_limit, Err(ManageError::KeyLimitReached { limit: 3, .. })),
+        "{at_limit:?}"
+    );
+
+    // The short key and the rotated one expire: the replacement is left, with room for two.
+    clock.advance(Duration::from_secs(10));
+    create(&keys, &account).await;
+    create(&keys, &account).await;
+    let over = keys.create(NewKey::new(&account, Tier::FREE, "4th")).await;
+    assert!(
+        matches!(over, Err(ManageError::KeyLimitReached { limit: 3, .. })),
+        "{over:?}"
+    );
 }

@@ -27,7 +27,7 @@ use tower::{service_fn, ServiceBuilder, ServiceExt};
 #[cfg(feature = "cache")]
 use tower_api_key::KeyStore;
 use tower_api_key::{
-    ApiKey, ApiKeyLayer, KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier,
+    key::KeyFormat, ApiKey, ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier,
 };
 use tower_http::auth::AsyncRequireAuthorizationLayer;
 
@@ -204,7 +204,7 @@ fn bench(c: &mut Criterion) {
     });
     #[cfg(feature = "cache")]
     {
-        let cached = tower_api_key::CachedKeyStore::new(store_1k.clone());
+        let cached = tower_api_key::store::CachedKeyStore::new(store_1k.clone());
         runtime.block_on(async {
             for bearer in &keys_1k {
                 let key = ApiKey::new(&bearer[7..]);

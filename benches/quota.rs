@@ -25,8 +25,9 @@ use std::time::{Duration, SystemTime};
 use criterion::{BenchmarkId, Criterion};
 use tokio::runtime::Runtime;
 use tower_api_key::{
-    KeyDigest, KeyFormat, KeyId, KeyIdentity, KeyRecord, LookupId, MemoryKeyStore, Quota, Tier,
-    WritableKeyStore,
+    key::{KeyDigest, KeyFormat},
+    store::{Quota, WritableKeyStore},
+    KeyId, KeyIdentity, KeyRecord, LookupId, MemoryKeyStore, Tier,
 };
 
 /// Revoked keys in the long history.
@@ -171,7 +172,7 @@ fn redis(c: &mut Criterion, runtime: &Runtime) {
         ))
         .unwrap();
     let store = runtime.block_on(async {
-        tower_api_key::RedisKeyStore::new(connection.clone()).prefix(prefix.clone())
+        tower_api_key::store::RedisKeyStore::new(connection.clone()).prefix(prefix.clone())
     });
     let other = runtime.block_on(async {
         let other = fill(&store).await;
@@ -270,7 +271,7 @@ fn postgres(c: &mut Criterion, runtime: &Runtime) {
         )
         .unwrap();
     let store = runtime.block_on(async {
-        let store = tower_api_key::PgKeyStore::new(pool.clone()).table(&table);
+        let store = tower_api_key::store::PgKeyStore::new(pool.clone()).table(&table);
         store.migrate().await.unwrap();
         store
     });

@@ -34,7 +34,7 @@
 //! the caller, is `403 key_too_powerful`. A new key has, unless the body says otherwise, the
 //! caller's scopes, mode and expiry: a key that expires creates keys that expire with it.
 //!
-//! [`KeyInfo::may_manage`]: tower_api_key::KeyInfo::may_manage
+//! [`KeyInfo::may_manage`]: tower_api_key::manage::KeyInfo::may_manage
 
 use std::net::Ipv4Addr;
 
@@ -53,9 +53,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tower_api_key::{
-    CreatedKey, KeyId, KeyIdentity, KeyInfo, KeyManager, KeyMode, ManageError, MemoryKeyStore,
-    NewKey, Overreach, RequireModeLayer, RequireScopeLayer, RequiredScope, Scoped, Tier,
-    WritableKeyStore, MAX_LIFETIME,
+    access::{KeyMode, RequireModeLayer, RequireScopeLayer},
+    extract::{RequiredScope, Scoped},
+    manage::{CreatedKey, KeyInfo, ManageError, Overreach, MAX_LIFETIME},
+    store::WritableKeyStore,
+    KeyId, KeyIdentity, KeyManager, MemoryKeyStore, NewKey, Tier,
 };
 
 const DEFAULT_PORT: u16 = 3000;
@@ -468,7 +470,7 @@ async fn main() {
             let pool = sqlx::PgPool::connect(&url)
                 .await
                 .unwrap_or_else(|error| exit_with(1, &format!("cannot reach PostgreSQL: {error}")));
-            let store = tower_api_key::PgKeyStore::new(pool);
+            let store = tower_api_key::store::PgKeyStore::new(pool);
             store
                 .migrate()
                 .await
@@ -484,7 +486,7 @@ async fn main() {
                 exit_with(1, &format!("cannot reach Redis: {error}"))
             });
             serve(
-                KeyManager::new(tower_api_key::RedisKeyStore::new(connection)),
+                KeyManager::new(tower_api_key::store::RedisKeyStore::new(connection)),
                 port,
             )
             .await;

@@ -20,8 +20,9 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKeyLayer, KeyDigest, KeyFormat, KeyId, KeyIdentity, KeyMode, KeyRecord, KeyStore, LookupId,
-    Scopes, StoreError, Tier,
+    access::{KeyMode, Scopes},
+    key::{KeyDigest, KeyFormat},
+    ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, KeyStore, LookupId, StoreError, Tier,
 };
 
 /// Read-only keys, loaded once; the layer does the checking, so the store only looks up.

@@ -71,7 +71,7 @@ use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 use tokio::net::TcpListener;
 use tower_api_key::{
-    ApiKeyLayer, AuthError, ErrorResponse, KeyFormat, KeyId, KeyIdentity, KeyRecord,
+    key::KeyFormat, response::ErrorResponse, ApiKeyLayer, AuthError, KeyId, KeyIdentity, KeyRecord,
     MemoryKeyStore, Tier,
 };
 

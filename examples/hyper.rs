@@ -19,7 +19,9 @@ use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
-use tower_api_key::{ApiKeyLayer, KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier};
+use tower_api_key::{
+    key::KeyFormat, ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier,
+};
 
 const DEFAULT_PORT: u16 = 3001;
 const DEFAULT_LIMIT: usize = 10;

@@ -9,7 +9,7 @@
 
 use std::time::SystemTime;
 
-use tower_api_key::{KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier};
+use tower_api_key::{key::KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier};
 
 const KEYS: usize = 1_000_000;
 

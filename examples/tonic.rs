@@ -22,7 +22,7 @@ use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic::{Request, Response, Status};
-use tower_api_key::{ApiKeyLayer, KeyFormat, KeyId, KeyIdentity, KeyRecord, KeyStore};
+use tower_api_key::{key::KeyFormat, ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, KeyStore};
 use tower_api_key::{MemoryKeyStore, Tier};
 
 const DEFAULT_PORT: u16 = 50051;

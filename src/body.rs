@@ -8,7 +8,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 pin_project! {
-    /// The body of a response from [`ApiKeyAuth`](crate::ApiKeyAuth): either the inner service's
+    /// The body of a response from [`ApiKeyAuth`](crate::layer::ApiKeyAuth): either the inner service's
     /// body, untouched, or the error envelope of a refused request.
     ///
     /// It works with any inner body whose data is [`Bytes`]: axum's, hyper's, tonic's.

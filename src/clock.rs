@@ -1,5 +1,18 @@
 //! Where the crate reads the time: expiry, grace periods and last-used times all ask a [`Clock`],
 //! so tests can move time instead of sleeping.
+//!
+//! Give the [`KeyManager`](crate::KeyManager) and the [`ApiKeyLayer`](crate::ApiKeyLayer) the
+//! same clock; in tests, a [`ManualClock`]:
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//!
+//! use tower_api_key::clock::{Clock, ManualClock};
+//!
+//! let clock = ManualClock::new(SystemTime::UNIX_EPOCH);
+//! clock.advance(Duration::from_secs(60));
+//! assert_eq!(clock.now(), SystemTime::UNIX_EPOCH + Duration::from_secs(60));
+//! ```
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,7 +38,7 @@ impl Clock for SystemClock {
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
-/// use tower_api_key::{Clock, ManualClock};
+/// use tower_api_key::clock::{Clock, ManualClock};
 ///
 /// let clock = ManualClock::new(SystemTime::UNIX_EPOCH);
 /// clock.advance(Duration::from_secs(60));

@@ -9,7 +9,7 @@
 //!   is not an API key and is ignored: the request is judged by its other headers.
 //! - Spaces and tabs around a key are ignored. An empty key (`Bearer` alone, an empty
 //!   `X-API-Key`) counts as no key.
-//! - A key must be 1 to [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) visible ASCII characters. A key
+//! - A key must be 1 to [`MAX_KEY_LEN`](crate::key::MAX_KEY_LEN) visible ASCII characters. A key
 //!   with inner whitespace, control characters, non-ASCII or non-UTF-8 bytes, or longer than that
 //!   is malformed: `invalid_api_key`.
 //! - Every key in the request must be the same: the two headers, and each header repeated, may

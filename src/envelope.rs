@@ -21,7 +21,7 @@ use crate::request_id::{request_id, X_REQUEST_ID};
 /// use std::time::Duration;
 ///
 /// use http::{Request, StatusCode};
-/// use tower_api_key::ErrorResponse;
+/// use tower_api_key::response::ErrorResponse;
 ///
 /// let request = Request::get("/api").header("x-request-id", "req_42").body(()).unwrap();
 ///

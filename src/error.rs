@@ -1,6 +1,7 @@
 //! Why a request was refused, and the one function that answers every refusal: [`Refusals`].
 
 use std::borrow::Cow;
+use std::error::Error;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 
@@ -10,7 +11,6 @@ use crate::grpc::{self, RequestHead};
 use crate::key::KeyFormat;
 use crate::mode::KeyMode;
 use crate::request_id::{request_id, X_REQUEST_ID};
-use crate::store::StoreError;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
@@ -37,8 +37,8 @@ use http::{Response, StatusCode};
 /// request id in `X-Request-Id` (see [`ApiKeyLayer`](crate::ApiKeyLayer) for where it comes
 /// from). Messages tell the caller what to do and never repeat the key or a store's error.
 /// [`ApiKeyLayer::error_response`](crate::ApiKeyLayer::error_response) replaces the body of
-/// every one of them, the 403s of [`RequireScopeLayer`](crate::RequireScopeLayer),
-/// [`RequireModeLayer`](crate::RequireModeLayer) and the axum extractors included.
+/// every one of them, the 403s of [`RequireScopeLayer`](crate::access::RequireScopeLayer),
+/// [`RequireModeLayer`](crate::access::RequireModeLayer) and the axum extractors included.
 ///
 /// Every refusal, whatever renders it (gRPC included), carries its `AuthError` in the
 /// response's extensions, so that a layer outside can tell it from the inner service's own
@@ -155,6 +155,35 @@ impl std::error::Error for AuthError {
         }
     }
 }
+
+/// A store could not answer: the layer responds `503`, failing closed.
+///
+/// It displays as the error it wraps. The layer logs it (with `tracing`, at error level) and
+/// never sends it to the client.
+///
+/// Clones share the error they wrap.
+#[derive(Clone, Debug)]
+pub struct StoreError(Arc<dyn Error + Send + Sync>);
+
+impl StoreError {
+    /// Wraps the backend's error (or a message).
+    pub fn new(source: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
+        Self(Arc::from(source.into()))
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Error for StoreError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.0.source()
+    }
+}
+
 
 /// A refused request: the [`AuthError`], the message for the caller, and the request id.
 ///

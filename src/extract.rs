@@ -1,5 +1,27 @@
 //! The axum extractors (feature `axum`): [`KeyIdentity`] itself, [`Scoped`] for a key with a
-//! scope, and [`LiveKey`] and [`TestKey`] for a key of one mode.
+//! scope, and [`LiveKey`] and [`TestKey`] for a key of one mode. Each refusal is an
+//! [`AuthRejection`], answered as the layer answers its own.
+//!
+//! ```
+//! use axum::{routing::post, Router};
+//! use tower_api_key::extract::{LiveKey, RequiredScope, Scoped};
+//! use tower_api_key::{ApiKeyLayer, MemoryKeyStore};
+//!
+//! struct PayoutsWrite;
+//!
+//! impl RequiredScope for PayoutsWrite {
+//!     const SCOPE: &'static str = "payouts:write";
+//! }
+//!
+//! // Only a live key with the `payouts:write` scope, or full access, gets here.
+//! async fn payout(LiveKey(_): LiveKey, identity: Scoped<PayoutsWrite>) -> String {
+//!     format!("paying out to {}", identity.account_id())
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/payouts", post(payout))
+//!     .layer(ApiKeyLayer::new(MemoryKeyStore::new()));
+//! ```
 
 use std::convert::Infallible;
 use std::fmt;
@@ -10,10 +32,11 @@ use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 
+use crate::access::{checked_identity, refusals_of};
 use crate::error::AuthError;
 use crate::identity::KeyIdentity;
 use crate::mode::KeyMode;
-use crate::scope::{checked_identity, is_valid_scope, refusals_of};
+use crate::scope::is_valid_scope;
 
 /// Extracts the identity that [`ApiKeyLayer`](crate::ApiKeyLayer) put in the request.
 ///
@@ -54,7 +77,7 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for KeyIdentity {
 /// A scope that a route requires, named by a type for the [`Scoped`] extractor.
 ///
 /// ```
-/// use tower_api_key::RequiredScope;
+/// use tower_api_key::extract::RequiredScope;
 ///
 /// struct KeysWrite;
 ///
@@ -63,12 +86,12 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for KeyIdentity {
 /// }
 /// ```
 ///
-/// `SCOPE` must be a valid scope (see [`Scopes`](crate::Scopes)): a handler that extracts a
+/// `SCOPE` must be a valid scope (see [`Scopes`](crate::access::Scopes)): a handler that extracts a
 /// `Scoped` of an invalid one fails to build.
 ///
 /// ```compile_fail
 /// use axum::{routing::get, Router};
-/// use tower_api_key::{RequiredScope, Scoped};
+/// use tower_api_key::extract::{RequiredScope, Scoped};
 ///
 /// struct Spaced;
 ///
@@ -86,7 +109,7 @@ pub trait RequiredScope: Send + Sync + 'static {
 }
 
 /// Extracts the identity of a key that has the scope `T::SCOPE`, or full access: the
-/// [`RequireScopeLayer`](crate::RequireScopeLayer) check, in a handler's arguments.
+/// [`RequireScopeLayer`](crate::access::RequireScopeLayer) check, in a handler's arguments.
 ///
 /// A restricted key without the scope is refused with `403` `insufficient_scope` and its
 /// `WWW-Authenticate` challenge; a route outside [`ApiKeyLayer`](crate::ApiKeyLayer) answers
@@ -94,7 +117,7 @@ pub trait RequiredScope: Send + Sync + 'static {
 ///
 /// ```
 /// use axum::{routing::post, Router};
-/// use tower_api_key::{ApiKeyLayer, MemoryKeyStore, RequiredScope, Scoped};
+/// use tower_api_key::{ApiKeyLayer, MemoryKeyStore, extract::{RequiredScope, Scoped}};
 ///
 /// struct KeysWrite;
 ///
@@ -168,11 +191,11 @@ impl<S: Send + Sync, T: RequiredScope> FromRequestParts<S> for Scoped<T> {
 }
 
 /// Extracts the identity of a live key: a test key is refused with `403` `live_key_required`,
-/// as [`RequireModeLayer::live`](crate::RequireModeLayer::live) does.
+/// as [`RequireModeLayer::live`](crate::access::RequireModeLayer::live) does.
 ///
 /// ```
 /// use axum::{routing::post, Router};
-/// use tower_api_key::{ApiKeyLayer, LiveKey, MemoryKeyStore};
+/// use tower_api_key::{ApiKeyLayer, MemoryKeyStore, extract::LiveKey};
 ///
 /// async fn payout(LiveKey(identity): LiveKey) -> String {
 ///     format!("paying out to {}", identity.account_id())
@@ -186,7 +209,7 @@ impl<S: Send + Sync, T: RequiredScope> FromRequestParts<S> for Scoped<T> {
 pub struct LiveKey(pub KeyIdentity);
 
 /// Extracts the identity of a test key: a live key is refused with `403` `test_key_required`,
-/// as [`RequireModeLayer::test`](crate::RequireModeLayer::test) does. For sandbox-only routes
+/// as [`RequireModeLayer::test`](crate::access::RequireModeLayer::test) does. For sandbox-only routes
 /// (simulating an event, resetting test data).
 #[derive(Clone, Debug)]
 pub struct TestKey(pub KeyIdentity);

@@ -17,7 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// on every lookup, touches no count shared between threads. A longer one is shared.
 ///
 /// ```
-/// use tower_api_key::KeyHint;
+/// use tower_api_key::key::KeyHint;
 ///
 /// let hint = KeyHint::from("sk_live_...Xy12");
 /// assert_eq!(hint.as_str(), "sk_live_...Xy12");

@@ -135,7 +135,7 @@ impl fmt::Display for Tier {
 /// extensions, or with the axum extractor (feature `axum`):
 ///
 /// ```
-/// use tower_api_key::{KeyId, KeyIdentity, KeyMode, Scopes, Tier};
+/// use tower_api_key::{KeyId, KeyIdentity, Tier, access::{KeyMode, Scopes}};
 ///
 /// let identity = KeyIdentity::new(KeyId::new("key_1"), "acct_42", "ci", Tier::FREE)
 ///     .with_metadata(serde_json::json!({"team": "platform"}))
@@ -284,7 +284,7 @@ impl KeyIdentity {
         self.scopes().is_none_or(|scopes| scopes.contains(scope))
     }
 
-    /// The scope check of [`RequireScopeLayer`](crate::RequireScopeLayer) and the `Scoped`
+    /// The scope check of [`RequireScopeLayer`](crate::access::RequireScopeLayer) and the `Scoped`
     /// extractor: `Ok` if the key [has](KeyIdentity::has_scope) `scope`, else
     /// [`AuthError::InsufficientScope`] (`403`).
     pub fn require_scope(&self, scope: &str) -> Result<(), AuthError> {
@@ -296,7 +296,7 @@ impl KeyIdentity {
         })
     }
 
-    /// The mode check of [`RequireModeLayer`](crate::RequireModeLayer) and the `LiveKey` and
+    /// The mode check of [`RequireModeLayer`](crate::access::RequireModeLayer) and the `LiveKey` and
     /// `TestKey` extractors: `Ok` if the key is of mode `required`, else
     /// [`AuthError::WrongMode`] (`403`).
     pub fn require_mode(&self, required: KeyMode) -> Result<(), AuthError> {

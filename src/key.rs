@@ -1,5 +1,15 @@
 //! API keys: their format, generation and digest.
 //!
+//! ```
+//! use tower_api_key::key::KeyFormat;
+//!
+//! let format = KeyFormat::default();
+//! let key = format.generate(); // `sk_live_...`: show it to its owner once
+//! assert!(format.is_well_formed(key.expose_secret()));
+//! let digest = key.digest(); // what a store keeps, looked up by `digest.lookup_id()`
+//! # let _ = digest;
+//! ```
+//!
 //! A key is a prefix followed by a body of 32 random base62 characters and a
 //! 6-character CRC32 checksum of the prefix and those random characters, like GitHub's tokens:
 //!
@@ -19,6 +29,7 @@ use std::hint::black_box;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
+pub use crate::hint::KeyHint;
 use crate::mode::KeyMode;
 
 /// Number of random base62 characters in a generated key's body: about 190 bits, so at least
@@ -42,7 +53,7 @@ const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop
 /// deliberately with [`ApiKey::expose_secret`].
 ///
 /// ```compile_fail
-/// let key = tower_api_key::KeyFormat::default().generate();
+/// let key = tower_api_key::key::KeyFormat::default().generate();
 /// println!("{key}"); // no `Display`: does not compile
 /// ```
 #[derive(Clone)]
@@ -76,12 +87,12 @@ impl fmt::Debug for ApiKey {
 /// Digests are compared only in constant time ([`KeyDigest::matches`]); `Debug` is redacted.
 ///
 /// ```compile_fail
-/// let digest = tower_api_key::KeyDigest::of("sk_live_x");
+/// let digest = tower_api_key::key::KeyDigest::of("sk_live_x");
 /// let _ = format!("{digest}"); // no `Display`: does not compile
 /// ```
 ///
 /// ```compile_fail
-/// let digest = tower_api_key::KeyDigest::of("sk_live_x");
+/// let digest = tower_api_key::key::KeyDigest::of("sk_live_x");
 /// let _ = digest == digest; // no `==`, which would not be constant-time: does not compile
 /// ```
 #[derive(Clone, Copy)]
@@ -165,7 +176,7 @@ impl fmt::Debug for KeyDigest {
 /// time. Like the digest, it has a redacted `Debug` and no `Display`.
 ///
 /// ```compile_fail
-/// let lookup_id = tower_api_key::KeyDigest::of("sk_live_x").lookup_id();
+/// let lookup_id = tower_api_key::key::KeyDigest::of("sk_live_x").lookup_id();
 /// let _ = lookup_id.to_string(); // no `Display`: does not compile
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -207,7 +218,7 @@ impl fmt::Debug for LookupId {
 /// [`KeyFormat::unchecked`].
 ///
 /// ```
-/// use tower_api_key::{KeyFormat, KeyMode};
+/// use tower_api_key::{access::KeyMode, key::KeyFormat};
 ///
 /// let format = KeyFormat::default();
 /// let key = format.generate();

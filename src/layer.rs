@@ -1,4 +1,43 @@
 //! The middleware: [`ApiKeyLayer`], the [`ApiKeyAuth`] service it builds, and its future.
+//!
+//! # How keys are read
+//!
+//! - `Authorization: Bearer <key>` (the scheme in any case, then one or more spaces) or
+//!   `X-API-Key: <key>`. Both names are configurable ([`ApiKeyLayer::authorization_header`],
+//!   [`ApiKeyLayer::api_key_header`]), and either can be switched off with `None`: behind a
+//!   gateway that sends its own bearer token in `Authorization`, read `X-API-Key` alone.
+//! - Never from a cookie or the body. A key in the URL query string is refused with
+//!   `invalid_api_key`, even beside a good key in a header, because it has already leaked into
+//!   logs and browser history: a parameter named `access_token`, `api_key`, `apikey`, `api-key` or
+//!   `x-api-key` (any case) with a value, or any parameter whose name or value starts with a key
+//!   prefix. The warning in the log names the parameter (when short enough that no key fits in
+//!   it), never its value.
+//! - Spaces and tabs around the key are ignored. An `Authorization` header of another scheme
+//!   (`Basic ...`) is ignored, so `X-API-Key` still works beside it.
+//! - The same key in both headers, or in a repeated header, is fine; two different keys are
+//!   refused.
+//! - A value with inner spaces, control characters, non-ASCII or non-UTF-8 bytes, or longer than
+//!   [`MAX_KEY_LEN`](crate::key::MAX_KEY_LEN) characters is `invalid_api_key`, rejected before
+//!   hashing.
+//!
+//! ```
+//! use std::convert::Infallible;
+//!
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_api_key::{ApiKeyLayer, MemoryKeyStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let service = ServiceBuilder::new()
+//!     .layer(ApiKeyLayer::new(MemoryKeyStore::new()))
+//!     .service_fn(|_: Request<String>| async { Ok::<_, Infallible>(Response::new(String::new())) });
+//! // A key in the URL is refused, whatever the headers say.
+//! let request = Request::get("/api?api_key=sk_live_x").body(String::new()).unwrap();
+//! let response = service.oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+//! # }
+//! ```
 
 use std::fmt;
 use std::future::Future;
@@ -15,7 +54,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
 
-use crate::body::ResponseBody;
+pub use crate::body::ResponseBody;
 use crate::clock::{Clock, SystemClock};
 use crate::credentials::{key_in_query, CredentialError, CredentialHeaders};
 use crate::error::{AuthError, ErrorResponseFn, Messages, Refusals, Rejection};
@@ -37,13 +76,13 @@ use crate::store::{KeyRecord, KeyStore, StoreError};
 ///    `Authorization` of another scheme (`Basic ...`) is ignored; an empty key is no key. Two
 ///    different keys in one request (in both headers, or a header repeated) are refused, never
 ///    resolved by picking one; the same key twice is fine. A value that is not 1 to
-///    [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) visible ASCII characters is `invalid_api_key`. The
+///    [`MAX_KEY_LEN`](crate::key::MAX_KEY_LEN) visible ASCII characters is `invalid_api_key`. The
 ///    credential headers are marked sensitive on the way, so the inner service's loggers
 ///    redact them.
 /// 2. Check its [format](KeyFormat): prefix, length, alphabet and checksum. A typo is rejected
 ///    here, without a store lookup.
 /// 3. Find the record by the key's [`LookupId`](crate::LookupId) in the [`KeyStore`], compare the
-///    digests in constant time, check that the record's [mode](crate::KeyMode) is the one the
+///    digests in constant time, check that the record's [mode](crate::access::KeyMode) is the one the
 ///    key's prefix says (an `sk_test_` key whose record says live is `invalid_api_key`: the
 ///    record is wrong, and neither side can be trusted), and that the key is neither revoked nor
 ///    expired. A store error is answered `503` and logged with `tracing`; it never lets a
@@ -75,7 +114,7 @@ use crate::store::{KeyRecord, KeyStore, StoreError};
 ///
 /// use http::{Request, Response, StatusCode};
 /// use tower::{ServiceBuilder, ServiceExt};
-/// use tower_api_key::{ApiKeyLayer, KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier};
+/// use tower_api_key::{ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier, key::KeyFormat};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -167,8 +206,8 @@ impl ApiKeyLayer {
 
     /// Renders refusals with `render` instead of the JSON envelope, for example as RFC 9457
     /// problem details: the layer's own (401, 503) and those of the checks inside it
-    /// ([`RequireScopeLayer`](crate::RequireScopeLayer),
-    /// [`RequireModeLayer`](crate::RequireModeLayer) and the axum extractors, 403), which find
+    /// ([`RequireScopeLayer`](crate::access::RequireScopeLayer),
+    /// [`RequireModeLayer`](crate::access::RequireModeLayer) and the axum extractors, 403), which find
     /// it in the request's extensions.
     ///
     /// The crate still sets the status and adds `Cache-Control: no-store`, `X-Request-Id` and
@@ -179,7 +218,7 @@ impl ApiKeyLayer {
     /// use bytes::Bytes;
     /// use http::header::CONTENT_TYPE;
     /// use http::Response;
-    /// use tower_api_key::{ApiKeyLayer, MemoryKeyStore, Rejection};
+    /// use tower_api_key::{ApiKeyLayer, MemoryKeyStore, response::Rejection};
     ///
     /// fn problem_json(rejection: &Rejection) -> Response<Bytes> {
     ///     let body = serde_json::json!({

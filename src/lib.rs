@@ -13,7 +13,7 @@
 //!
 //! ```
 //! use axum::{routing::get, Router};
-//! use tower_api_key::{ApiKeyLayer, KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier};
+//! use tower_api_key::{ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier, key::KeyFormat};
 //!
 //! async fn whoami(identity: KeyIdentity) -> String {
 //!     format!("hello, {}", identity.account_id())
@@ -73,8 +73,8 @@
 //! | 401    | `invalid_api_key`            | malformed, bad checksum, unknown, deleted, two different keys, or a record whose mode is not its prefix's |
 //! | 401    | `expired_api_key`            | revoked, or past its expiry                       |
 //! | 503    | `authentication_unavailable` | the store failed: the request is refused, never let through |
-//! | 403    | `insufficient_scope`         | the key lacks the scope of a [`RequireScopeLayer`] |
-//! | 403    | `live_key_required`, `test_key_required` | the key's mode is refused by a [`RequireModeLayer`] |
+//! | 403    | `insufficient_scope`         | the key lacks the scope of a [`RequireScopeLayer`](access::RequireScopeLayer) |
+//! | 403    | `live_key_required`, `test_key_required` | the key's mode is refused by a [`RequireModeLayer`](access::RequireModeLayer) |
 //!
 //! A key in the URL query string is refused too (`invalid_api_key`, [`AuthError::KeyInQuery`]):
 //! it has already leaked into logs.
@@ -84,7 +84,7 @@
 //! challenge (RFC 6750), and its [`AuthError`] in the
 //! response's extensions, so that a layer outside can tell it from the application's answers. Replace the body with [`ApiKeyLayer::error_response`]; answer in the
 //! same envelope from your own code (a rate limiter's 429, a permission check's 403) with
-//! [`ErrorResponse`].
+//! [`ErrorResponse`](response::ErrorResponse).
 //!
 //! # Logs and request ids
 //!
@@ -102,27 +102,28 @@
 //! # Managing keys
 //!
 //! [`KeyManager`] creates keys (shown once), lists them without secrets, revokes, deletes and
-//! rotates them, and holds each account to its tier's quota of active keys ([`TierLimits`]:
-//! free 3, pro 50). It works over any [`WritableKeyStore`], the write path that a read-only
-//! store need not implement. Give the manager and the layer the same [`Clock`]; in tests a
-//! [`ManualClock`] moves time without sleeping. When keys manage keys, no key may create or
-//! remove a key more powerful than itself in scopes, mode or expiry: [`KeyInfo::may_manage`]
+//! rotates them, and holds each account to its tier's quota of active keys ([`TierLimits`](manage::TierLimits):
+//! free 3, pro 50). It works over any [`WritableKeyStore`](store::WritableKeyStore), the write path that a read-only
+//! store need not implement. Give the manager and the layer the same [`Clock`](clock::Clock); in tests a
+//! [`ManualClock`](clock::ManualClock) moves time without sleeping. When keys manage keys, no key may create or
+//! remove a key more powerful than itself in scopes, mode or expiry: [`KeyInfo::may_manage`](manage::KeyInfo::may_manage)
 //! decides, and [`NewKey::created_by`] has [`KeyManager::create`] apply it.
 //!
 //! # Scopes and test keys
 //!
-//! A key may carry [`Scopes`] (`NewKey::scopes`), like Stripe's restricted keys; a key without
-//! scopes has full access. A route asks for a scope with [`RequireScopeLayer`] inside the
+//! A key may carry [`Scopes`](access::Scopes) (`NewKey::scopes`), like Stripe's restricted keys; a key without
+//! scopes has full access. A route asks for a scope with [`RequireScopeLayer`](access::RequireScopeLayer) inside the
 //! [`ApiKeyLayer`] (or, with axum, the `Scoped<T>` extractor), and a key without it gets `403
 //! insufficient_scope` with the RFC 6750 challenge. Keys are live (`sk_live_`) or test
 //! (`sk_test_`, `NewKey::mode(KeyMode::Test)`) in the same store; [`KeyIdentity::mode`] says
-//! which, and [`RequireModeLayer`] (or the `LiveKey` / `TestKey` extractors) refuses one mode on
+//! which, and [`RequireModeLayer`](access::RequireModeLayer) (or the `LiveKey` / `TestKey` extractors) refuses one mode on
 //! a route.
 //!
 //! ```
 //! use http::{Request, StatusCode};
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use tower_api_key::{KeyManager, MemoryKeyStore, NewKey, RequireScopeLayer, Tier};
+//! use tower_api_key::access::RequireScopeLayer;
+//! use tower_api_key::{KeyManager, MemoryKeyStore, NewKey, Tier};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() {
@@ -146,12 +147,12 @@
 //! # Security model
 //!
 //! - Keys are `sk_live_` plus 32 random base62 characters from the OS CSPRNG (~190 bits) and a
-//!   CRC32 checksum, so typos and random strings are rejected without a lookup ([`KeyFormat`]).
+//!   CRC32 checksum, so typos and random strings are rejected without a lookup ([`KeyFormat`](key::KeyFormat)).
 //! - Stores hold SHA-256 digests, never keys, indexed by the digest's first half; the layer
 //!   compares the whole digest in constant time (`subtle`).
 //! - Keys are read from headers only; a key in the query string is refused and logged by its
 //!   parameter's name, never its value.
-//! - [`ApiKey`], [`KeyDigest`] and [`LookupId`] have no `Display` and a redacted `Debug`; the
+//! - [`ApiKey`], [`KeyDigest`](key::KeyDigest) and [`LookupId`] have no `Display` and a redacted `Debug`; the
 //!   credential headers are marked sensitive before the inner service sees them; no response
 //!   repeats a key.
 //! - A store failure is a `503`: the layer fails closed.
@@ -177,51 +178,32 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 
+pub mod access;
 mod body;
-mod clock;
+pub mod clock;
 mod credentials;
 mod envelope;
 mod error;
 #[cfg(feature = "axum")]
-mod extract;
+pub mod extract;
 mod grpc;
 mod hint;
 mod identity;
-mod key;
-mod layer;
-mod lifecycle;
+pub mod key;
+pub mod layer;
+pub mod manage;
 mod mode;
 mod request_id;
+pub mod response;
 mod scope;
-mod store;
+pub mod store;
 
-pub use body::ResponseBody;
-pub use clock::{Clock, ManualClock, SystemClock};
-pub use envelope::ErrorResponse;
-pub use error::{AuthError, Rejection};
-#[cfg(feature = "axum")]
-pub use extract::{AuthRejection, LiveKey, RequiredScope, Scoped, TestKey};
-pub use hint::KeyHint;
+pub use error::AuthError;
 pub use identity::{KeyId, KeyIdentity, Tier};
-pub use key::{ApiKey, KeyDigest, KeyFormat, LookupId, MAX_KEY_LEN};
-pub use layer::{ApiKeyAuth, ApiKeyLayer, ResponseFuture};
-pub use lifecycle::{
-    CreatedKey, KeyInfo, KeyManager, ManageError, NewKey, Overreach, TierLimits, MAX_LIFETIME,
-    MAX_NAME_LEN,
-};
-pub use mode::{KeyMode, RequireMode, RequireModeLayer};
-pub use scope::{
-    RequireFuture, RequireScope, RequireScopeLayer, ScopeError, Scopes, MAX_SCOPES, MAX_SCOPE_LEN,
-};
-#[cfg(feature = "cache")]
-pub use store::CachedKeyStore;
-#[cfg(feature = "postgres")]
-pub use store::PgKeyStore;
-#[cfg(feature = "redis")]
-pub use store::RedisKeyStore;
-pub use store::{
-    CreateError, KeyRecord, KeyStore, MemoryKeyStore, Quota, StoreError, WritableKeyStore,
-};
+pub use key::{ApiKey, LookupId};
+pub use layer::ApiKeyLayer;
+pub use manage::{KeyManager, NewKey};
+pub use store::{KeyRecord, KeyStore, MemoryKeyStore, StoreError};
 
 // Compiles and runs the README's Rust examples with the doc tests, so the README stays true.
 #[cfg(doctest)]

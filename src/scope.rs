@@ -1,27 +1,11 @@
-//! Scopes: what a restricted key may do, like Stripe's restricted keys, and
-//! [`RequireScopeLayer`], the route-level check.
+//! Scopes: what a restricted key may do, like Stripe's restricted keys.
 //!
 //! A key created with scopes ([`NewKey::scopes`](crate::NewKey::scopes)) may call only the
 //! routes that require one of them; a key created without scopes has full access, as Stripe's
 //! standard keys do. Scopes are compared exactly: `keys:write` does not imply `keys:read`.
 
-use std::borrow::Cow;
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
-use bytes::Bytes;
-use http::{Request, Response};
-use pin_project_lite::pin_project;
 use serde::Serialize;
-use tower_layer::Layer;
-use tower_service::Service;
-
-use crate::body::ResponseBody;
-use crate::error::{AuthError, Refusals};
-use crate::identity::KeyIdentity;
+use std::fmt;
 
 /// The most scopes a key may have.
 pub const MAX_SCOPES: usize = 32;
@@ -38,7 +22,7 @@ pub const MAX_SCOPE_LEN: usize = 64;
 /// OAuth does. Serializes as a JSON array of strings.
 ///
 /// ```
-/// use tower_api_key::Scopes;
+/// use tower_api_key::access::Scopes;
 ///
 /// let scopes = Scopes::new(["keys:write", "iocs:read", "keys:write"]).unwrap();
 /// assert_eq!(scopes.iter().collect::<Vec<_>>(), ["iocs:read", "keys:write"]);
@@ -112,7 +96,7 @@ impl Serialize for Scopes {
 }
 
 /// Why a list of scopes is not valid ([`Scopes::new`], or
-/// [`ManageError::InvalidScopes`](crate::ManageError::InvalidScopes) at creation).
+/// [`ManageError::InvalidScopes`](crate::manage::ManageError::InvalidScopes) at creation).
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ScopeError {
@@ -163,219 +147,6 @@ pub(crate) const fn is_valid_scope(scope: &str) -> bool {
         index += 1;
     }
     true
-}
-
-/// A [`Layer`] that lets through only requests whose key has a scope, or has full access: put
-/// it inside [`ApiKeyLayer`](crate::ApiKeyLayer), on the routes that need the scope.
-///
-/// A restricted key without the scope gets `403` with code `insufficient_scope` and
-/// `WWW-Authenticate: Bearer error="insufficient_scope", scope="<scope>"` (RFC 6750 §3). A
-/// request without a [`KeyIdentity`] (this layer outside `ApiKeyLayer`) gets `500`
-/// `internal_error`. Scopes are compared exactly (`keys:write` does not imply `keys:read`);
-/// stack two layers to require two scopes. With axum, `route_layer` puts it
-/// on a route, and the `Scoped` extractor does the same check in a handler's arguments.
-///
-/// ```
-/// use std::convert::Infallible;
-///
-/// use http::{Request, Response, StatusCode};
-/// use tower::{ServiceBuilder, ServiceExt};
-/// use tower_api_key::{KeyManager, MemoryKeyStore, NewKey, RequireScopeLayer, Tier};
-///
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let keys = KeyManager::new(MemoryKeyStore::new());
-/// let reader = keys
-///     .create(NewKey::new("acct_42", Tier::FREE, "dashboard").scopes(["keys:read"]))
-///     .await
-///     .unwrap();
-///
-/// let create_key = ServiceBuilder::new()
-///     .layer(keys.layer())
-///     .layer(RequireScopeLayer::new("keys:write"))
-///     .service_fn(|_: Request<String>| async { Ok::<_, Infallible>(Response::new(String::new())) });
-///
-/// let request = Request::builder()
-///     .header("Authorization", format!("Bearer {}", reader.key.expose_secret()))
-///     .body(String::new())
-///     .unwrap();
-/// let response = create_key.oneshot(request).await.unwrap();
-/// assert_eq!(response.status(), StatusCode::FORBIDDEN);
-/// assert_eq!(
-///     response.headers()["www-authenticate"],
-///     r#"Bearer error="insufficient_scope", scope="keys:write""#
-/// );
-/// # }
-/// ```
-#[derive(Clone, Debug)]
-pub struct RequireScopeLayer {
-    scope: Cow<'static, str>,
-}
-
-impl RequireScopeLayer {
-    /// Requires `scope`.
-    ///
-    /// # Panics
-    ///
-    /// If `scope` is not a valid scope (see [`Scopes`]): a key could never have it.
-    pub fn new(scope: impl Into<Cow<'static, str>>) -> Self {
-        let scope = scope.into();
-        assert!(
-            is_valid_scope(&scope),
-            "RequireScopeLayer: {scope:?} is not a valid scope (1 to {MAX_SCOPE_LEN} visible \
-             ASCII characters, without quotes or backslashes)"
-        );
-        Self { scope }
-    }
-
-    /// The scope it requires.
-    pub fn scope(&self) -> &str {
-        &self.scope
-    }
-}
-
-impl<S> Layer<S> for RequireScopeLayer {
-    type Service = RequireScope<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequireScope {
-            inner,
-            scope: self.scope.clone(),
-        }
-    }
-}
-
-/// The service built by [`RequireScopeLayer`]: checks the key's scopes, then calls `S`.
-#[derive(Clone, Debug)]
-pub struct RequireScope<S> {
-    inner: S,
-    scope: Cow<'static, str>,
-}
-
-impl<S> RequireScope<S> {
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// The inner service, unwrapped.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequireScope<S>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-{
-    type Response = Response<ResponseBody<ResBody>>;
-    type Error = S::Error;
-    type Future = RequireFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let scope = &self.scope;
-        check_then_call(&mut self.inner, request, |identity| {
-            identity.require_scope(scope)
-        })
-    }
-}
-
-/// Checks the request's identity with `check`: calls `inner` (the service made ready) if it
-/// passes, else answers the refusal without calling it.
-pub(crate) fn check_then_call<S, ReqBody, ResBody>(
-    inner: &mut S,
-    request: Request<ReqBody>,
-    check: impl FnOnce(&KeyIdentity) -> Result<(), AuthError>,
-) -> RequireFuture<S::Future>
-where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-{
-    let extensions = request.extensions();
-    match checked_identity(extensions, check) {
-        Ok(_) => RequireFuture {
-            kind: Kind::Inner {
-                future: inner.call(request),
-            },
-        },
-        Err(error) => RequireFuture {
-            kind: Kind::Rejected {
-                response: Some(refusals_of(extensions).respond(error, (&request).into())),
-            },
-        },
-    }
-}
-
-/// The request's identity, if `check` passes it; [`AuthError::MissingIdentity`] if no layer
-/// authenticated the request. The check of the layers and of the axum extractors alike.
-pub(crate) fn checked_identity(
-    extensions: &http::Extensions,
-    check: impl FnOnce(&KeyIdentity) -> Result<(), AuthError>,
-) -> Result<&KeyIdentity, AuthError> {
-    let identity = extensions
-        .get::<KeyIdentity>()
-        .ok_or(AuthError::MissingIdentity)?;
-    check(identity).map(|()| identity)
-}
-
-/// How the [`ApiKeyLayer`](crate::ApiKeyLayer) that authenticated a request answers refusals;
-/// the defaults if none did.
-pub(crate) fn refusals_of(extensions: &http::Extensions) -> &Refusals {
-    extensions
-        .get::<Arc<Refusals>>()
-        .map_or(Refusals::fallback(), |refusals| refusals)
-}
-
-pin_project! {
-    /// The response future of [`RequireScope`] and [`RequireMode`](crate::RequireMode): the
-    /// inner service's, or a refusal.
-    pub struct RequireFuture<F> {
-        #[pin]
-        kind: Kind<F>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F> {
-        Inner { #[pin] future: F },
-        Rejected { response: Option<Response<Bytes>> },
-    }
-}
-
-impl<F, ResBody, E> Future for RequireFuture<F>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-{
-    type Output = Result<Response<ResponseBody<ResBody>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Inner { future } => future
-                .poll(cx)
-                .map_ok(|response| response.map(ResponseBody::inner)),
-            KindProj::Rejected { response } => {
-                let response = response
-                    .take()
-                    .expect("RequireFuture polled after completion");
-                Poll::Ready(Ok(response.map(ResponseBody::rejection)))
-            }
-        }
-    }
-}
-
-impl<F> fmt::Debug for RequireFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequireFuture").finish_non_exhaustive()
-    }
 }
 
 #[cfg(test)]
@@ -446,11 +217,5 @@ mod tests {
             serde_json::json!(["iocs:read", "keys:write"])
         );
         assert_eq!(scopes.to_string(), "iocs:read keys:write");
-    }
-
-    #[test]
-    #[should_panic(expected = "not a valid scope")]
-    fn require_scope_layer_refuses_an_invalid_scope() {
-        let _ = RequireScopeLayer::new("keys write");
     }
 }

@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use http::{Request, Response};
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKey, ApiKeyLayer, KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier,
+    key::KeyFormat, ApiKey, ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier,
 };
 
 thread_local! {

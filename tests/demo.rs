@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 use common::{assert_envelope, Answer};
 use http::{Method, StatusCode};
 use tower_api_key::{
-    ApiKey, CreatedKey, KeyId, KeyManager, ManualClock, MemoryKeyStore, NewKey, Tier,
-    WritableKeyStore,
+    clock::ManualClock, manage::CreatedKey, store::WritableKeyStore, ApiKey, KeyId, KeyManager,
+    MemoryKeyStore, NewKey, Tier,
 };
 
 struct Demo<S = MemoryKeyStore> {
@@ -140,7 +140,7 @@ async fn create_use_list_revoke_use_again_on_postgres() {
         std::env::var("DATABASE_URL").expect("DATABASE_URL must be set for the postgres tests");
     let pool = sqlx::PgPool::connect_lazy(&url).unwrap();
     let table = format!("demo_{}", uuid::Uuid::new_v4().simple());
-    let store = tower_api_key::PgKeyStore::new(pool).table(&table);
+    let store = tower_api_key::store::PgKeyStore::new(pool).table(&table);
     store.migrate().await.unwrap();
     create_use_list_revoke_use_again_on(Demo::start_with(store).await).await;
 }
@@ -152,7 +152,7 @@ async fn create_use_list_revoke_use_again_on_redis() {
     let client = redis::Client::open(url).unwrap();
     let connection = redis::aio::ConnectionManager::new(client).await.unwrap();
     let prefix = format!("tower-api-key-demo-{}", uuid::Uuid::new_v4().simple());
-    let store = tower_api_key::RedisKeyStore::new(connection).prefix(prefix);
+    let store = tower_api_key::store::RedisKeyStore::new(connection).prefix(prefix);
     create_use_list_revoke_use_again_on(Demo::start_with(store).await).await;
 }
 

@@ -26,7 +26,7 @@ use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower_api_key::{ApiKey, KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier};
+use tower_api_key::{key::KeyFormat, ApiKey, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier};
 
 /// Failures allowed in a burst; then one more every `REFILL`.
 const BURST: u32 = 3;

@@ -41,7 +41,9 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceBuilder;
-use tower_api_key::{ApiKeyLayer, KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier};
+use tower_api_key::{
+    key::KeyFormat, ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier,
+};
 
 const REQUESTS: usize = 10_000;
 const CONNECTIONS: usize = 64;
@@ -626,7 +628,7 @@ async fn memory_store_failing_and_hanging_under_load_never_gives_a_wrong_verdict
 mod remote {
     use super::*;
     use common::faulty::{FaultProxy, InFlight};
-    use tower_api_key::{CachedKeyStore, KeyStore, LookupId};
+    use tower_api_key::{store::CachedKeyStore, KeyStore, LookupId};
 
     /// The backends' timeout: long enough that a loaded machine does not hit it while the
     /// backend works, as that would be a 503 while the store is up.
@@ -698,14 +700,17 @@ mod remote {
     }
 
     /// Adds `keys`' records through `store`, 8 at a time.
-    pub async fn insert_all<S: tower_api_key::WritableKeyStore + Clone>(store: &S, keys: &KeySet) {
+    pub async fn insert_all<S: tower_api_key::store::WritableKeyStore + Clone>(
+        store: &S,
+        keys: &KeySet,
+    ) {
         let mut tasks = tokio::task::JoinSet::new();
         for chunk in keys.records.chunks(KEYS.div_ceil(8)) {
             let store = store.clone();
             let chunk = chunk.to_vec();
             tasks.spawn(async move {
                 for record in chunk {
-                    let quota = tower_api_key::Quota::new(KEYS, SystemTime::now());
+                    let quota = tower_api_key::store::Quota::new(KEYS, SystemTime::now());
                     store.create(record, quota).await.unwrap();
                 }
             });
@@ -723,7 +728,7 @@ async fn cached_postgres_failing_and_hanging_under_load_never_gives_a_wrong_verd
 
     use common::faulty::FaultProxy;
     use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use tower_api_key::PgKeyStore;
+    use tower_api_key::store::PgKeyStore;
 
     let url = std::env::var("DATABASE_URL")
         .expect("DATABASE_URL is not set: this test needs a PostgreSQL server");
@@ -767,7 +772,7 @@ async fn cached_redis_failing_and_hanging_under_load_never_gives_a_wrong_verdict
     use common::faulty::FaultProxy;
     use redis::aio::{ConnectionManager, ConnectionManagerConfig};
     use redis::{Client, ConnectionAddr, IntoConnectionInfo};
-    use tower_api_key::RedisKeyStore;
+    use tower_api_key::store::RedisKeyStore;
 
     let url = std::env::var("REDIS_URL").expect("REDIS_URL is not set: this test needs Redis");
     let info = url

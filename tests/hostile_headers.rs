@@ -25,7 +25,7 @@ use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{ServiceBuilder, ServiceExt};
-use tower_api_key::{ApiKey, ApiKeyLayer, KeyIdentity, MAX_KEY_LEN};
+use tower_api_key::{key::MAX_KEY_LEN, ApiKey, ApiKeyLayer, KeyIdentity};
 
 const PATH: &str = "/api/whoami";
 

@@ -13,8 +13,9 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKeyLayer, KeyDigest, KeyFormat, KeyId, KeyIdentity, KeyRecord, KeyStore, MemoryKeyStore,
-    Rejection, Tier,
+    key::{KeyDigest, KeyFormat},
+    response::Rejection,
+    ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, KeyStore, MemoryKeyStore, Tier,
 };
 
 async fn send(layer: ApiKeyLayer, headers: &[(&str, &[u8])]) -> Answer {

@@ -12,8 +12,11 @@ use common::{echo_identity, request, Answer};
 use http::StatusCode;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKey, ApiKeyLayer, KeyId, KeyManager, KeyRecord, KeyStore, LookupId, ManageError,
-    ManualClock, MemoryKeyStore, NewKey, StoreError, Tier, TierLimits, WritableKeyStore,
+    clock::ManualClock,
+    manage::{ManageError, TierLimits},
+    store::WritableKeyStore,
+    ApiKey, ApiKeyLayer, KeyId, KeyManager, KeyRecord, KeyStore, LookupId, MemoryKeyStore, NewKey,
+    StoreError, Tier,
 };
 
 const ACCOUNT: &str = "acct_1";
@@ -34,10 +37,10 @@ impl World {
     }
 
     fn now(&self) -> SystemTime {
-        tower_api_key::Clock::now(&self.clock)
+        tower_api_key::clock::Clock::now(&self.clock)
     }
 
-    async fn create(&self, name: &str) -> tower_api_key::CreatedKey {
+    async fn create(&self, name: &str) -> tower_api_key::manage::CreatedKey {
         self.keys
             .create(NewKey::new(ACCOUNT, Tier::FREE, name))
             .await
@@ -297,7 +300,7 @@ async fn expiry_and_grace_are_bounded_by_max_lifetime() {
         Err(ManageError::InvalidExpiry)
     ));
     let longest =
-        NewKey::new(ACCOUNT, Tier::FREE, "longest").expires_in(tower_api_key::MAX_LIFETIME);
+        NewKey::new(ACCOUNT, Tier::FREE, "longest").expires_in(tower_api_key::manage::MAX_LIFETIME);
     let created = world.keys.create(longest).await.unwrap();
     let rotated = world
         .keys
@@ -313,7 +316,7 @@ async fn expiry_and_grace_are_bounded_by_max_lifetime() {
 #[tokio::test]
 async fn listing_a_time_before_1970_is_an_error_not_a_panic() {
     let world = World::new();
-    let key = tower_api_key::KeyFormat::default().generate();
+    let key = tower_api_key::key::KeyFormat::default().generate();
     let identity =
         tower_api_key::KeyIdentity::new(KeyId::new("key_old"), ACCOUNT, "old", Tier::FREE);
     let created_at = SystemTime::UNIX_EPOCH - Duration::from_secs(1);

@@ -8,8 +8,10 @@ use common::{assert_envelope, echo_identity, send, with_key, Answer};
 use http::{Request, StatusCode};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKey, ApiKeyLayer, CreatedKey, KeyFormat, KeyId, KeyIdentity, KeyManager, KeyMode, KeyRecord,
-    ManageError, MemoryKeyStore, NewKey, RequireModeLayer, Tier,
+    access::{KeyMode, RequireModeLayer},
+    key::KeyFormat,
+    manage::{CreatedKey, ManageError},
+    ApiKey, ApiKeyLayer, KeyId, KeyIdentity, KeyManager, KeyRecord, MemoryKeyStore, NewKey, Tier,
 };
 
 const ACCOUNT: &str = "acct_1";
@@ -195,7 +197,7 @@ async fn a_custom_test_prefix_makes_test_keys_with_it() {
 mod axum_extractors {
     use axum::routing::get;
     use axum::Router;
-    use tower_api_key::{LiveKey, TestKey};
+    use tower_api_key::extract::{LiveKey, TestKey};
 
     use super::*;
 

@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use proptest::sample::Index;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKeyLayer, KeyFormat, KeyId, KeyIdentity, KeyRecord, KeyStore, LookupId, MemoryKeyStore,
+    key::KeyFormat, ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, KeyStore, LookupId, MemoryKeyStore,
     StoreError, Tier,
 };
 

@@ -12,8 +12,9 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKey, AuthError, KeyManager, ManageError, MemoryKeyStore, NewKey, RequireScopeLayer,
-    ScopeError, Scopes, Tier, MAX_SCOPES, MAX_SCOPE_LEN,
+    access::{RequireScopeLayer, ScopeError, Scopes, MAX_SCOPES, MAX_SCOPE_LEN},
+    manage::ManageError,
+    ApiKey, AuthError, KeyManager, MemoryKeyStore, NewKey, Tier,
 };
 
 const ACCOUNT: &str = "acct_1";
@@ -233,7 +234,7 @@ fn check_errors_have_their_documented_status_and_code() {
 mod axum_extractor {
     use axum::routing::get;
     use axum::Router;
-    use tower_api_key::{RequiredScope, Scoped};
+    use tower_api_key::extract::{RequiredScope, Scoped};
 
     use super::*;
 
@@ -331,14 +332,18 @@ async fn a_scope_refusal_carries_its_auth_error_in_the_response_extensions() {
 async fn a_problem_json_renderer_answers_every_status_through_layers_and_extractors() {
     use axum::routing::get;
     use axum::Router;
-    use tower_api_key::{ApiKeyLayer, KeyMode, LiveKey, RequireModeLayer, RequiredScope, Scoped};
+    use tower_api_key::{
+        access::{KeyMode, RequireModeLayer},
+        extract::{LiveKey, RequiredScope, Scoped},
+        ApiKeyLayer,
+    };
 
     struct KeysWrite;
     impl RequiredScope for KeysWrite {
         const SCOPE: &'static str = "keys:write";
     }
 
-    fn problem_json(rejection: &tower_api_key::Rejection) -> Response<Bytes> {
+    fn problem_json(rejection: &tower_api_key::response::Rejection) -> Response<Bytes> {
         let body = serde_json::json!({
             "type": format!("https://example.com/errors/{}", rejection.error().code()),
             "title": rejection.message(),

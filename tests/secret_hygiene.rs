@@ -27,8 +27,11 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKey, ApiKeyLayer, KeyDigest, KeyFormat, KeyIdentity, KeyManager, KeyStore, ManualClock,
-    MemoryKeyStore, NewKey, Rejection, Tier, WritableKeyStore,
+    clock::ManualClock,
+    key::{KeyDigest, KeyFormat},
+    response::Rejection,
+    store::WritableKeyStore,
+    ApiKey, ApiKeyLayer, KeyIdentity, KeyManager, KeyStore, MemoryKeyStore, NewKey, Tier,
 };
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -264,7 +267,7 @@ async fn path_keys<S: WritableKeyStore + Clone>(
     let active = create(new()).await;
     let revoked = create(new()).await;
     let deleted = create(new()).await;
-    let test_mode = create(new().mode(tower_api_key::KeyMode::Test)).await;
+    let test_mode = create(new().mode(tower_api_key::access::KeyMode::Test)).await;
     keys.revoke(&account, &revoked.info.id).await.unwrap();
     keys.delete(&account, &deleted.info.id).await.unwrap();
     clock.advance(Duration::from_secs(61));
@@ -567,7 +570,10 @@ async fn memory_store_paths_and_lifecycle_leak_no_key() {
 #[cfg(feature = "cache")]
 #[tokio::test]
 async fn cached_store_paths_and_lifecycle_leak_no_key() {
-    check_store(tower_api_key::CachedKeyStore::new(MemoryKeyStore::new())).await;
+    check_store(tower_api_key::store::CachedKeyStore::new(
+        MemoryKeyStore::new(),
+    ))
+    .await;
 }
 
 #[cfg(feature = "postgres")]
@@ -576,7 +582,7 @@ async fn postgres_store_paths_and_lifecycle_leak_no_key() {
     let store = backends::postgres().await;
     check_store(store.clone()).await;
     #[cfg(feature = "cache")]
-    check_store(tower_api_key::CachedKeyStore::new(store)).await;
+    check_store(tower_api_key::store::CachedKeyStore::new(store)).await;
     let records = capture().records();
     assert!(
         records
@@ -592,7 +598,7 @@ async fn redis_store_paths_and_lifecycle_leak_no_key() {
     let store = backends::redis().await;
     check_store(store.clone()).await;
     #[cfg(feature = "cache")]
-    check_store(tower_api_key::CachedKeyStore::new(store)).await;
+    check_store(tower_api_key::store::CachedKeyStore::new(store)).await;
 }
 
 /// A store failure answers 503 and logs an error event with its cause, and neither holds the
@@ -813,9 +819,9 @@ mod backends {
     }
 
     #[cfg(feature = "postgres")]
-    pub async fn postgres() -> tower_api_key::PgKeyStore {
+    pub async fn postgres() -> tower_api_key::store::PgKeyStore {
         let table = format!("api_keys_{}", uuid::Uuid::new_v4().simple());
-        let store = tower_api_key::PgKeyStore::new(pool(pg_options())).table(&table);
+        let store = tower_api_key::store::PgKeyStore::new(pool(pg_options())).table(&table);
         store
             .migrate()
             .await
@@ -824,10 +830,10 @@ mod backends {
     }
 
     #[cfg(feature = "postgres")]
-    pub async fn unreachable_postgres() -> tower_api_key::PgKeyStore {
+    pub async fn unreachable_postgres() -> tower_api_key::store::PgKeyStore {
         let closed = super::common::proxy::closed_port().await;
         let options = pg_options().host("127.0.0.1").port(closed.port());
-        tower_api_key::PgKeyStore::new(pool(options)).timeout(Duration::from_millis(500))
+        tower_api_key::store::PgKeyStore::new(pool(options)).timeout(Duration::from_millis(500))
     }
 
     #[cfg(feature = "redis")]
@@ -841,16 +847,16 @@ mod backends {
     }
 
     #[cfg(feature = "redis")]
-    pub async fn redis() -> tower_api_key::RedisKeyStore {
+    pub async fn redis() -> tower_api_key::store::RedisKeyStore {
         let connection = redis::aio::ConnectionManager::new(redis_client(None))
             .await
             .expect("the Redis at REDIS_URL is reachable");
         let prefix = format!("tower-api-key-hygiene-{}", uuid::Uuid::new_v4().simple());
-        tower_api_key::RedisKeyStore::new(connection).prefix(prefix)
+        tower_api_key::store::RedisKeyStore::new(connection).prefix(prefix)
     }
 
     #[cfg(feature = "redis")]
-    pub async fn unreachable_redis() -> tower_api_key::RedisKeyStore {
+    pub async fn unreachable_redis() -> tower_api_key::store::RedisKeyStore {
         let closed = super::common::proxy::closed_port().await;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(200)))
@@ -858,6 +864,6 @@ mod backends {
         let connection =
             redis::aio::ConnectionManager::new_lazy_with_config(redis_client(Some(closed)), config)
                 .unwrap();
-        tower_api_key::RedisKeyStore::new(connection).timeout(Duration::from_millis(500))
+        tower_api_key::store::RedisKeyStore::new(connection).timeout(Duration::from_millis(500))
     }
 }

@@ -13,8 +13,10 @@ use common::{echo_identity, request, Answer};
 use tokio::sync::Notify;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKeyLayer, CachedKeyStore, KeyDigest, KeyFormat, KeyId, KeyIdentity, KeyRecord, KeyStore,
-    LookupId, MemoryKeyStore, StoreError, Tier,
+    key::{KeyDigest, KeyFormat},
+    store::CachedKeyStore,
+    ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, KeyStore, LookupId, MemoryKeyStore, StoreError,
+    Tier,
 };
 
 /// Each instance has its own cache over one shared memory store, as two processes over one
@@ -79,12 +81,12 @@ impl KeyStore for Probe {
 }
 
 #[async_trait]
-impl tower_api_key::WritableKeyStore for Probe {
+impl tower_api_key::store::WritableKeyStore for Probe {
     async fn create(
         &self,
         record: KeyRecord,
-        quota: tower_api_key::Quota,
-    ) -> Result<(), tower_api_key::CreateError> {
+        quota: tower_api_key::store::Quota,
+    ) -> Result<(), tower_api_key::store::CreateError> {
         self.inner.create(record, quota).await
     }
 
@@ -182,7 +184,7 @@ async fn unknown_keys_are_cached_for_the_negative_ttl() {
 
 #[tokio::test]
 async fn a_key_created_through_the_cache_is_not_hidden_by_a_cached_miss() {
-    use tower_api_key::WritableKeyStore;
+    use tower_api_key::store::WritableKeyStore;
     let cache = CachedKeyStore::new(MemoryKeyStore::new());
     let key = KeyFormat::default().generate();
     let lookup_id = key.digest().lookup_id();
@@ -191,7 +193,7 @@ async fn a_key_created_through_the_cache_is_not_hidden_by_a_cached_miss() {
         "now cached as unknown"
     );
     let identity = KeyIdentity::new(KeyId::random(), "acct_1", "ci", Tier::FREE);
-    let quota = tower_api_key::Quota::new(3, SystemTime::now());
+    let quota = tower_api_key::store::Quota::new(3, SystemTime::now());
     cache
         .create(KeyRecord::new(key.digest(), identity), quota)
         .await
@@ -329,7 +331,7 @@ async fn a_lookup_in_flight_during_a_revocation_does_not_cache_the_old_record() 
         tokio::task::yield_now().await;
     }
     let revoke = {
-        use tower_api_key::WritableKeyStore;
+        use tower_api_key::store::WritableKeyStore;
         cache.revoke("acct_1", record.identity.key_id(), SystemTime::now())
     };
     // The revocation writes straight through; no lookup of its own waits at the gate.
@@ -375,7 +377,7 @@ async fn cached_key_over_a_slow_writer() -> (CachedKeyStore<Probe>, tower_api_ke
 
 #[tokio::test]
 async fn a_revocation_cut_short_after_the_store_committed_is_seen_at_once() {
-    use tower_api_key::WritableKeyStore;
+    use tower_api_key::store::WritableKeyStore;
     let (cache, key, key_id) = cached_key_over_a_slow_writer().await;
     let revoke = cache.revoke("acct_1", &key_id, SystemTime::now());
     let cut_short = tokio::time::timeout(Duration::from_millis(50), revoke).await;
@@ -385,7 +387,7 @@ async fn a_revocation_cut_short_after_the_store_committed_is_seen_at_once() {
 
 #[tokio::test]
 async fn a_deletion_cut_short_after_the_store_committed_is_seen_at_once() {
-    use tower_api_key::WritableKeyStore;
+    use tower_api_key::store::WritableKeyStore;
     let (cache, key, key_id) = cached_key_over_a_slow_writer().await;
     let delete = cache.delete("acct_1", &key_id);
     let cut_short = tokio::time::timeout(Duration::from_millis(50), delete).await;
@@ -395,7 +397,7 @@ async fn a_deletion_cut_short_after_the_store_committed_is_seen_at_once() {
 
 #[tokio::test]
 async fn a_revocation_that_commits_after_its_caller_left_is_seen_once_it_commits() {
-    use tower_api_key::WritableKeyStore;
+    use tower_api_key::store::WritableKeyStore;
     let probe = Probe {
         commit_delay: Some(Duration::from_millis(200)),
         ..Probe::default()

@@ -22,8 +22,11 @@ use sqlx::{AssertSqlSafe, PgPool};
 use tokio::sync::OnceCell;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKey, Clock, KeyDigest, KeyFormat, KeyId, KeyIdentity, KeyManager, KeyMode, KeyRecord,
-    KeyStore, NewKey, PgKeyStore, Quota, Tier, WritableKeyStore,
+    access::KeyMode,
+    clock::Clock,
+    key::{KeyDigest, KeyFormat},
+    store::{PgKeyStore, Quota, WritableKeyStore},
+    ApiKey, KeyId, KeyIdentity, KeyManager, KeyRecord, KeyStore, NewKey, Tier,
 };
 
 /// Two application instances over one database: each instance has its own pool.
@@ -499,7 +502,7 @@ async fn debug_shows_no_password() {
 #[cfg(feature = "cache")]
 mod cached {
     use super::*;
-    use tower_api_key::CachedKeyStore;
+    use tower_api_key::store::CachedKeyStore;
 
     struct CachedPg;
 

@@ -20,8 +20,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKey, ApiKeyLayer, Clock, KeyDigest, KeyFormat, KeyId, KeyIdentity, KeyRecord, KeyStore,
-    ManualClock, NewKey, Quota, RedisKeyStore, Tier, WritableKeyStore,
+    clock::{Clock, ManualClock},
+    key::{KeyDigest, KeyFormat},
+    store::{Quota, RedisKeyStore, WritableKeyStore},
+    ApiKey, ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, KeyStore, NewKey, Tier,
 };
 
 /// A prefix no earlier run used, shared by this process's stores, so that whatever earlier
@@ -461,7 +463,7 @@ async fn active_set_holds_exactly_the_account_s_active_keys() {
 #[cfg(feature = "cache")]
 mod cached {
     use super::*;
-    use tower_api_key::CachedKeyStore;
+    use tower_api_key::store::CachedKeyStore;
 
     struct CachedRedis(Redis);
 

@@ -49,8 +49,8 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::Empty;
 use tower::{service_fn, Layer, Service};
 use tower_api_key::{
-    ApiKey, ApiKeyLayer, KeyDigest, KeyFormat, KeyId, KeyIdentity, KeyRecord, KeyStore, LookupId,
-    StoreError, Tier,
+    key::{KeyDigest, KeyFormat},
+    ApiKey, ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, KeyStore, LookupId, StoreError, Tier,
 };
 
 /// dudect's threshold: above it, the two classes' timings differ.

@@ -24,9 +24,7 @@ use http_body::Body as _;
 use http_body_util::Full;
 use libfuzzer_sys::fuzz_target;
 use tower::{Layer, Service};
-use tower_api_key::{
-    ApiKey, ApiKeyAuth, ApiKeyLayer, KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier,
-};
+use tower_api_key::{ApiKey, ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier, key::KeyFormat, layer::ApiKeyAuth};
 
 /// Active in the store. The seed corpus carries it, so the fuzzer starts next to the 200 path.
 const KNOWN: &str = "sk_live_FuzzKnownKey0123456789abcdefABCD17PAiV";

@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tower_api_key::KeyFormat;
+use tower_api_key::key::KeyFormat;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(key) = std::str::from_utf8(data) else {

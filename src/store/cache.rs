@@ -77,7 +77,7 @@ impl Cached {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_api_key::{ApiKeyLayer, CachedKeyStore, MemoryKeyStore};
+/// use tower_api_key::{ApiKeyLayer, MemoryKeyStore, store::CachedKeyStore};
 ///
 /// let store = CachedKeyStore::new(MemoryKeyStore::new()).ttl(Duration::from_secs(5));
 /// let layer = ApiKeyLayer::new(store);
@@ -502,7 +502,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::KeyDigest;
+    use crate::key::KeyDigest;
 
     /// A store whose lookups never finish, as one hung during an outage.
     #[derive(Clone)]

@@ -25,7 +25,7 @@ use crate::key::{KeyDigest, LookupId};
 /// kept as the nearest of those.
 ///
 /// ```
-/// use tower_api_key::{KeyFormat, KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier};
+/// use tower_api_key::{KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier, key::KeyFormat};
 ///
 /// let store = MemoryKeyStore::new();
 /// let key = KeyFormat::default().generate();
@@ -593,7 +593,8 @@ impl WritableKeyStore for MemoryKeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{KeyDigest, KeyIdentity, Tier};
+    use crate::key::KeyDigest;
+    use crate::{KeyIdentity, Tier};
 
     fn record(key_id: &str, key: &str) -> KeyRecord {
         let identity = KeyIdentity::new(KeyId::new(key_id), "acct", "ci", Tier::FREE);

@@ -1,4 +1,25 @@
-//! Where keys are kept: the [`KeyStore`] trait and its implementations.
+//! Where keys are kept: the [`KeyStore`] trait and its implementations: [`MemoryKeyStore`],
+//! and behind features `PgKeyStore` (`postgres`), `RedisKeyStore` (`redis`) and
+//! `CachedKeyStore` (`cache`), an in-process cache in front of any store.
+//!
+//! A store of your own implements [`KeyStore::find`]; one that keys are also created in
+//! implements [`WritableKeyStore`] too:
+//!
+//! ```
+//! use std::collections::HashMap;
+//!
+//! use async_trait::async_trait;
+//! use tower_api_key::{KeyRecord, KeyStore, LookupId, StoreError};
+//!
+//! struct MapStore(HashMap<LookupId, KeyRecord>);
+//!
+//! #[async_trait]
+//! impl KeyStore for MapStore {
+//!     async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
+//!         Ok(self.0.get(lookup_id).cloned())
+//!     }
+//! }
+//! ```
 //!
 //! A store maps a [`LookupId`] to a [`KeyRecord`]. It never sees a plaintext key and never
 //! compares secrets: the layer compares the record's [`KeyDigest`] with the presented key's in
@@ -28,6 +49,7 @@ pub use self::memory::MemoryKeyStore;
 pub use self::postgres::PgKeyStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisKeyStore;
+pub use crate::error::StoreError;
 use crate::hint::KeyHint;
 use crate::identity::{KeyId, KeyIdentity};
 use crate::key::{KeyDigest, LookupId};
@@ -282,34 +304,6 @@ fn is_active(
     now: SystemTime,
 ) -> bool {
     revoked_at.is_none() && expires_at.is_none_or(|expires_at| now < expires_at)
-}
-
-/// A store could not answer: the layer responds `503`, failing closed.
-///
-/// It displays as the error it wraps. The layer logs it (with `tracing`, at error level) and
-/// never sends it to the client.
-///
-/// Clones share the error they wrap.
-#[derive(Clone, Debug)]
-pub struct StoreError(Arc<dyn Error + Send + Sync>);
-
-impl StoreError {
-    /// Wraps the backend's error (or a message).
-    pub fn new(source: impl Into<Box<dyn Error + Send + Sync>>) -> Self {
-        Self(Arc::from(source.into()))
-    }
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl Error for StoreError {
-    fn source(&self) -> Option<&(dyn Error + 'static)> {
-        self.0.source()
-    }
 }
 
 #[cfg(test)]

@@ -64,7 +64,7 @@ const COLUMNS: &str = "key_id, digest, account_id, name, tier, metadata, hint, \
 /// use std::time::Duration;
 ///
 /// use sqlx::postgres::PgPoolOptions;
-/// use tower_api_key::{ApiKeyLayer, KeyManager, NewKey, PgKeyStore, Tier};
+/// use tower_api_key::{ApiKeyLayer, KeyManager, NewKey, Tier, store::PgKeyStore};
 ///
 /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 /// let pool = PgPoolOptions::new()

@@ -70,7 +70,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// use std::time::Duration;
 ///
 /// use redis::aio::ConnectionManager;
-/// use tower_api_key::{ApiKeyLayer, KeyManager, NewKey, RedisKeyStore, Tier};
+/// use tower_api_key::{ApiKeyLayer, KeyManager, NewKey, Tier, store::RedisKeyStore};
 ///
 /// # #[tokio::main]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

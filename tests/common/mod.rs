@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tower_api_key::{
-    ApiKey, KeyFormat, KeyId, KeyIdentity, KeyRecord, KeyStore, LookupId, MemoryKeyStore,
+    key::KeyFormat, ApiKey, KeyId, KeyIdentity, KeyRecord, KeyStore, LookupId, MemoryKeyStore,
     StoreError, Tier,
 };
 

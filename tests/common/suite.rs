@@ -8,8 +8,11 @@ use async_trait::async_trait;
 use http::StatusCode;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
-    ApiKey, Clock, CreateError, CreatedKey, KeyId, KeyManager, KeyMode, KeyStore, ManageError,
-    ManualClock, NewKey, Quota, Scopes, Tier, WritableKeyStore,
+    access::{KeyMode, Scopes},
+    clock::{Clock, ManualClock},
+    manage::{CreatedKey, ManageError},
+    store::{CreateError, Quota, WritableKeyStore},
+    ApiKey, KeyId, KeyManager, KeyStore, NewKey, Tier,
 };
 
 use super::{echo_identity, request, Answer};
@@ -135,7 +138,7 @@ pub async fn scopes_and_mode_survive_create_find_and_list(backend: impl Backend)
 
 pub async fn unknown_key_is_not_found(backend: impl Backend) {
     let store = backend.instance().await;
-    let unknown = tower_api_key::KeyFormat::default().generate();
+    let unknown = tower_api_key::key::KeyFormat::default().generate();
     assert!(store
         .find(&unknown.digest().lookup_id())
         .await
@@ -155,7 +158,7 @@ pub async fn layer_decides_each_state(backend: impl Backend) {
     assert_eq!(verdict(&keys, &active.key).await, "ok");
     assert_eq!(verdict(&keys, &revoked.key).await, "expired_api_key");
     assert_eq!(verdict(&keys, &deleted.key).await, "invalid_api_key");
-    let unknown = tower_api_key::KeyFormat::default().generate();
+    let unknown = tower_api_key::key::KeyFormat::default().generate();
     assert_eq!(verdict(&keys, &unknown).await, "invalid_api_key");
 }
 
@@ -261,7 +264,7 @@ pub async fn create_refuses_an_existing_key_id_or_key(backend: impl Backend) {
     assert!(matches!(same, Err(CreateError::AlreadyExists)), "{same:?}");
 
     // The same key id for another account and another key must not take the key over.
-    let other_key = tower_api_key::KeyFormat::default().generate();
+    let other_key = tower_api_key::key::KeyFormat::default().generate();
     let identity =
         tower_api_key::KeyIdentity::new(created.info.id.clone(), "acct_thief", "x", Tier::FREE);
     let thief = tower_api_key::KeyRecord::new(other_key.digest(), identity);
@@ -316,7 +319,7 @@ pub async fn rotation_retires_the_old_key_atomically(backend: impl Backend) {
     assert_eq!(verdict(&keys, &old.key).await, "expired_api_key");
     assert_eq!(verdict(&keys, &new.key).await, "ok");
 
-    let fresh = tower_api_key::KeyFormat::default().generate();
+    let fresh = tower_api_key::key::KeyFormat::default().generate();
     let identity = tower_api_key::KeyIdentity::new(KeyId::random(), &account, "fresh", Tier::FREE);
     let record = tower_api_key::KeyRecord::new(fresh.digest(), identity);
     let quota = Quota::new(50, clock.now()).retiring(KeyId::new("key_none"), clock.now());
@@ -391,7 +394,7 @@ pub async fn a_record_whose_mode_is_not_its_key_s_prefix_is_refused(backend: imp
     let clock = clock();
     let keys = manager(backend.instance().await, &clock);
     let account = account();
-    let format = tower_api_key::KeyFormat::default();
+    let format = tower_api_key::key::KeyFormat::default();
     let test_key = format.generate_for(KeyMode::Test).unwrap();
     let live_key = format.generate();
     let mismatched = [(&test_key, KeyMode::Live), (&live_key, KeyMode::Test)];

@@ -1,5 +1,21 @@
-//! Managing keys: create (the key is shown once), list, revoke, delete, rotate, with a quota of
-//! active keys per tier.
+//! Managing keys, the "Settings → API Keys" side: create (the key is shown once), list, revoke,
+//! delete, rotate, with a quota of active keys per tier ([`TierLimits`]: free 3, pro 50).
+//!
+//! ```
+//! use tower_api_key::{KeyManager, MemoryKeyStore, NewKey, Tier};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_api_key::manage::ManageError> {
+//! let keys = KeyManager::new(MemoryKeyStore::new());
+//! let created = keys.create(NewKey::new("acct_42", Tier::FREE, "ci")).await?;
+//! println!("your key, shown once: {}", created.key.expose_secret());
+//!
+//! let listed = keys.list("acct_42").await?; // names, hints and times; never a key
+//! assert_eq!(listed[0].name, "ci");
+//! keys.revoke("acct_42", &created.info.id).await?; // the key now gets 401 expired_api_key
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! Test keys count against the same quota as live keys: a test key authenticates like any
 //! other on every route that does not refuse test keys, so a separate allowance would let an
@@ -107,7 +123,7 @@ impl NewKey {
     }
 
     /// Restricts the key to `scopes` (see [`Scopes`]): it then passes only the checks
-    /// ([`RequireScopeLayer`](crate::RequireScopeLayer)) that require one of them. Without this
+    /// ([`RequireScopeLayer`](crate::access::RequireScopeLayer)) that require one of them. Without this
     /// call the key has full access. The scopes are checked by
     /// [`KeyManager::create`], which refuses invalid ones with [`ManageError::InvalidScopes`].
     pub fn scopes<I>(mut self, scopes: I) -> Self
@@ -150,7 +166,7 @@ impl NewKey {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use tower_api_key::{KeyManager, ManageError, MemoryKeyStore, NewKey, Overreach, Tier};
+    /// use tower_api_key::{KeyManager, MemoryKeyStore, NewKey, Tier, manage::{ManageError, Overreach}};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), ManageError> {
@@ -249,7 +265,7 @@ impl KeyInfo {
     /// [`rotate`](KeyManager::rotate) on behalf of a key.
     ///
     /// ```
-    /// use tower_api_key::{KeyManager, KeyMode, ManageError, MemoryKeyStore, NewKey, Overreach, Tier};
+    /// use tower_api_key::{KeyManager, MemoryKeyStore, NewKey, Tier, access::KeyMode, manage::{ManageError, Overreach}};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), ManageError> {
@@ -433,7 +449,7 @@ impl From<StoreError> for ManageError {
 ///
 /// ```
 /// use std::time::Duration;
-/// use tower_api_key::{KeyManager, ManageError, MemoryKeyStore, NewKey, Tier};
+/// use tower_api_key::{KeyManager, MemoryKeyStore, NewKey, Tier, manage::ManageError};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), ManageError> {
@@ -821,7 +837,8 @@ mod tests {
 
     #[tokio::test]
     async fn create_compares_an_expires_in_at_the_managers_clock() {
-        let clock = crate::ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1000));
+        let clock =
+            crate::clock::ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1000));
         let keys = KeyManager::new(crate::MemoryKeyStore::new()).clock(clock);
         let new = |name: &str| NewKey::new("acct", Tier::PRO, name);
         let hourly = new("hourly").expires_in(Duration::from_secs(3600));
@@ -841,7 +858,7 @@ mod tests {
         let identity = KeyIdentity::new(KeyId::new("key_1"), "acct", "ci", Tier::FREE)
             .with_mode(KeyMode::Test)
             .with_scopes(Scopes::new(["iocs:read"]).unwrap());
-        let record = KeyRecord::new(crate::KeyDigest::of("sk_test_x"), identity);
+        let record = KeyRecord::new(crate::key::KeyDigest::of("sk_test_x"), identity);
         let json = serde_json::to_value(KeyInfo::from(&record)).unwrap();
         assert_eq!(json["mode"], "test");
         assert_eq!(json["scopes"], serde_json::json!(["iocs:read"]));

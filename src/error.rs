@@ -184,7 +184,6 @@ impl Error for StoreError {
     }
 }
 
-
 /// A refused request: the [`AuthError`], the message for the caller, and the request id.
 ///
 /// Handed to a custom [`error_response`](crate::ApiKeyLayer::error_response) hook.

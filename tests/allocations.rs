@@ -1,5 +1,7 @@
 //! Heap allocations the layer makes per successful request, counted by a counting global
 //! allocator on the test's own thread. The count is deterministic, so it is asserted exactly.
+//! Alone in its test binary: another test's process-wide state (a global `tracing` subscriber
+//! turns the layer's spans on) would change the count.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -5,7 +5,8 @@
 //! earlier run left in the database matters.
 #![cfg(feature = "postgres")]
 
-mod common;
+use crate::common;
+use crate::store_suite;
 
 use std::net::SocketAddr;
 use std::str::FromStr;

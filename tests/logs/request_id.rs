@@ -1,7 +1,7 @@
 //! The layer inside a tower-http stack that sets and propagates request ids and traces requests:
 //! the envelope, the response header and the log all carry the one id.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -50,6 +50,7 @@ impl<'a> MakeWriter<'a> for Log {
 /// Sends `headers` through SetRequestId → PropagateRequestId → Trace → ApiKeyLayer, logging at
 /// DEBUG into the returned log.
 async fn send_through_tower_http(keys: Keys, headers: &[(&str, &[u8])]) -> (Answer, Log) {
+    crate::secret_hygiene::capture();
     let log = Log::default();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)
@@ -103,6 +104,7 @@ async fn acceptance_is_logged_with_key_account_and_request_id() {
 
 /// Sends `headers` straight to `ApiKeyLayer`, logging at DEBUG into the returned log.
 async fn send_to_the_layer(keys: Keys, headers: &[(&str, &[u8])]) -> (Answer, Log) {
+    crate::secret_hygiene::capture();
     let log = Log::default();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)

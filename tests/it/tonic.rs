@@ -2,10 +2,10 @@
 //! client: refusals are gRPC statuses, and the key's identity reaches the handler.
 
 #[allow(dead_code)] // The example's `main` is not called here.
-#[path = "../examples/tonic.rs"]
+#[path = "../../examples/tonic.rs"]
 mod example;
 
-mod common;
+use crate::common;
 
 use common::{FailingStore, Keys};
 use example::proto::account_client::AccountClient;

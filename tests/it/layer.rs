@@ -1,6 +1,6 @@
 //! The layer's behaviour, request by request, through `tower::ServiceExt::oneshot`.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -3,10 +3,10 @@
 #![cfg(feature = "axum")]
 
 #[allow(dead_code)] // The demo's `main` is not called here.
-#[path = "../examples/axum.rs"]
-mod demo;
+#[path = "../../examples/axum.rs"]
+mod example;
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
@@ -27,7 +27,7 @@ struct Demo<S = MemoryKeyStore> {
     /// The live key the demo prints at start, with full access.
     key: ApiKey,
     key_id: KeyId,
-    /// The test key the demo prints at start, restricted to `demo::TEST_KEY_SCOPES`.
+    /// The test key the demo prints at start, restricted to `example::TEST_KEY_SCOPES`.
     test_key: ApiKey,
     test_key_id: KeyId,
 }
@@ -43,10 +43,10 @@ impl<S: WritableKeyStore + Clone> Demo<S> {
         let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
         let account = common::suite::account();
         let keys = KeyManager::new(store.clone()).clock(clock.clone());
-        let (live, test) = demo::demo_keys(&keys, &account).await.unwrap();
+        let (live, test) = example::demo_keys(&keys, &account).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let app = demo::app(KeyManager::new(store.clone()).clock(clock.clone()));
+        let app = example::app(KeyManager::new(store.clone()).clock(clock.clone()));
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self {
             address,
@@ -331,7 +331,7 @@ async fn printed_keys_are_a_live_key_with_full_access_and_a_restricted_test_key(
     assert_eq!(of_mode("live")["scopes"], serde_json::Value::Null);
     assert_eq!(
         of_mode("test")["scopes"],
-        serde_json::json!(demo::TEST_KEY_SCOPES)
+        serde_json::json!(example::TEST_KEY_SCOPES)
     );
     assert!(of_mode("test")["hint"]
         .as_str()
@@ -417,7 +417,7 @@ async fn restricted_key_creates_keys_with_its_own_scopes_by_default() {
     assert_eq!(answer.status, StatusCode::CREATED);
     assert_eq!(
         answer.json()["scopes"],
-        serde_json::json!(demo::TEST_KEY_SCOPES)
+        serde_json::json!(example::TEST_KEY_SCOPES)
     );
 }
 

@@ -17,7 +17,7 @@
 //! The tests are `#[ignore]`d: they take seconds in release mode and mean nothing in debug mode.
 //!
 //! ```text
-//! cargo test --release --test timing -- --ignored --nocapture
+//! cargo test --release --test it timing:: -- --ignored --nocapture
 //! ```
 //!
 //! - `layer_timing_does_not_depend_on_which_secret_byte_is_wrong`: the whole request path through
@@ -345,7 +345,7 @@ fn sample_comparison(
 }
 
 #[test]
-#[ignore = "statistical timing check: cargo test --release --test timing -- --ignored --nocapture"]
+#[ignore = "statistical timing check: cargo test --release --test it timing:: -- --ignored --nocapture"]
 fn layer_timing_does_not_depend_on_which_secret_byte_is_wrong() {
     let _one_at_a_time = MEASURING
         .lock()
@@ -370,7 +370,7 @@ fn layer_timing_does_not_depend_on_which_secret_byte_is_wrong() {
 }
 
 #[test]
-#[ignore = "statistical timing check: cargo test --release --test timing -- --ignored --nocapture"]
+#[ignore = "statistical timing check: cargo test --release --test it timing:: -- --ignored --nocapture"]
 fn digest_comparison_timing_does_not_depend_on_which_byte_is_wrong() {
     let _one_at_a_time = MEASURING
         .lock()
@@ -390,7 +390,7 @@ fn digest_comparison_timing_does_not_depend_on_which_byte_is_wrong() {
 }
 
 #[test]
-#[ignore = "statistical timing check: cargo test --release --test timing -- --ignored --nocapture"]
+#[ignore = "statistical timing check: cargo test --release --test it timing:: -- --ignored --nocapture"]
 fn check_detects_an_early_exit_comparison() {
     let _one_at_a_time = MEASURING
         .lock()
@@ -412,7 +412,7 @@ fn check_detects_an_early_exit_comparison() {
 }
 
 #[test]
-#[ignore = "statistical timing check: cargo test --release --test timing -- --ignored --nocapture"]
+#[ignore = "statistical timing check: cargo test --release --test it timing:: -- --ignored --nocapture"]
 fn check_detects_an_early_exit_comparison_behind_the_layer() {
     let _one_at_a_time = MEASURING
         .lock()

@@ -1,6 +1,6 @@
 //! Live and test keys from one store: the identity's mode, and routes that refuse one mode.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

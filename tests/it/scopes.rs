@@ -1,7 +1,7 @@
 //! Restricted keys: scopes set at creation, checked per route by `RequireScopeLayer` and the axum
 //! `Scoped` extractor.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::time::Duration;

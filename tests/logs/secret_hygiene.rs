@@ -8,12 +8,12 @@
 //! every secret registered so far: the last test to finish has checked everything.
 //!
 //! ```text
-//! cargo test --test secret_hygiene
+//! cargo test --test logs secret_hygiene::
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379 \
-//!   cargo test --all-features --test secret_hygiene
+//!   cargo test --all-features --test logs secret_hygiene::
 //! ```
 
-mod common;
+use crate::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
@@ -49,7 +49,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Everything `tracing` recorded in this test binary: the formatted log, and each event's and
 /// span's fields one by one.
-struct Capture {
+pub(crate) struct Capture {
     text: Arc<Mutex<Vec<u8>>>,
     records: Arc<Mutex<Vec<Captured>>>,
 }
@@ -80,7 +80,7 @@ static CAPTURE: LazyLock<Capture> = LazyLock::new(|| {
 });
 
 /// Installs the capture (once for the binary) before a test's first event.
-fn capture() -> &'static Capture {
+pub(crate) fn capture() -> &'static Capture {
     &CAPTURE
 }
 

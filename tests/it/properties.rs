@@ -3,7 +3,7 @@
 //! Case counts are kept small enough that the file runs in a few seconds in a debug build; the
 //! fuzz targets in `fuzz/` explore the same ground for as long as one likes.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,7 +1,8 @@
 //! `CachedKeyStore`: the store suite over a cached `MemoryKeyStore`, and the cache's own rules.
 #![cfg(feature = "cache")]
 
-mod common;
+use crate::common;
+use crate::store_suite;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

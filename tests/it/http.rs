@@ -1,7 +1,7 @@
 //! The layer in a real axum server on 127.0.0.1, called over HTTP/1.1 by a hyper client.
 #![cfg(feature = "axum")]
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 

@@ -10,7 +10,7 @@
 //! tabs around a header value, and refuses some inputs itself. Rows where that changes the
 //! answer say so, and why.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 

@@ -1,7 +1,7 @@
 //! Key lifecycle through the library: create, list, revoke, delete, expire, rotate, quotas,
 //! last-used, with an injected clock so no test sleeps.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! The store suite against `MemoryKeyStore`.
 
-mod common;
+use crate::common;
+use crate::store_suite;
 
 use async_trait::async_trait;
 use common::suite::Backend;

@@ -6,10 +6,10 @@
 #![cfg(feature = "axum")]
 
 #[allow(dead_code)] // The example's `main` is not called here.
-#[path = "../examples/failed_attempts.rs"]
+#[path = "../../examples/failed_attempts.rs"]
 mod example;
 
-mod common;
+use crate::common;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::num::NonZeroU32;

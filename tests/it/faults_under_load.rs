@@ -17,12 +17,12 @@
 //! a valid key); a bad checksum or no key never reaches the store and always gets its `401`.
 //!
 //! ```text
-//! cargo test --test faults_under_load -- --nocapture
+//! cargo test --test it faults_under_load:: -- --nocapture
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379 \
-//!   cargo test --all-features --test faults_under_load -- --nocapture
+//!   cargo test --all-features --test it faults_under_load:: -- --nocapture
 //! ```
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

@@ -1,11 +1,12 @@
 //! The store suite and the fault tests against `RedisKeyStore`, on the Redis at `REDIS_URL`.
 //!
 //! ```text
-//! REDIS_URL=redis://127.0.0.1:6379 cargo test --features redis --test store_redis
+//! REDIS_URL=redis://127.0.0.1:6379 cargo test --features redis --test it store_redis::
 //! ```
 #![cfg(feature = "redis")]
 
-mod common;
+use crate::common;
+use crate::store_suite;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::LazyLock;
@@ -38,7 +39,7 @@ fn redis_info() -> ConnectionInfo {
     assert!(
         !url.is_empty(),
         "REDIS_URL is not set: the `redis` feature's tests need a Redis server, \
-         e.g. REDIS_URL=redis://127.0.0.1:6379 cargo test --features redis --test store_redis"
+         e.g. REDIS_URL=redis://127.0.0.1:6379 cargo test --features redis --test it store_redis::"
     );
     url.as_str()
         .into_connection_info()

@@ -1,0 +1,29 @@
+//! The integration tests, in one crate so that the library is linked once: the HTTP contract
+//! through the layer, each store against the one store suite (`common::suite`), the demo and
+//! the examples over real connections on loopback.
+//!
+//! ```text
+//! cargo test                                   # the memory store and everything without a server
+//! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379 \
+//!   cargo test --all-features                  # every store
+//! cargo test --all-features --test it store_redis::   # one module
+//! ```
+
+mod common;
+
+mod demo;
+mod failed_attempts;
+mod faults_under_load;
+mod hostile_headers;
+mod http;
+mod layer;
+mod lifecycle;
+mod modes;
+mod properties;
+mod scopes;
+mod store_cache;
+mod store_memory;
+mod store_postgres;
+mod store_redis;
+mod timing;
+mod tonic;

@@ -178,6 +178,27 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations)]
 
+/// `get_ref`, `get_mut` and `into_inner` for a middleware service whose inner service is in
+/// its field `inner`, as tower-http writes them.
+macro_rules! inner_service_accessors {
+    () => {
+        /// The inner service.
+        pub fn get_ref(&self) -> &S {
+            &self.inner
+        }
+
+        /// The inner service, mutably.
+        pub fn get_mut(&mut self) -> &mut S {
+            &mut self.inner
+        }
+
+        /// The inner service, unwrapped.
+        pub fn into_inner(self) -> S {
+            self.inner
+        }
+    };
+}
+
 pub mod access;
 mod body;
 pub mod clock;

@@ -21,8 +21,9 @@
 //!   or any parameter whose name or value starts with an accepted key prefix.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
+use percent_encoding::percent_decode_str;
 
-use crate::key::{every_byte, MAX_KEY_LEN};
+use crate::key::MAX_KEY_LEN;
 
 /// Why no key could be read from a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,24 +154,10 @@ const MAX_LOGGED_NAME_LEN: usize = 32;
 
 /// The bytes of a query component, percent-decoded, with `+` as a space.
 fn percent_decoded(component: &str) -> impl Iterator<Item = u8> + '_ {
-    let mut bytes = component.bytes();
-    std::iter::from_fn(move || {
-        let byte = bytes.next()?;
-        Some(match byte {
-            b'+' => b' ',
-            b'%' => {
-                let mut lookahead = bytes.clone();
-                let hex = |digit: Option<u8>| char::from(digit?).to_digit(16);
-                match (hex(lookahead.next()), hex(lookahead.next())) {
-                    (Some(high), Some(low)) => {
-                        bytes = lookahead;
-                        (high * 16 + low) as u8
-                    }
-                    _ => b'%',
-                }
-            }
-            byte => byte,
-        })
+    // Split at `+` before decoding, so that an encoded `%2B` stays a `+`.
+    component.split('+').enumerate().flat_map(|(index, part)| {
+        let space = (index > 0).then_some(b' ');
+        space.into_iter().chain(percent_decode_str(part))
     })
 }
 
@@ -219,7 +206,7 @@ fn trim_whitespace(bytes: &[u8]) -> &[u8] {
 
 /// `token` as a key: 1 to `MAX_KEY_LEN` visible ASCII bytes, so also UTF-8.
 fn parse_key(token: &[u8]) -> Result<&[u8], CredentialError> {
-    if token.len() > MAX_KEY_LEN || !every_byte(token, u8::is_ascii_graphic) {
+    if token.len() > MAX_KEY_LEN || !token.iter().all(u8::is_ascii_graphic) {
         return Err(CredentialError::Malformed);
     }
     Ok(token)
@@ -299,6 +286,13 @@ mod tests {
         ] {
             assert_eq!(query_key(query), None, "{query}");
         }
+    }
+
+    #[test]
+    fn percent_decoding_reads_plus_as_a_space_and_leaves_bad_escapes() {
+        let decoded = |component| percent_decoded(component).collect::<Vec<u8>>();
+        assert_eq!(decoded("a+b%2Bc%5f"), b"a b+c_");
+        assert_eq!(decoded("%zz%4"), b"%zz%4");
     }
 
     #[test]

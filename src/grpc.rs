@@ -4,6 +4,7 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, TE};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
 const GRPC_STATUS: &str = "grpc-status";
 const GRPC_MESSAGE: &str = "grpc-message";
@@ -87,16 +88,12 @@ pub(crate) fn response(status: StatusCode, code: &str, message: &str) -> Respons
     response
 }
 
-/// Every byte outside `0x20..=0x7E`, and `%`, as `%XX`.
+/// What the gRPC protocol percent-encodes in `grpc-message`: every byte outside `0x20..=0x7E`
+/// (`CONTROLS` is `0x00..=0x1F` and `0x7F`; non-ASCII bytes are always encoded), and `%`.
+const GRPC_MESSAGE_ENCODED: &AsciiSet = &CONTROLS.add(b'%');
+
 fn percent_encoded(message: &str) -> HeaderValue {
-    let mut encoded = String::with_capacity(message.len());
-    for byte in message.bytes() {
-        if (0x20..=0x7E).contains(&byte) && byte != b'%' {
-            encoded.push(char::from(byte));
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
+    let encoded = utf8_percent_encode(message, GRPC_MESSAGE_ENCODED).to_string();
     HeaderValue::try_from(encoded).expect("percent-encoded text is visible ASCII")
 }
 

@@ -389,11 +389,7 @@ fn malformed(field: &str) -> StoreError {
 }
 
 fn lookup_hex(lookup_id: &LookupId) -> String {
-    lookup_id
-        .as_bytes()
-        .iter()
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
+    hex::encode(lookup_id.as_bytes())
 }
 
 /// `time` as whole microseconds since the Unix epoch (negative before it).

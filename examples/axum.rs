@@ -34,6 +34,18 @@
 //! the caller, is `403 key_too_powerful`. A new key has, unless the body says otherwise, the
 //! caller's scopes, mode and expiry: a key that expires creates keys that expire with it.
 //!
+//! A body that is not the JSON asked for, or an invalid name, expiry or scope, gets `400
+//! invalid_request`; a fourth active key `403 key_limit_reached`; an id of another account `404
+//! not_found`.
+//!
+//! The keys live in memory unless `STORE` says otherwise; each start makes a new free-tier
+//! account (`acct_demo_...`), so a persistent store never runs out of its 3 keys:
+//!
+//! ```text
+//! STORE=postgres DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --example axum --features postgres
+//! STORE=redis REDIS_URL=redis://127.0.0.1:6379 cargo run --example axum --features redis
+//! ```
+//!
 //! [`KeyInfo::may_manage`]: tower_api_key::manage::KeyInfo::may_manage
 
 use std::net::Ipv4Addr;

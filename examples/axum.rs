@@ -4,8 +4,8 @@
 //! cargo run --example axum            # PORT=8080 cargo run --example axum for another port
 //! ```
 //!
-//! It prints two demo keys and a curl command to try them. `/api/...` needs a key; `/health`
-//! does not. The live key (`sk_live_...`) has full access; the test key (`sk_test_...`) is
+//! It prints the live key alone on its own line (`grep '^sk_live_'` finds it), the test key
+//! likewise, and curl commands to try them. `/api/...` needs a key; `/health` does not. The live key (`sk_live_...`) has full access; the test key (`sk_test_...`) is
 //! restricted to the scopes `iocs:read`, `keys:read` and `keys:write`. With a key (`K`), manage
 //! the demo account's keys (it is on the free tier: 3 active keys, live and test together, so
 //! one more than the two printed):
@@ -34,6 +34,18 @@
 //! the caller, is `403 key_too_powerful`. A new key has, unless the body says otherwise, the
 //! caller's scopes, mode and expiry: a key that expires creates keys that expire with it.
 //!
+//! A body that is not the JSON asked for, or an invalid name, expiry or scope, gets `400
+//! invalid_request`; a fourth active key `403 key_limit_reached`; an id of another account `404
+//! not_found`.
+//!
+//! The keys live in memory unless `STORE` says otherwise; each start makes a new free-tier
+//! account (`acct_demo_...`), so a persistent store never runs out of its 3 keys:
+//!
+//! ```text
+//! STORE=postgres DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --example axum --features postgres
+//! STORE=redis REDIS_URL=redis://127.0.0.1:6379 cargo run --example axum --features redis
+//! ```
+//!
 //! [`KeyInfo::may_manage`]: tower_api_key::manage::KeyInfo::may_manage
 
 use std::net::Ipv4Addr;
@@ -57,7 +69,7 @@ use tower_api_key::{
     extract::{RequiredScope, Scoped},
     manage::{CreatedKey, KeyInfo, ManageError, Overreach, MAX_LIFETIME},
     store::WritableKeyStore,
-    KeyId, KeyIdentity, KeyManager, MemoryKeyStore, NewKey, Tier,
+    ApiKey, KeyId, KeyIdentity, KeyManager, MemoryKeyStore, NewKey, Tier,
 };
 
 const DEFAULT_PORT: u16 = 3000;
@@ -522,23 +534,33 @@ async fn serve<S: WritableKeyStore + Clone>(keys: KeyManager<S>, port: u16) {
     let address = listener
         .local_addr()
         .expect("a bound socket has an address");
-    println!("listening on http://{address} (account {account})");
-    println!("demo API keys (shown once):");
-    println!("live, full access: {}", key.expose_secret());
-    println!(
-        "test, {}: {}",
-        TEST_KEY_SCOPES.join(" "),
-        test.key.expose_secret()
-    );
-    println!(
-        "curl -H \"Authorization: Bearer {}\" \"http://{address}/api/v1/iocs?type=ipv4&limit=10\"",
-        key.expose_secret()
+    print!(
+        "{}",
+        banner(&address.to_string(), &account, &key, &test.key)
     );
 
     axum::serve(listener, app(keys))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .unwrap_or_else(|error| exit_with(1, &format!("server error: {error}")));
+}
+
+/// What the demo prints at start: each key alone on its own line, under a line saying what it
+/// is, so that `grep '^sk_live_'` finds the live key; then curl commands to try.
+pub fn banner(address: &str, account: &str, live: &ApiKey, test: &ApiKey) -> String {
+    let (live, test) = (live.expose_secret(), test.expose_secret());
+    let scopes = TEST_KEY_SCOPES.join(" ");
+    format!(
+        "listening on http://{address}\n\
+         account {account}: free tier, 3 active keys at most; the 2 below are active, so it may create 1 more\n\
+         live key, full access (shown once):\n\
+         {live}\n\
+         test key, scopes {scopes} (shown once):\n\
+         {test}\n\
+         try:\n  \
+         curl -H \"Authorization: Bearer {live}\" \"http://{address}/api/v1/iocs?type=ipv4&limit=10\"\n  \
+         curl -H \"X-API-Key: {test}\" http://{address}/api/v1/keys\n"
+    )
 }
 
 #[cfg(any(feature = "postgres", feature = "redis"))]

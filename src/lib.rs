@@ -29,7 +29,38 @@
 //!     .layer(ApiKeyLayer::new(store));
 //! ```
 //!
-//! `examples/axum.rs` is a complete service with key management endpoints.
+//! Only the routes added before `.layer(...)` need a key; add open routes (a health check)
+//! after it. When you `nest` a protected router, give it a `.fallback(...)` before
+//! `.layer(...)`: otherwise an unknown path under its prefix answers `404` without asking for a
+//! key, which tells anyone which routes exist.
+//!
+//! ```
+//! # use axum::{body::Body, http::{Request, StatusCode}, routing::get, Router};
+//! # use tower::ServiceExt;
+//! # use tower_api_key::{ApiKeyLayer, MemoryKeyStore};
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let api = Router::new()
+//!     .route("/v1/iocs", get(|| async { "[]" }))
+//!     .fallback(|| async { StatusCode::NOT_FOUND }) // inside the layer: unknown paths need a key
+//!     .layer(ApiKeyLayer::new(MemoryKeyStore::new()));
+//! let app: Router = Router::new()
+//!     .nest("/api", api)
+//!     .route("/health", get(|| async { "ok" })); // open
+//!
+//! let probe = Request::get("/api/v1/secret-route").body(Body::empty()).unwrap();
+//! let response = app.oneshot(probe).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+//! # }
+//! ```
+//!
+//! Outside axum, read the identity with `request.extensions().get::<KeyIdentity>()`. The
+//! [`KeyIdentity`] extractor (feature `axum`) answers `500 internal_error` on a route the layer
+//! does not cover, a configuration error; `Option<KeyIdentity>` extracts `None` there.
+//!
+//! `cargo run --example axum` serves a complete service on 127.0.0.1: it prints a live and a
+//! test key of a free-tier demo account, each alone on its line, and manages that account's
+//! keys over HTTP; the example's own documentation lists its routes and scopes.
 //!
 //! # With hyper, or any tower service
 //!
@@ -56,14 +87,21 @@
 //! # }
 //! ```
 //!
-//! # With tonic
+//! # gRPC and tonic
 //!
-//! `Server::builder().layer(ApiKeyLayer::new(store))` protects every service of a tonic server
-//! (or wrap one service with tonic's `LayerExt::named_layer`). A gRPC call (a `POST` over HTTP/2
-//! or with `te: trailers`, `Content-Type: application/grpc`) is refused the way gRPC clients
-//! read: HTTP 200 with `grpc-status` 16 (UNAUTHENTICATED), or 14 (UNAVAILABLE) when the store
-//! fails, and `grpc-message: <code>: <message>`. Handlers read the identity with
-//! `request.extensions().get::<KeyIdentity>()`. `examples/tonic.rs` is a complete service.
+//! `Server::builder().layer(ApiKeyLayer::new(store))` protects every service of a tonic server.
+//! To protect one service and leave another open (a health check), wrap just that one:
+//! `.add_service(ApiKeyLayer::new(store).named_layer(AccountServer::new(AccountService)))`, with
+//! `tonic::service::LayerExt` in scope. Clients send the key as `authorization: Bearer ...` or
+//! `x-api-key` metadata; handlers read the identity with
+//! `request.extensions().get::<KeyIdentity>()`.
+//!
+//! A gRPC call (a `POST` over HTTP/2 or with `te: trailers`, whose `content-type` is
+//! `application/grpc` or `application/grpc+<codec>`) is refused the way gRPC clients read: HTTP
+//! 200 with a trailers-only answer, `grpc-status` 16 (UNAUTHENTICATED) for every 401 below, 7
+//! (PERMISSION_DENIED) for a 403, 14 (UNAVAILABLE) when the store fails, `grpc-message: <code>:
+//! <message>`, and the request id in `x-request-id` metadata. `examples/tonic.rs` is a complete
+//! service that needs no `protoc`.
 //!
 //! # Errors
 //!
@@ -75,6 +113,7 @@
 //! | 503    | `authentication_unavailable` | the store failed: the request is refused, never let through |
 //! | 403    | `insufficient_scope`         | the key lacks the scope of a [`RequireScopeLayer`](access::RequireScopeLayer) |
 //! | 403    | `live_key_required`, `test_key_required` | the key's mode is refused by a [`RequireModeLayer`](access::RequireModeLayer) |
+//! | 500    | `internal_error`             | a scope or mode check, or an extractor, runs without the layer before it |
 //!
 //! A key in the URL query string is refused too (`invalid_api_key`, [`AuthError::KeyInQuery`]):
 //! it has already leaked into logs.
@@ -86,18 +125,69 @@
 //! same envelope from your own code (a rate limiter's 429, a permission check's 403) with
 //! [`ErrorResponse`](response::ErrorResponse).
 //!
-//! # Logs and request ids
+//! # Logs, request ids and tower-http
 //!
-//! Each decision is one `tracing` event in an `api_key_auth` span, with its `outcome`, the
-//! `key_id` and `account_id` when accepted, and the `request_id`; never the key. Put tower-http's
-//! `SetRequestIdLayer` and `PropagateRequestIdLayer` outside this layer, and the id they set is
-//! the one in the envelope, the response header and the log.
+//! Each decision is one `tracing` event in an `api_key_auth` span, with its `outcome`
+//! (`accepted` or the error code), the `key_id` and `account_id` when accepted, and the
+//! `request_id`; never the key. Acceptances are DEBUG, refusals INFO, a key in a URL WARN
+//! (naming the parameter, never its value), a store failure ERROR with its cause. Put
+//! tower-http's request-id layers outside this one, and the id they set is the one in the
+//! envelope, the `X-Request-Id` response header and the log:
+//!
+//! ```
+//! use tower::ServiceBuilder;
+//! use tower_api_key::{ApiKeyLayer, MemoryKeyStore};
+//! use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+//! use tower_http::trace::TraceLayer;
+//!
+//! let middleware = ServiceBuilder::new()
+//!     .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+//!     .layer(PropagateRequestIdLayer::x_request_id())
+//!     .layer(TraceLayer::new_for_http())
+//!     .layer(ApiKeyLayer::new(MemoryKeyStore::new()));
+//! # let _ = middleware;
+//! ```
+//!
+//! # Limiting failed attempts
+//!
+//! The layer answers every guess in constant time but does not count guesses. A middleware
+//! outside it can: every refusal carries its [`AuthError`] in the response's extensions, so it
+//! can count the refusals of a key (401s and gRPC refusals alike, not the store's 503s) per
+//! client IP and answer `429` with `Retry-After` in the same envelope
+//! ([`ErrorResponse`](response::ErrorResponse)) before a blocked client's key is even read.
+//! `examples/failed_attempts.rs` does this with a `governor` keyed rate limiter (10 failures,
+//! then one every 6 s; IPv6 clients by /64), and never slows a client down for its successes.
+//! `tower_governor` charges every request on the way in, so it cannot tell failures from
+//! successes. Behind a reverse proxy, key by the forwarded address only when the peer is your
+//! proxy.
 //!
 //! # Writing a store
 //!
 //! [`KeyStore`] has one required method: fetch the [`KeyRecord`] stored under a [`LookupId`]. The
 //! layer does the rest, so a store cannot compare secrets wrongly. See its docs and
 //! `examples/custom_store.rs`.
+//!
+//! # Choosing a store
+//!
+//! | Store | Feature | Use it when |
+//! |-------|---------|-------------|
+//! | [`MemoryKeyStore`] | | tests, demos, one instance whose keys can live in the process |
+//! | `PgKeyStore` | `postgres` | several instances, and PostgreSQL is already your database |
+//! | `RedisKeyStore` | `redis` | several instances, and a standalone Redis is at hand |
+//! | `CachedKeyStore` | `cache` | in front of either, so most requests never reach the database |
+//! | your own [`KeyStore`] | | keys live elsewhere; add [`WritableKeyStore`](store::WritableKeyStore) to manage them |
+//!
+//! All of them pass one behavioural suite: the same answers, the same quotas under concurrent
+//! creates from two instances, the same lifecycle. The PostgreSQL and Redis stores bound every
+//! call with a timeout (2 s by default), so a database that is down or hung makes the layer
+//! answer `503`, never `401`, and record last-used times from a background task, so no request
+//! waits for that write. Each type's docs say how to set it up.
+//!
+//! **The cache's staleness bound.** A `CachedKeyStore` keeps records for its TTL (10 s by
+//! default). Creating, revoking, deleting or rotating through it takes effect on this instance at
+//! once, but another instance (another process with its own cache) may go on accepting a key
+//! revoked elsewhere for at most its TTL plus one lookup of the inner store (at most that
+//! store's timeout). Lower the TTL if revocations must take effect sooner everywhere.
 //!
 //! # Managing keys
 //!
@@ -148,14 +238,18 @@
 //!
 //! - Keys are `sk_live_` plus 32 random base62 characters from the OS CSPRNG (~190 bits) and a
 //!   CRC32 checksum, so typos and random strings are rejected without a lookup ([`KeyFormat`](key::KeyFormat)).
+//!   The checksum is no secret: it filters mistakes, not crafted keys, which each cost one
+//!   lookup. A listing's hint shows a key's last 4 characters, which leaves over 160 bits unknown.
 //! - Stores hold SHA-256 digests, never keys, indexed by the digest's first half; the layer
-//!   compares the whole digest in constant time (`subtle`).
+//!   compares the whole digest in constant time (`subtle`), and checks the secret before the
+//!   revocation status, so a wrong key cannot learn whether a key exists or was revoked.
 //! - Keys are read from headers only; a key in the query string is refused and logged by its
 //!   parameter's name, never its value.
 //! - [`ApiKey`], [`KeyDigest`](key::KeyDigest) and [`LookupId`] have no `Display` and a redacted `Debug`; the
 //!   credential headers are marked sensitive before the inner service sees them; no response
 //!   repeats a key.
-//! - A store failure is a `503`: the layer fails closed.
+//! - A store failure is a `503`, logged at ERROR with its cause: the layer fails closed, and
+//!   nothing passes without a positive answer from the store.
 //!
 //! # Features
 //!
@@ -166,12 +260,6 @@
 //! - `cache`: `CachedKeyStore`, an in-process cache in front of any store.
 //!
 //! Minimum Rust: 1.85; the `postgres` feature needs 1.94 (sqlx 0.9).
-//!
-//! # Choosing a store
-//!
-//! [`MemoryKeyStore`] serves tests and single instances. Several instances share keys through
-//! `PgKeyStore` or `RedisKeyStore`, usually behind a `CachedKeyStore`, whose TTL bounds how long
-//! another instance may accept a key revoked elsewhere (10 s by default).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]

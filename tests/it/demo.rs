@@ -114,6 +114,25 @@ fn is_rfc3339_utc(value: &serde_json::Value) -> bool {
 }
 
 #[tokio::test]
+async fn banner_prints_each_key_alone_on_its_line() {
+    let demo = Demo::start().await;
+    let banner = example::banner("127.0.0.1:3000", &demo.account, &demo.key, &demo.test_key);
+    let lines: Vec<&str> = banner.lines().collect();
+    let live: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|line| line.starts_with("sk_live_"))
+        .collect();
+    assert_eq!(live, [demo.key.expose_secret()]);
+    let test: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|line| line.starts_with("sk_test_"))
+        .collect();
+    assert_eq!(test, [demo.test_key.expose_secret()]);
+}
+
+#[tokio::test]
 async fn printed_key_reads_iocs_and_health_is_open() {
     let demo = Demo::start().await;
     let answer = demo.iocs_with(demo.key.expose_secret()).await;

@@ -5,8 +5,12 @@ use crate::common;
 use std::time::Duration;
 
 use common::{assert_envelope, echo_identity, send, with_key, Answer};
-use http::{Request, StatusCode};
-use tower::{ServiceBuilder, ServiceExt};
+#[cfg(feature = "axum")]
+use http::Request;
+use http::StatusCode;
+use tower::ServiceBuilder;
+#[cfg(feature = "axum")]
+use tower::ServiceExt;
 use tower_api_key::{
     access::{KeyMode, RequireModeLayer},
     key::KeyFormat,

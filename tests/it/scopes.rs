@@ -7,7 +7,9 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{assert_envelope, echo_identity, send, with_key, Answer, Headers};
+#[cfg(feature = "axum")]
+use common::Headers;
+use common::{assert_envelope, echo_identity, send, with_key, Answer};
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};

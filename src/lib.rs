@@ -185,7 +185,6 @@ mod error;
 #[cfg(feature = "axum")]
 mod extract;
 mod grpc;
-mod hint;
 mod identity;
 mod key;
 mod layer;
@@ -201,7 +200,6 @@ pub use envelope::ErrorResponse;
 pub use error::{AuthError, Rejection};
 #[cfg(feature = "axum")]
 pub use extract::{AuthRejection, LiveKey, RequiredScope, Scoped, TestKey};
-pub use hint::KeyHint;
 pub use identity::{KeyId, KeyIdentity, Tier};
 pub use key::{ApiKey, KeyDigest, KeyFormat, LookupId, MAX_KEY_LEN};
 pub use layer::{ApiKeyAuth, ApiKeyLayer, ResponseFuture};

@@ -1,7 +1,6 @@
 //! Who a request was authenticated as.
 
 use std::borrow::Cow;
-use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -15,25 +14,15 @@ use crate::scope::Scopes;
 /// The public id of a key: safe to log, show in listings and use in URLs.
 ///
 /// It is not derived from the key, so it reveals nothing about it. Cloning is cheap (one
-/// reference count); ids compare, hash and serialize as their text. The id of a [`KeyIdentity`]
-/// shares that identity's text, so a clone of it keeps the account id and name in memory too.
-#[derive(Clone)]
-pub struct KeyId {
-    /// The id, followed in the id of a [`KeyIdentity`] by the identity's other text: an identity
-    /// keeps all its text in this one allocation.
-    text: Arc<str>,
-    /// The id's length in bytes: where it ends in `text`.
-    len: usize,
-}
+/// reference count); ids compare, hash and serialize as their text.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyId(Arc<str>);
 
 impl KeyId {
     /// Wraps an id a store assigned.
     pub fn new(id: impl Into<String>) -> Self {
-        let id: String = id.into();
-        Self {
-            len: id.len(),
-            text: id.into(),
-        }
+        Self(id.into().into())
     }
 
     /// A new random id, `key_` followed by 32 hexadecimal digits.
@@ -43,8 +32,7 @@ impl KeyId {
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        // `len` ends the id, which was whole text, so it is always a character boundary.
-        self.text.get(..self.len).unwrap_or_default()
+        &self.0
     }
 }
 
@@ -60,76 +48,84 @@ impl fmt::Display for KeyId {
     }
 }
 
-impl PartialEq for KeyId {
+/// The plan an account is on, which bounds how many keys it may hold.
+///
+/// Cloning never allocates: a name given as a `String` is shared.
+#[derive(Clone)]
+pub struct Tier(TierName);
+
+#[derive(Clone)]
+enum TierName {
+    Static(&'static str),
+    Shared(Arc<str>),
+}
+
+impl Tier {
+    /// The free tier.
+    pub const FREE: Tier = Tier(TierName::Static("free"));
+    /// The pro tier.
+    pub const PRO: Tier = Tier(TierName::Static("pro"));
+
+    /// A tier by name, for plans beyond free and pro.
+    pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
+        match name.into() {
+            Cow::Borrowed(name) => Self(TierName::Static(name)),
+            Cow::Owned(name) => Self(TierName::Shared(name.into())),
+        }
+    }
+
+    /// The tier's name.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            TierName::Static(name) => name,
+            TierName::Shared(name) => name,
+        }
+    }
+}
+
+impl PartialEq for Tier {
     fn eq(&self, other: &Self) -> bool {
         self.as_str() == other.as_str()
     }
 }
 
-impl Eq for KeyId {}
+impl Eq for Tier {}
 
-impl Hash for KeyId {
+impl Hash for Tier {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.as_str().hash(state);
     }
 }
 
-impl PartialOrd for KeyId {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for KeyId {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.as_str().cmp(other.as_str())
-    }
-}
-
-impl Serialize for KeyId {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> Deserialize<'de> for KeyId {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Self::new)
-    }
-}
-
-/// The plan an account is on, which bounds how many keys it may hold.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Tier(Cow<'static, str>);
-
-impl Tier {
-    /// The free tier.
-    pub const FREE: Tier = Tier(Cow::Borrowed("free"));
-    /// The pro tier.
-    pub const PRO: Tier = Tier(Cow::Borrowed("pro"));
-
-    /// A tier by name, for plans beyond free and pro.
-    pub fn new(name: impl Into<Cow<'static, str>>) -> Self {
-        Self(name.into())
-    }
-
-    /// The tier's name.
-    pub fn as_str(&self) -> &str {
-        &self.0
+impl fmt::Debug for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Tier").field(&self.as_str()).finish()
     }
 }
 
 impl fmt::Display for Tier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
+    }
+}
+
+/// As its name.
+impl Serialize for Tier {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// From its name.
+impl<'de> Deserialize<'de> for Tier {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Self::new)
     }
 }
 
 /// The identity of an authenticated key, which the layer puts in the request's extensions.
 ///
-/// Cloning is cheap (one reference count, two for a key with scopes, metadata or a tier other
-/// than free and pro). It serializes as an object of its fields (`key_id`, `account_id`, `name`,
+/// Cloning is cheap (reference counts, no allocation). It serializes as an object of its fields (`key_id`, `account_id`, `name`,
 /// `tier`, `mode`, and `scopes` and `metadata` when set), metadata included: leave internal
 /// metadata out before returning it to callers. Read it in a handler from the request
 /// extensions, or with the axum extractor (feature `axum`):
@@ -154,65 +150,43 @@ impl fmt::Display for Tier {
 ///
 /// A store that builds identities itself (not through [`KeyManager`](crate::KeyManager)) sets
 /// the mode of test keys with [`KeyIdentity::with_mode`]: identities are live by default.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Serialize)]
 pub struct KeyIdentity {
-    /// The key id, whose allocation also holds the account id and then the name: a store keeps
-    /// one identity per key, so one allocation per identity matters.
     key_id: KeyId,
-    /// Where the account id ends in the key id's text.
-    account_end: u32,
+    account_id: Arc<str>,
+    name: Arc<str>,
+    tier: Tier,
     mode: KeyMode,
-    pro: bool,
-    /// What most keys lack, kept apart so that they do not pay for it.
-    extras: Option<Arc<Extras>>,
-}
-
-#[derive(Clone, Default, PartialEq)]
-struct Extras {
-    /// A tier other than free and pro, whose name may need an allocation of its own.
-    other_tier: Option<Tier>,
-    scopes: Option<Scopes>,
-    metadata: Option<serde_json::Value>,
+    // Shared, so that cloning an identity on every request allocates nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scopes: Option<Arc<Scopes>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Arc<serde_json::Value>>,
 }
 
 impl KeyIdentity {
     /// The identity of live key `key_id`, named `name`, of account `account_id` on `tier`, with
     /// full access.
-    ///
-    /// # Panics
-    ///
-    /// If the key id and the account id together are 4 GiB long or longer.
     pub fn new(
         key_id: KeyId,
         account_id: impl AsRef<str>,
         name: impl AsRef<str>,
         tier: Tier,
     ) -> Self {
-        let (key_id, account_end) =
-            identity_text(key_id.as_str(), account_id.as_ref(), name.as_ref());
-        let pro = tier == Tier::PRO;
-        let other_tier = (tier != Tier::FREE && !pro).then_some(tier);
         Self {
             key_id,
-            account_end,
+            account_id: account_id.as_ref().into(),
+            name: name.as_ref().into(),
+            tier,
             mode: KeyMode::Live,
-            pro,
-            extras: other_tier.map(|other_tier| {
-                Arc::new(Extras {
-                    other_tier: Some(other_tier),
-                    ..Extras::default()
-                })
-            }),
+            scopes: None,
+            metadata: None,
         }
-    }
-
-    fn extras_mut(&mut self) -> &mut Extras {
-        Arc::make_mut(self.extras.get_or_insert_with(Arc::default))
     }
 
     /// Attaches application data (roles, a team, limits) for handlers to read.
     pub fn with_metadata(mut self, metadata: serde_json::Value) -> Self {
-        self.extras_mut().metadata = Some(metadata);
+        self.metadata = Some(Arc::new(metadata));
         self
     }
 
@@ -224,14 +198,13 @@ impl KeyIdentity {
 
     /// The same identity, restricted to `scopes`.
     pub fn with_scopes(mut self, scopes: Scopes) -> Self {
-        self.extras_mut().scopes = Some(scopes);
+        self.scopes = Some(Arc::new(scopes));
         self
     }
 
     /// The same identity for another key, as a rotation's replacement has.
     pub(crate) fn with_key_id(mut self, key_id: KeyId) -> Self {
-        (self.key_id, self.account_end) =
-            identity_text(key_id.as_str(), self.account_id(), self.name());
+        self.key_id = key_id;
         self
     }
 
@@ -242,31 +215,22 @@ impl KeyIdentity {
 
     /// The account the key belongs to.
     pub fn account_id(&self) -> &str {
-        let text = &self.key_id.text;
-        text.get(self.key_id.len..self.account_end as usize)
-            .unwrap_or_default()
+        &self.account_id
     }
 
     /// The name its owner gave the key.
     pub fn name(&self) -> &str {
-        let text = &self.key_id.text;
-        text.get(self.account_end as usize..).unwrap_or_default()
+        &self.name
     }
 
     /// The account's tier.
     pub fn tier(&self) -> &Tier {
-        static FREE: Tier = Tier::FREE;
-        static PRO: Tier = Tier::PRO;
-        match self.extras().and_then(|extras| extras.other_tier.as_ref()) {
-            Some(tier) => tier,
-            None if self.pro => &PRO,
-            None => &FREE,
-        }
+        &self.tier
     }
 
     /// Application data attached to the key, if any.
     pub fn metadata(&self) -> Option<&serde_json::Value> {
-        self.extras()?.metadata.as_ref()
+        self.metadata.as_deref()
     }
 
     /// Whether the key is a live or a test key.
@@ -276,7 +240,7 @@ impl KeyIdentity {
 
     /// The scopes a restricted key is limited to; `None` for a key with full access.
     pub fn scopes(&self) -> Option<&Scopes> {
-        self.extras()?.scopes.as_ref()
+        self.scopes.as_deref()
     }
 
     /// Whether the key may do what `scope` allows: it has full access, or that scope.
@@ -305,73 +269,18 @@ impl KeyIdentity {
         }
         Err(AuthError::WrongMode { required })
     }
-
-    fn extras(&self) -> Option<&Extras> {
-        self.extras.as_deref()
-    }
-
-    /// The fields as they serialize and compare.
-    fn fields(&self) -> IdentityFields<'_> {
-        IdentityFields {
-            key_id: self.key_id(),
-            account_id: self.account_id(),
-            name: self.name(),
-            tier: self.tier(),
-            mode: self.mode,
-            scopes: self.scopes(),
-            metadata: self.metadata(),
-        }
-    }
-}
-
-/// An identity's text in one allocation: the key id, then the account id, then the name; and where
-/// the account id ends.
-fn identity_text(key_id: &str, account_id: &str, name: &str) -> (KeyId, u32) {
-    let account_end = u32::try_from(key_id.len() + account_id.len())
-        .expect("an API key identity's ids are shorter than 4 GiB");
-    let key_id = KeyId {
-        text: [key_id, account_id, name].concat().into(),
-        len: key_id.len(),
-    };
-    (key_id, account_end)
-}
-
-#[derive(PartialEq, Serialize)]
-struct IdentityFields<'a> {
-    key_id: &'a KeyId,
-    account_id: &'a str,
-    name: &'a str,
-    tier: &'a Tier,
-    mode: KeyMode,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    scopes: Option<&'a Scopes>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    metadata: Option<&'a serde_json::Value>,
-}
-
-impl PartialEq for KeyIdentity {
-    fn eq(&self, other: &Self) -> bool {
-        self.fields() == other.fields()
-    }
-}
-
-impl Serialize for KeyIdentity {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.fields().serialize(serializer)
-    }
 }
 
 impl fmt::Debug for KeyIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let fields = self.fields();
         f.debug_struct("KeyIdentity")
-            .field("key_id", fields.key_id)
-            .field("account_id", &fields.account_id)
-            .field("name", &fields.name)
-            .field("tier", fields.tier)
-            .field("mode", &fields.mode)
-            .field("scopes", &fields.scopes)
-            .field("metadata", &fields.metadata)
+            .field("key_id", &self.key_id)
+            .field("account_id", &self.account_id())
+            .field("name", &self.name())
+            .field("tier", &self.tier)
+            .field("mode", &self.mode)
+            .field("scopes", &self.scopes())
+            .field("metadata", &self.metadata())
             .finish()
     }
 }
@@ -434,10 +343,17 @@ mod tests {
         }
         let named = KeyIdentity::new(KeyId::new("key_1"), "acct", "ci", Tier::new("pro"));
         assert_eq!(named, identity_on(Tier::PRO));
-        assert!(
-            named.extras.is_none(),
-            "a standard tier needs no allocation of its own"
-        );
+    }
+
+    #[test]
+    fn tiers_compare_hash_and_serialize_as_their_names() {
+        use std::collections::HashSet;
+        let owned = Tier::new(String::from("pro"));
+        assert_eq!(owned, Tier::PRO);
+        assert!(HashSet::from([Tier::PRO]).contains(&owned));
+        assert_eq!(serde_json::to_string(&owned).unwrap(), r#""pro""#);
+        assert_eq!(serde_json::from_str::<Tier>(r#""pro""#).unwrap(), Tier::PRO);
+        assert_eq!(format!("{owned:?}"), r#"Tier("pro")"#);
     }
 
     fn identity_on(tier: Tier) -> KeyIdentity {
@@ -479,8 +395,6 @@ mod tests {
             KeyIdentity::new(KeyId::new("key_2"), "acct", "ci", Tier::FREE),
             KeyIdentity::new(KeyId::new("key_1"), "acct2", "ci", Tier::FREE),
             KeyIdentity::new(KeyId::new("key_1"), "acct", "ci2", Tier::FREE),
-            // The same text split differently between the ids and the name.
-            KeyIdentity::new(KeyId::new("key_1a"), "cct", "ci", Tier::FREE),
             identity_on(Tier::PRO),
             identity().with_mode(KeyMode::Test),
             identity().with_scopes(Scopes::new(["a"]).unwrap()),

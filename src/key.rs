@@ -28,7 +28,6 @@ use std::fmt;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
-pub use crate::hint::KeyHint;
 use crate::mode::KeyMode;
 
 /// Number of random base62 characters in a generated key's body: about 190 bits, so at least

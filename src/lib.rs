@@ -296,7 +296,6 @@ mod error;
 #[cfg(feature = "axum")]
 pub mod extract;
 mod grpc;
-mod hint;
 mod identity;
 pub mod key;
 pub mod layer;

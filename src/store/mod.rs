@@ -50,7 +50,6 @@ pub use self::postgres::PgKeyStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisKeyStore;
 pub use crate::error::StoreError;
-use crate::hint::KeyHint;
 use crate::identity::{KeyId, KeyIdentity};
 use crate::key::{KeyDigest, LookupId};
 
@@ -250,7 +249,7 @@ pub struct KeyRecord {
     pub last_used_at: Option<SystemTime>,
     /// A non-secret reminder of the key for its owner: its prefix and last four characters,
     /// `sk_live_...Xy12`.
-    pub hint: Option<KeyHint>,
+    pub hint: Option<Arc<str>>,
 }
 
 impl KeyRecord {
@@ -286,7 +285,7 @@ impl KeyRecord {
     }
 
     /// The same record, with a [hint](KeyRecord::hint).
-    pub fn with_hint(mut self, hint: impl Into<KeyHint>) -> Self {
+    pub fn with_hint(mut self, hint: impl Into<Arc<str>>) -> Self {
         self.hint = Some(hint.into());
         self
     }

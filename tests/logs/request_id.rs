@@ -47,9 +47,9 @@ impl<'a> MakeWriter<'a> for Log {
     }
 }
 
-/// Sends `headers` through SetRequestId → PropagateRequestId → Trace → ApiKeyLayer, logging at
-/// DEBUG into the returned log.
-async fn send_through_tower_http(keys: Keys, headers: &[(&str, &[u8])]) -> (Answer, Log) {
+/// A log of this thread's events at DEBUG, until the guard is dropped. The global capture is
+/// installed first, so that each callsite's interest is computed with it.
+fn log_this_thread() -> (Log, tracing::subscriber::DefaultGuard) {
     crate::secret_hygiene::capture();
     let log = Log::default();
     let subscriber = tracing_subscriber::fmt()
@@ -57,7 +57,13 @@ async fn send_through_tower_http(keys: Keys, headers: &[(&str, &[u8])]) -> (Answ
         .with_ansi(false)
         .with_writer(log.clone())
         .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    (log, tracing::subscriber::set_default(subscriber))
+}
+
+/// Sends `headers` through SetRequestId → PropagateRequestId → Trace → ApiKeyLayer, logging at
+/// DEBUG into the returned log.
+async fn send_through_tower_http(keys: Keys, headers: &[(&str, &[u8])]) -> (Answer, Log) {
+    let (log, _guard) = log_this_thread();
     let service = ServiceBuilder::new()
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -104,14 +110,7 @@ async fn acceptance_is_logged_with_key_account_and_request_id() {
 
 /// Sends `headers` straight to `ApiKeyLayer`, logging at DEBUG into the returned log.
 async fn send_to_the_layer(keys: Keys, headers: &[(&str, &[u8])]) -> (Answer, Log) {
-    crate::secret_hygiene::capture();
-    let log = Log::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(log.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (log, _guard) = log_this_thread();
     let service = ServiceBuilder::new()
         .layer(ApiKeyLayer::new(keys.store))
         .service_fn(echo_identity);

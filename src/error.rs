@@ -33,7 +33,8 @@ use http::{Response, StatusCode};
 /// | `WrongMode`         | 403    | `live_key_required`, `test_key_required` | (none)               |
 /// | `MissingIdentity`   | 500    | `internal_error`             | (none)                           |
 ///
-/// Each response also has `Content-Type: application/json`, `Cache-Control: no-store`, and the
+/// Each response also has `Cache-Control: no-store` (and, in JSON, `Content-Type:
+/// application/json`), and the
 /// request id in `X-Request-Id` (see [`ApiKeyLayer`](crate::ApiKeyLayer) for where it comes
 /// from). Messages tell the caller what to do and never repeat the key or a store's error.
 /// [`ApiKeyLayer::error_response`](crate::ApiKeyLayer::error_response) replaces the body of
@@ -263,7 +264,8 @@ impl Rejection {
     }
 
     /// The answer to a gRPC call: HTTP 200 with `grpc-status` 16 (UNAUTHENTICATED) for a 401,
-    /// 7 (PERMISSION_DENIED) for a 403, 14 (UNAVAILABLE) when the store failed, `code: message`
+    /// 7 (PERMISSION_DENIED) for a 403, 14 (UNAVAILABLE) when the store failed, 13 (INTERNAL) for
+    /// a 500, `code: message`
     /// in `grpc-message`, `Cache-Control: no-store`, and the request id in `X-Request-Id`.
     fn to_grpc_response(&self) -> Response<Bytes> {
         let mut response = grpc::response(self.error.status(), self.error.code(), self.message());

@@ -99,7 +99,8 @@
 //! A gRPC call (a `POST` over HTTP/2 or with `te: trailers`, whose `content-type` is
 //! `application/grpc` or `application/grpc+<codec>`) is refused the way gRPC clients read: HTTP
 //! 200 with a trailers-only answer, `grpc-status` 16 (UNAUTHENTICATED) for every 401 below, 7
-//! (PERMISSION_DENIED) for a 403, 14 (UNAVAILABLE) when the store fails, `grpc-message: <code>:
+//! (PERMISSION_DENIED) for a 403, 14 (UNAVAILABLE) when the store fails, 13 (INTERNAL) for the
+//! 500 of a check without the layer, `grpc-message: <code>:
 //! <message>`, and the request id in `x-request-id` metadata. `examples/tonic.rs` is a complete
 //! service that needs no `protoc`.
 //!
@@ -127,9 +128,10 @@
 //!
 //! # Logs, request ids and tower-http
 //!
-//! Each decision is one `tracing` event in an `api_key_auth` span, with its `outcome`
+//! Each decision of the layer is one `tracing` event in an `api_key_auth` span, with its `outcome`
 //! (`accepted` or the error code), the `key_id` and `account_id` when accepted, and the
-//! `request_id`; never the key. Acceptances are DEBUG, refusals INFO, a key in a URL WARN
+//! `request_id`; never the key. Acceptances are DEBUG, the layer's refusals INFO (the 403s of
+//! the scope and mode checks are not logged), a key in a URL WARN
 //! (naming the parameter, never its value), a store failure ERROR with its cause. Put
 //! tower-http's request-id layers outside this one, and the id they set is the one in the
 //! envelope, the `X-Request-Id` response header and the log:

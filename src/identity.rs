@@ -150,8 +150,13 @@ impl<'de> Deserialize<'de> for Tier {
 ///
 /// A store that builds identities itself (not through [`KeyManager`](crate::KeyManager)) sets
 /// the mode of test keys with [`KeyIdentity::with_mode`]: identities are live by default.
+#[derive(Clone, PartialEq)]
+pub struct KeyIdentity(Arc<Fields>);
+
+/// What an identity holds, behind one shared pointer: the layer clones an identity into every
+/// request it accepts, and that costs one reference count.
 #[derive(Clone, PartialEq, Serialize)]
-pub struct KeyIdentity {
+struct Fields {
     key_id: KeyId,
     account_id: Arc<str>,
     name: Arc<str>,
@@ -173,7 +178,7 @@ impl KeyIdentity {
         name: impl AsRef<str>,
         tier: Tier,
     ) -> Self {
-        Self {
+        Self(Arc::new(Fields {
             key_id,
             account_id: account_id.as_ref().into(),
             name: name.as_ref().into(),
@@ -181,66 +186,66 @@ impl KeyIdentity {
             mode: KeyMode::Live,
             scopes: None,
             metadata: None,
-        }
+        }))
     }
 
     /// Attaches application data (roles, a team, limits) for handlers to read.
     pub fn with_metadata(mut self, metadata: serde_json::Value) -> Self {
-        self.metadata = Some(Arc::new(metadata));
+        Arc::make_mut(&mut self.0).metadata = Some(Arc::new(metadata));
         self
     }
 
     /// The same identity, for a key of `mode`.
     pub fn with_mode(mut self, mode: KeyMode) -> Self {
-        self.mode = mode;
+        Arc::make_mut(&mut self.0).mode = mode;
         self
     }
 
     /// The same identity, restricted to `scopes`.
     pub fn with_scopes(mut self, scopes: Scopes) -> Self {
-        self.scopes = Some(Arc::new(scopes));
+        Arc::make_mut(&mut self.0).scopes = Some(Arc::new(scopes));
         self
     }
 
     /// The same identity for another key, as a rotation's replacement has.
     pub(crate) fn with_key_id(mut self, key_id: KeyId) -> Self {
-        self.key_id = key_id;
+        Arc::make_mut(&mut self.0).key_id = key_id;
         self
     }
 
     /// The key's public id.
     pub fn key_id(&self) -> &KeyId {
-        &self.key_id
+        &self.0.key_id
     }
 
     /// The account the key belongs to.
     pub fn account_id(&self) -> &str {
-        &self.account_id
+        &self.0.account_id
     }
 
     /// The name its owner gave the key.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.0.name
     }
 
     /// The account's tier.
     pub fn tier(&self) -> &Tier {
-        &self.tier
+        &self.0.tier
     }
 
     /// Application data attached to the key, if any.
     pub fn metadata(&self) -> Option<&serde_json::Value> {
-        self.metadata.as_deref()
+        self.0.metadata.as_deref()
     }
 
     /// Whether the key is a live or a test key.
     pub fn mode(&self) -> KeyMode {
-        self.mode
+        self.0.mode
     }
 
     /// The scopes a restricted key is limited to; `None` for a key with full access.
     pub fn scopes(&self) -> Option<&Scopes> {
-        self.scopes.as_deref()
+        self.0.scopes.as_deref()
     }
 
     /// Whether the key may do what `scope` allows: it has full access, or that scope.
@@ -271,14 +276,20 @@ impl KeyIdentity {
     }
 }
 
+impl Serialize for KeyIdentity {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
 impl fmt::Debug for KeyIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyIdentity")
-            .field("key_id", &self.key_id)
+            .field("key_id", &self.0.key_id)
             .field("account_id", &self.account_id())
             .field("name", &self.name())
-            .field("tier", &self.tier)
-            .field("mode", &self.mode)
+            .field("tier", &self.0.tier)
+            .field("mode", &self.0.mode)
             .field("scopes", &self.scopes())
             .field("metadata", &self.metadata())
             .finish()

@@ -347,7 +347,11 @@ impl Config {
                 log_acceptance(&identity, request.headers());
                 let extensions = request.extensions_mut();
                 extensions.insert(identity);
-                extensions.insert(Arc::clone(&self.refusals));
+                // The checks inside need the refusal settings only to reach a custom hook: the
+                // default answers of their refusals do not depend on this layer's settings.
+                if self.error_response.is_some() {
+                    extensions.insert(Arc::clone(&self.refusals));
+                }
                 None
             }
             Err(error) => Some(self.reject(error, request)),

@@ -158,8 +158,8 @@ pub struct KeyIdentity(Arc<Fields>);
 #[derive(Clone, PartialEq, Serialize)]
 struct Fields {
     key_id: KeyId,
-    account_id: Arc<str>,
-    name: Arc<str>,
+    account_id: Box<str>,
+    name: Box<str>,
     tier: Tier,
     mode: KeyMode,
     // Shared, so that cloning an identity on every request allocates nothing.

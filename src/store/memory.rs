@@ -19,9 +19,10 @@ use crate::key::{KeyDigest, LookupId};
 /// lock word between cores; writes take every shard briefly, which makes quota checks atomic.
 /// Clones share the same keys, so keep one to manage keys while the layer holds another.
 ///
-/// A key with short ids and name takes about 480 bytes (`cargo run --release --example
-/// memory_per_key`), of which about 80 are the index of active keys that quota checks count. Its times are kept to the nanosecond from 1677 to 2262; a time beyond is
-/// kept as the nearest of those.
+/// A key with short ids and name takes about 460 bytes, 500 as [`KeyManager`](crate::KeyManager)
+/// writes it with a creation time and a hint (`cargo run --release --example memory_per_key`),
+/// of which about 80 are the index of active keys that quota checks count. Its times are kept to
+/// the nanosecond from 1677 to 2262; a time beyond is kept as the nearest of those.
 ///
 /// ```
 /// use tower_api_key::{KeyId, KeyIdentity, KeyRecord, MemoryKeyStore, Tier, key::KeyFormat};

@@ -162,11 +162,11 @@ struct Fields {
     name: Box<str>,
     tier: Tier,
     mode: KeyMode,
-    // Shared, so that cloning an identity on every request allocates nothing.
     #[serde(skip_serializing_if = "Option::is_none")]
-    scopes: Option<Arc<Scopes>>,
+    scopes: Option<Scopes>,
+    // Boxed: most keys have none, and a `Value` would take 32 bytes in every identity.
     #[serde(skip_serializing_if = "Option::is_none")]
-    metadata: Option<Arc<serde_json::Value>>,
+    metadata: Option<Box<serde_json::Value>>,
 }
 
 impl KeyIdentity {
@@ -191,7 +191,7 @@ impl KeyIdentity {
 
     /// Attaches application data (roles, a team, limits) for handlers to read.
     pub fn with_metadata(mut self, metadata: serde_json::Value) -> Self {
-        Arc::make_mut(&mut self.0).metadata = Some(Arc::new(metadata));
+        Arc::make_mut(&mut self.0).metadata = Some(Box::new(metadata));
         self
     }
 
@@ -203,7 +203,7 @@ impl KeyIdentity {
 
     /// The same identity, restricted to `scopes`.
     pub fn with_scopes(mut self, scopes: Scopes) -> Self {
-        Arc::make_mut(&mut self.0).scopes = Some(Arc::new(scopes));
+        Arc::make_mut(&mut self.0).scopes = Some(scopes);
         self
     }
 
@@ -245,7 +245,7 @@ impl KeyIdentity {
 
     /// The scopes a restricted key is limited to; `None` for a key with full access.
     pub fn scopes(&self) -> Option<&Scopes> {
-        self.0.scopes.as_deref()
+        self.0.scopes.as_ref()
     }
 
     /// Whether the key may do what `scope` allows: it has full access, or that scope.

@@ -17,8 +17,8 @@ for tool in wrk valgrind; do
     apt-get update -qq && apt-get install -y -qq "$tool" >/dev/null
   fi
 done
-cargo build --release --example hello_load -q
-binary="${CARGO_TARGET_DIR:-target}/release/examples/hello_load"
+# A bench target (not an example): `cargo bench` builds it with the bench profile and prints its path.
+binary=$(cargo bench --bench hello_load --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\))$/\1/p')
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
@@ -45,9 +45,10 @@ count() {
   awk -v t="$total" -v r="$requests" 'BEGIN {printf "%.0f", t / r}'
 }
 
-none=$(count "")
+none=$(count "--plain")
 floor=$(count "--floor")
 layer=$(count "--layer")
 printf 'instructions per request: without %s, floor %s, layer %s\n' "$none" "$floor" "$layer"
 printf 'floor - without %s, layer - without %s, layer - floor %s\n' \
   $((floor - none)) $((layer - none)) $((layer - floor))
+awk -v l="$layer" -v f="$floor" 'BEGIN {printf "layer / floor %.3f (target <= 1.05)\n", l / f}'

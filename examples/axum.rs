@@ -215,9 +215,10 @@ async fn create_key<S: WritableKeyStore>(
              and a \"mode\" of \"live\" or \"test\".",
         )
     })?;
-    let listed = keys.list(identity.account_id()).await?;
-    let caller = caller_info(&listed, &identity)?;
-    let new = request.into_new_key(&identity, caller)?.created_by(caller);
+    let caller = caller_info(&keys, &identity).await?;
+    let new = request
+        .into_new_key(&identity, &caller)?
+        .created_by(&caller);
     let created = keys.create(new).await.map_err(|error| match error {
         ManageError::Overreach(overreach) => ApiError::cannot_create(overreach),
         error => error.into(),
@@ -252,23 +253,24 @@ async fn revoke_key<S: WritableKeyStore>(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = KeyId::new(id);
-    let listed = keys.list(identity.account_id()).await?;
-    let caller = caller_info(&listed, &identity)?;
-    let target = listed
-        .iter()
-        .find(|info| info.id == id)
-        .ok_or(ManageError::NotFound)?;
-    caller.may_manage(target).map_err(ApiError::cannot_revoke)?;
+    let caller = caller_info(&keys, &identity).await?;
+    let target = keys.get(identity.account_id(), &id).await?;
+    caller
+        .may_manage(&target)
+        .map_err(ApiError::cannot_revoke)?;
     keys.revoke(identity.account_id(), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// The caller's own key among its account's keys: its expiry is in its record, not its identity.
-fn caller_info<'a>(listed: &'a [KeyInfo], identity: &KeyIdentity) -> Result<&'a KeyInfo, ApiError> {
-    listed
-        .iter()
-        .find(|info| info.id == *identity.key_id())
-        .ok_or_else(ApiError::caller_unknown)
+async fn caller_info<S: WritableKeyStore>(
+    keys: &KeyManager<S>,
+    identity: &KeyIdentity,
+) -> Result<KeyInfo, ApiError> {
+    match keys.get(identity.account_id(), identity.key_id()).await {
+        Err(ManageError::NotFound) => Err(ApiError::caller_unknown()),
+        found => Ok(found?),
+    }
 }
 
 #[derive(Deserialize)]

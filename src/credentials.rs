@@ -23,7 +23,7 @@
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::percent_decode_str;
 
-use crate::key::MAX_KEY_LEN;
+use crate::key::{every_byte, MAX_KEY_LEN};
 
 /// Why no key could be read from a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -206,7 +206,7 @@ fn trim_whitespace(bytes: &[u8]) -> &[u8] {
 
 /// `token` as a key: 1 to `MAX_KEY_LEN` visible ASCII bytes, so also UTF-8.
 fn parse_key(token: &[u8]) -> Result<&[u8], CredentialError> {
-    if token.len() > MAX_KEY_LEN || !token.iter().all(u8::is_ascii_graphic) {
+    if token.len() > MAX_KEY_LEN || !every_byte(token, u8::is_ascii_graphic) {
         return Err(CredentialError::Malformed);
     }
     Ok(token)

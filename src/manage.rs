@@ -562,6 +562,15 @@ impl<S: WritableKeyStore> KeyManager<S> {
         Ok(records.iter().map(KeyInfo::from).collect())
     }
 
+    /// One of the account's keys, whatever its state.
+    pub async fn get(&self, account_id: &str, key_id: &KeyId) -> Result<KeyInfo, ManageError> {
+        let record = self.store.get(account_id, key_id).await?;
+        record
+            .as_ref()
+            .map(KeyInfo::from)
+            .ok_or(ManageError::NotFound)
+    }
+
     /// Revokes a key: it stops working at once (`expired_api_key`), and its record stays for
     /// audit. Revoking a revoked key changes nothing.
     pub async fn revoke(&self, account_id: &str, key_id: &KeyId) -> Result<KeyInfo, ManageError> {
@@ -598,10 +607,9 @@ impl<S: WritableKeyStore> KeyManager<S> {
         let now = self.clock.now();
         let old = self
             .store
-            .list(account_id)
+            .get(account_id, key_id)
             .await?
-            .into_iter()
-            .find(|record| record.identity.key_id() == key_id && record.is_active(now))
+            .filter(|record| record.is_active(now))
             .ok_or(ManageError::NotFound)?;
         let limit = self.limit(old.identity.tier())?;
         let retire_at = Expiry::After(grace).time_after(now)?;

@@ -371,8 +371,10 @@ impl<S: WritableKeyStore> WritableKeyStore for CachedKeyStore<S> {
         if let Some((retiring, _)) = &quota.retiring {
             // The retired key's cached record must learn its new expiry: find it before the
             // write, so that a failure here changes nothing.
-            let records = self.inner.list(record.identity.account_id()).await?;
-            let retired = records.iter().find(|old| old.identity.key_id() == retiring);
+            let retired = self
+                .inner
+                .get(record.identity.account_id(), retiring)
+                .await?;
             changed.extend(retired.map(|old| old.digest.lookup_id()));
         }
         let inner = Arc::clone(&self.inner);
@@ -382,6 +384,10 @@ impl<S: WritableKeyStore> WritableKeyStore for CachedKeyStore<S> {
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
         self.inner.list(account_id).await
+    }
+
+    async fn get(&self, account_id: &str, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.get(account_id, key_id).await
     }
 
     async fn revoke(

@@ -20,7 +20,7 @@ use crate::key::{KeyDigest, LookupId};
 /// Clones share the same keys, so keep one to manage keys while the layer holds another.
 ///
 /// A key with short ids and name takes about 460 bytes, 500 as [`KeyManager`](crate::KeyManager)
-/// writes it with a creation time and a hint (`cargo run --release --example memory_per_key`),
+/// writes it with a creation time and a hint (`cargo bench --bench memory_per_key`),
 /// of which about 80 are the index of active keys that quota checks count. Its times are kept to
 /// the nanosecond from 1677 to 2262; a time beyond is kept as the nearest of those.
 ///
@@ -568,6 +568,12 @@ impl WritableKeyStore for MemoryKeyStore {
             .collect())
     }
 
+    async fn get(&self, account_id: &str, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let keys = self.read();
+        let index = keys.slot_in_account(account_id, key_id);
+        Ok(index.map(|index| keys.slot(index).record.to_record()))
+    }
+
     async fn revoke(
         &self,
         account_id: &str,
@@ -832,7 +838,7 @@ mod tests {
     }
 
     // The layout that keeps a store of 1,000,000 keys under 512 bytes a key (see the
-    // `memory_per_key` example): a slot of 96 bytes, the identity behind one pointer.
+    // `memory_per_key` bench): a slot of 96 bytes, the identity behind one pointer.
     #[cfg(target_pointer_width = "64")]
     #[test]
     fn a_slot_takes_96_bytes() {

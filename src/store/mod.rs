@@ -143,6 +143,10 @@ pub trait WritableKeyStore: KeyStore {
     /// Every record of `account_id`, revoked and expired ones included.
     async fn list(&self, account_id: &str) -> Result<Vec<KeyRecord>, StoreError>;
 
+    /// The record of key `key_id` of `account_id`, whatever its state, or `None` if there is no
+    /// such key. One read: rotating or managing one key never reads the account's history.
+    async fn get(&self, account_id: &str, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError>;
+
     /// Marks key `key_id` of `account_id` revoked at `at`, keeping the record; revoking a revoked
     /// key keeps its first time. The record after the change, or `None` if there is no such key.
     async fn revoke(

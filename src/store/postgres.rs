@@ -313,6 +313,13 @@ impl WritableKeyStore for PgKeyStore {
         .await
     }
 
+    async fn get(&self, account_id: &str, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let query = sqlx::query(sql(&self.statements.get))
+            .bind(account_id)
+            .bind(key_id.as_str());
+        self.fetch_record(query).await
+    }
+
     async fn revoke(
         &self,
         account_id: &str,
@@ -347,6 +354,7 @@ struct Statements {
     retire: Arc<str>,
     insert: Arc<str>,
     list: Arc<str>,
+    get: Arc<str>,
     revoke: Arc<str>,
     delete: Arc<str>,
     touch: Arc<str>,
@@ -385,6 +393,9 @@ impl Statements {
             list: statement(format!(
                 "SELECT {COLUMNS} FROM \"{table}\" WHERE account_id = $1 \
                  ORDER BY created_at NULLS FIRST, key_id COLLATE \"C\""
+            )),
+            get: statement(format!(
+                "SELECT {COLUMNS} FROM \"{table}\" WHERE account_id = $1 AND key_id = $2"
             )),
             // `coalesce` keeps the first revocation's time.
             revoke: statement(format!(

@@ -220,6 +220,11 @@ impl WritableKeyStore for RedisKeyStore {
             .collect()
     }
 
+    async fn get(&self, account_id: &str, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let args = vec![account_id.to_owned(), key_id.to_string()];
+        parse_record(self.redis.invoke(&GET, args).await?)
+    }
+
     async fn revoke(
         &self,
         account_id: &str,
@@ -516,6 +521,13 @@ end
 return records
 "#;
 
+/// ARGV: prefix, account id, key id. The record, or an empty one.
+const GET_LUA: &str = r#"
+local key = record_of(ARGV[2], ARGV[3])
+if not key then return {} end
+return redis.call('HGETALL', key)
+"#;
+
 /// ARGV: prefix, account id, key id, time. The record after the change, or an empty one.
 /// `HSETNX` keeps the first revocation time.
 const REVOKE_LUA: &str = r#"
@@ -554,6 +566,7 @@ fn script(body: &str) -> Script {
 
 static CREATE: LazyLock<Script> = LazyLock::new(|| script(CREATE_LUA));
 static LIST: LazyLock<Script> = LazyLock::new(|| script(LIST_LUA));
+static GET: LazyLock<Script> = LazyLock::new(|| script(GET_LUA));
 static REVOKE: LazyLock<Script> = LazyLock::new(|| script(REVOKE_LUA));
 static DELETE: LazyLock<Script> = LazyLock::new(|| script(DELETE_LUA));
 static RECORD_USE: LazyLock<Script> = LazyLock::new(|| script(RECORD_USE_LUA));

@@ -95,6 +95,10 @@ impl tower_api_key::store::WritableKeyStore for Probe {
         self.inner.list(account_id).await
     }
 
+    async fn get(&self, account_id: &str, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.get(account_id, key_id).await
+    }
+
     async fn revoke(
         &self,
         account_id: &str,

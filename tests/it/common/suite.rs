@@ -218,6 +218,39 @@ pub async fn revoking_keeps_the_first_time_and_respects_accounts(backend: impl B
         .is_none());
 }
 
+pub async fn getting_one_key_respects_accounts_and_shows_any_state(backend: impl Backend) {
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let account = account();
+    let created = create(&keys, &account).await;
+    let store = keys.store();
+    let got = store
+        .get(&account, &created.info.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.digest.matches(&created.key.digest()));
+    assert_eq!(got.identity.account_id(), account);
+    assert!(store
+        .get("acct_other", &created.info.id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(store
+        .get(&account, &KeyId::new("key_none"))
+        .await
+        .unwrap()
+        .is_none());
+    keys.revoke(&account, &created.info.id).await.unwrap();
+    let revoked = keys.get(&account, &created.info.id).await.unwrap();
+    assert_eq!(revoked.revoked_at, Some(clock.now()));
+    keys.delete(&account, &created.info.id).await.unwrap();
+    assert!(matches!(
+        keys.get(&account, &created.info.id).await,
+        Err(ManageError::NotFound)
+    ));
+}
+
 pub async fn deleting_returns_the_record_and_respects_accounts(backend: impl Backend) {
     let clock = clock();
     let keys = manager(backend.instance().await, &clock);
@@ -425,6 +458,7 @@ macro_rules! store_suite {
             key_expires_at_its_expiry,
             listing_is_per_account_and_keeps_revoked_keys,
             revoking_keeps_the_first_time_and_respects_accounts,
+            getting_one_key_respects_accounts_and_shows_any_state,
             deleting_returns_the_record_and_respects_accounts,
             create_refuses_an_existing_key_id_or_key,
             quota_counts_only_active_keys,

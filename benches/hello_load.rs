@@ -1,12 +1,15 @@
 //! An axum hello-world for `benches/http_load.sh` and `benches/http_instructions.sh`: with
-//! `--layer`, behind `ApiKeyLayer` over a `MemoryKeyStore`; with `--floor`, behind the unavoidable
+//! `--plain`, no check; with `--layer`, behind `ApiKeyLayer` over a `MemoryKeyStore`; with `--floor`, behind the unavoidable
 //! work done by hand (parse the header, SHA-256 the key, one `HashMap` lookup, one constant-time
 //! compare, one identity inserted), as the criterion bench's `floor` row does. It prints the
 //! address, then a valid key, one per line.
 //!
 //! ```text
-//! cargo run --release --example hello_load -- [--layer | --floor]
+//! cargo bench --bench hello_load -- --plain | --layer | --floor
 //! ```
+//!
+//! Without one of those (as when `cargo bench` runs every bench) it serves nothing and says how
+//! to run it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +25,12 @@ use tower_api_key::{KeyIdentity, KeyManager, MemoryKeyStore, NewKey, Tier};
 #[tokio::main]
 async fn main() {
     let variant = std::env::args().nth(1).unwrap_or_default();
+    if !["--plain", "--layer", "--floor"].contains(&variant.as_str()) {
+        println!(
+            "hello_load serves HTTP for benches/http_load.sh and benches/http_instructions.sh"
+        );
+        return;
+    }
     let keys = KeyManager::new(MemoryKeyStore::new());
     let created = keys
         .create(NewKey::new("acct_load", Tier::PRO, "load"))
@@ -41,8 +50,7 @@ async fn main() {
             )]));
             app = app.layer(MapRequestLayer::new(move |request| floor(&table, request)));
         }
-        "" => {}
-        other => panic!("unknown argument {other}: expected --layer or --floor"),
+        _ => {}
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -4,7 +4,7 @@
 //! a hint), in a second store.
 //!
 //! ```text
-//! cargo run --release --example memory_per_key
+//! cargo bench --bench memory_per_key
 //! ```
 
 use std::time::SystemTime;

@@ -193,6 +193,20 @@ impl LookupId {
     pub const fn as_bytes(&self) -> &[u8; 16] {
         &self.0
     }
+
+    /// The id as 32 lowercase hexadecimal digits, as text stores and change messages carry it.
+    /// Not a secret (half of the key's digest), but nothing to show users either.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Reads an id written by [`LookupId::to_hex`]; `None` unless `text` is 32 hexadecimal
+    /// digits (either case).
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut bytes = [0; 16];
+        hex::decode_to_slice(text, &mut bytes).ok()?;
+        Some(Self(bytes))
+    }
 }
 
 impl fmt::Debug for LookupId {

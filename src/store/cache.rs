@@ -1,12 +1,13 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
 
+use super::changes::{ChangeFeed, Invalidator};
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
 use crate::clock::{Clock, SystemClock};
 use crate::identity::KeyId;
@@ -18,7 +19,7 @@ const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
 /// How many write generations the cache keeps: a write makes the entries of its stripe (about
 /// 1 in 64) be read again, which keeps the bookkeeping small and fixed.
-const STRIPES: usize = 64;
+pub(crate) const STRIPES: usize = 64;
 
 /// What a lookup found, and the write generation of its stripe when the lookup began.
 ///
@@ -67,10 +68,11 @@ impl Cached {
 ///   committed the change; the write itself runs on to its end (on the tokio runtime) and
 ///   updates this instance again then, in case the store commits later.
 ///
-/// **Staleness bound**: another instance (another process with its own cache) may go on
-/// accepting a key revoked, deleted or rotated out elsewhere for at most `ttl` (10 seconds by
-/// default) plus the duration of one lookup of the inner store. Lower the TTL if revocations
-/// must take effect sooner everywhere.
+/// **Staleness bound**: with [push invalidation](CachedKeyStore::push_invalidation), another
+/// instance refuses a key revoked, deleted or rotated out elsewhere as soon as the store's
+/// message reaches it (see [`ChangeFeed`]). Without it, another instance (another process with
+/// its own cache) may go on accepting such a key for at most `ttl` (10 seconds by default) plus
+/// the duration of one lookup of the inner store.
 ///
 /// Clones share one cache. Set the options before cloning: each option method builds a new,
 /// empty cache, which clones made earlier do not share (nor see its writes).
@@ -89,22 +91,27 @@ pub struct CachedKeyStore<S> {
     // a flood of one-off keys from pushing out keys in regular use. Seeded, because negative entries
     // hold lookup ids that callers chose (by grinding keys), and fast: SipHash cost as much as
     // the rest of a hit.
-    records: Records,
+    shared: Arc<Shared>,
     /// Lookups under way, so that concurrent misses of one key make one store call.
     in_flight: Arc<Mutex<HashMap<LookupId, Arc<Fill>>>>,
-    /// Write generations, one per stripe of lookup ids: an entry read before a write to its
-    /// stripe is not trusted after it (see [`Cached`]).
-    writes: Arc<[AtomicU64; STRIPES]>,
     config: CacheConfig,
 }
 
-type Records = Arc<
-    quick_cache::sync::Cache<
-        LookupId,
-        Arc<Cached>,
-        quick_cache::UnitWeighter,
-        foldhash::fast::RandomState,
-    >,
+/// What the cache's clones, the writes it runs and its change feed share.
+pub(crate) struct Shared {
+    records: Records,
+    /// Write generations, one per stripe of lookup ids: an entry read before a write to its
+    /// stripe is not trusted after it (see [`Cached`]).
+    writes: [AtomicU64; STRIPES],
+    /// False while a change feed is attached and not listening: then nothing cached is served.
+    listening: AtomicBool,
+}
+
+type Records = quick_cache::sync::Cache<
+    LookupId,
+    Arc<Cached>,
+    quick_cache::UnitWeighter,
+    foldhash::fast::RandomState,
 >;
 
 #[derive(Clone)]
@@ -113,6 +120,8 @@ struct CacheConfig {
     ttl: Duration,
     negative_ttl: Duration,
     clock: Arc<dyn Clock>,
+    /// The change feed, until the first lookup starts it.
+    feed: Option<Arc<Mutex<Option<ChangeFeed>>>>,
 }
 
 impl<S: KeyStore> CachedKeyStore<S> {
@@ -126,6 +135,7 @@ impl<S: KeyStore> CachedKeyStore<S> {
                 ttl: DEFAULT_TTL,
                 negative_ttl: DEFAULT_NEGATIVE_TTL,
                 clock: Arc::new(SystemClock),
+                feed: None,
             },
         )
     }
@@ -167,6 +177,26 @@ impl<S: KeyStore> CachedKeyStore<S> {
         Self::with_config(self.inner, config)
     }
 
+    /// Evicts entries as soon as `feed` hears that their keys changed in the store, whichever
+    /// instance changed them (see [`ChangeFeed`] for the guarantee). The feed
+    /// starts, on the tokio runtime, with the first lookup; until it listens, and whenever it
+    /// stops listening, lookups go to the store.
+    ///
+    /// ```
+    /// use tower_api_key::{MemoryKeyStore, store::{CachedKeyStore, ChangeFeed}};
+    ///
+    /// # let feed = ChangeFeed::new(|invalidator| async move { invalidator.listening() });
+    /// // With a shared store, the feed comes from it: `PgKeyStore::changes`, `RedisKeyStore::changes`.
+    /// let store = CachedKeyStore::new(MemoryKeyStore::new()).push_invalidation(feed);
+    /// ```
+    pub fn push_invalidation(self, feed: ChangeFeed) -> Self {
+        let config = CacheConfig {
+            feed: Some(Arc::new(Mutex::new(Some(feed)))),
+            ..self.config
+        };
+        Self::with_config(self.inner, config)
+    }
+
     /// The wrapped store.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -176,25 +206,39 @@ impl<S: KeyStore> CachedKeyStore<S> {
         // 0 caches nothing (lookups are still shared). quick_cache splits the capacity over
         // its shards, rounding each share up: the cache may hold a few entries more.
         let capacity = config.max_capacity;
-        let records = Arc::new(quick_cache::sync::Cache::with(
+        let records = quick_cache::sync::Cache::with(
             usize::try_from(capacity).unwrap_or(usize::MAX),
             capacity,
             quick_cache::UnitWeighter,
             foldhash::fast::RandomState::default(),
             quick_cache::sync::DefaultLifecycle::default(),
-        ));
+        );
+        let shared = Arc::new(Shared {
+            records,
+            writes: std::array::from_fn(|_| AtomicU64::new(0)),
+            listening: AtomicBool::new(config.feed.is_none()),
+        });
         Self {
             inner,
-            records,
+            shared,
             in_flight: Arc::default(),
-            writes: Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
             config,
         }
     }
 
     /// The write generation of `lookup_id`'s stripe.
     fn generation(&self, lookup_id: &LookupId) -> &AtomicU64 {
-        &self.writes[stripe(lookup_id)]
+        &self.shared.writes[stripe(lookup_id)]
+    }
+
+    /// Starts the change feed, if there is one still to start.
+    fn start_feed(&self) {
+        let Some(feed) = &self.config.feed else {
+            return;
+        };
+        if let Some(feed) = lock(feed).take() {
+            feed.start(Invalidator::new(&self.shared));
+        }
     }
 
     /// Runs `write`, a write of the inner store, to its end even if the caller goes away; once
@@ -214,8 +258,8 @@ impl<S: KeyStore> CachedKeyStore<S> {
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
     {
-        let retirer = self.retirer();
-        let unfinished = RetireAllOnDrop(retirer.clone());
+        let retirer = Arc::clone(&self.shared);
+        let unfinished = RetireAllOnDrop(Arc::clone(&retirer));
         let finish = async move {
             let result = write.await;
             retirer.retire(lookup_ids(&result));
@@ -236,13 +280,6 @@ impl<S: KeyStore> CachedKeyStore<S> {
         result
     }
 
-    fn retirer(&self) -> Retirer {
-        Retirer {
-            records: Arc::clone(&self.records),
-            writes: Arc::clone(&self.writes),
-        }
-    }
-
     /// Reads `lookup_id` from the store and caches it; concurrent callers share one read.
     async fn fill(&self, lookup_id: &LookupId) -> Result<Arc<Cached>, StoreError> {
         let waiter = Waiter {
@@ -261,7 +298,7 @@ impl<S: KeyStore> CachedKeyStore<S> {
                     generation,
                     last_used: AtomicU64::new(0),
                 });
-                self.records.insert(*lookup_id, Arc::clone(&cached));
+                self.shared.records.insert(*lookup_id, Arc::clone(&cached));
                 Ok(cached)
             })
             .await
@@ -271,7 +308,10 @@ impl<S: KeyStore> CachedKeyStore<S> {
 
     /// The cached answer for `lookup_id`, if there is one no write has overtaken.
     fn cached(&self, lookup_id: &LookupId) -> Option<Option<KeyRecord>> {
-        let cached = self.records.get(lookup_id)?;
+        if !self.shared.listening.load(Ordering::SeqCst) {
+            return None;
+        }
+        let cached = self.shared.records.get(lookup_id)?;
         let stale = cached.generation != self.generation(lookup_id).load(Ordering::SeqCst);
         // Stale: read before a write to its stripe. Expired: past its lifetime.
         if stale
@@ -280,7 +320,8 @@ impl<S: KeyStore> CachedKeyStore<S> {
                 .is_some_and(|expires| expires <= Instant::now())
         {
             // Only this entry: a fresher one another lookup put there since must stay.
-            self.records
+            self.shared
+                .records
                 .remove_if(lookup_id, |current| Arc::ptr_eq(current, &cached));
             return None;
         }
@@ -288,18 +329,27 @@ impl<S: KeyStore> CachedKeyStore<S> {
     }
 }
 
-/// What retires cached entries after a write, apart from the store, so that it can outlive the
-/// call that started the write.
-#[derive(Clone)]
-struct Retirer {
-    records: Records,
-    writes: Arc<[AtomicU64; STRIPES]>,
-}
+impl Shared {
+    pub(crate) fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+    }
 
-impl Retirer {
+    /// The change feed stopped listening: serve nothing cached until it listens again.
+    pub(crate) fn stop_listening(&self) {
+        self.listening.store(false, Ordering::SeqCst);
+        self.retire(None);
+    }
+
+    /// The change feed listens: drop what was cached or in flight before (a change may have
+    /// been missed meanwhile), then serve from the cache again.
+    pub(crate) fn start_listening(&self) {
+        self.retire(None);
+        self.listening.store(true, Ordering::SeqCst);
+    }
+
     /// Makes the entries of `lookup_ids` stale, or every entry for `None`; lookups in flight
     /// included.
-    fn retire(&self, lookup_ids: Option<Vec<LookupId>>) {
+    pub(crate) fn retire(&self, lookup_ids: Option<Vec<LookupId>>) {
         let Some(lookup_ids) = lookup_ids else {
             self.writes
                 .iter()
@@ -323,9 +373,8 @@ impl<S> Clone for CachedKeyStore<S> {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
-            records: Arc::clone(&self.records),
+            shared: Arc::clone(&self.shared),
             in_flight: Arc::clone(&self.in_flight),
-            writes: Arc::clone(&self.writes),
             config: self.config.clone(),
         }
     }
@@ -337,12 +386,14 @@ impl<S: KeyStore> KeyStore for CachedKeyStore<S> {
         if let Some(found) = self.cached(lookup_id) {
             return Ok(found);
         }
+        self.start_feed();
         let filled = self.fill(lookup_id).await?;
         if filled.generation == self.generation(lookup_id).load(Ordering::SeqCst) {
             return Ok(filled.record());
         }
         // A write overtook the read: what it found may be stale, so ask the store itself.
-        self.records
+        self.shared
+            .records
             .remove_if(lookup_id, |current| Arc::ptr_eq(current, &filled));
         self.inner.find(lookup_id).await
     }
@@ -352,7 +403,7 @@ impl<S: KeyStore> KeyStore for CachedKeyStore<S> {
     }
 
     fn record_use(&self, record: &KeyRecord, at: SystemTime) {
-        if let Some(cached) = self.records.get(&record.digest.lookup_id()) {
+        if let Some(cached) = self.shared.records.get(&record.digest.lookup_id()) {
             let micros = at
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |since| since.as_micros());
@@ -421,7 +472,7 @@ impl<S: WritableKeyStore> WritableKeyStore for CachedKeyStore<S> {
 }
 
 /// Retires every cached entry when dropped: a write whose caller went away may have changed any.
-struct RetireAllOnDrop(Retirer);
+struct RetireAllOnDrop(Arc<Shared>);
 
 impl RetireAllOnDrop {
     /// The caller saw the write end, which retired what it changed.
@@ -448,7 +499,8 @@ impl<S: fmt::Debug> fmt::Debug for CachedKeyStore<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CachedKeyStore")
             .field("inner", &self.inner)
-            .field("entries", &self.records.len())
+            .field("entries", &self.shared.records.len())
+            .field("push_invalidation", &self.config.feed.is_some())
             .field("max_capacity", &self.config.max_capacity)
             .field("ttl", &self.config.ttl)
             .field("negative_ttl", &self.config.negative_ttl)

@@ -27,6 +27,8 @@
 
 #[cfg(feature = "cache")]
 mod cache;
+#[cfg(feature = "cache")]
+mod changes;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;
@@ -44,6 +46,8 @@ use async_trait::async_trait;
 
 #[cfg(feature = "cache")]
 pub use self::cache::CachedKeyStore;
+#[cfg(feature = "cache")]
+pub use self::changes::{ChangeFeed, Invalidator};
 pub use self::memory::MemoryKeyStore;
 #[cfg(feature = "postgres")]
 pub use self::postgres::PgKeyStore;

@@ -156,6 +156,38 @@ impl PgKeyStore {
         .await
     }
 
+    /// The feed that tells a [`CachedKeyStore`](super::CachedKeyStore) in front of this store
+    /// which keys changed, through any instance or with plain SQL (feature `cache`): it
+    /// `LISTEN`s on the channel `{table}_changes`, which the schema's trigger notifies with the
+    /// changed key's lookup id. The feed holds one connection of its own, opened with the pool's
+    /// options, checks it with a query after 5 idle seconds, and reconnects by itself.
+    ///
+    /// ```no_run
+    /// use tower_api_key::{ApiKeyLayer, store::{CachedKeyStore, PgKeyStore}};
+    ///
+    /// # async fn example(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = PgKeyStore::new(pool);
+    /// store.migrate().await?; // the trigger that notifies is part of the schema
+    /// let cached = CachedKeyStore::new(store.clone()).push_invalidation(store.changes());
+    /// let layer = ApiKeyLayer::new(cached);
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "cache")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
+    pub fn changes(&self) -> super::ChangeFeed {
+        let pool = self.pool.clone();
+        let channel = format!("{}_changes", self.statements.table);
+        let timeout = self.timeout;
+        super::ChangeFeed::new(move |invalidator| async move {
+            super::changes::resubscribe("postgres", invalidator, |invalidator| {
+                listen(pool.clone(), channel.clone(), timeout, invalidator)
+            })
+            .await;
+        })
+    }
+
     fn build(pool: PgPool, statements: Arc<Statements>, timeout: Duration) -> Self {
         let usage = {
             let (pool, statements) = (pool.clone(), Arc::clone(&statements));
@@ -443,6 +475,53 @@ async fn within<T, E: From<StoreError>>(
             let message = format!("PostgreSQL did not answer within {timeout:?}");
             Err(StoreError::new(message).into())
         })
+}
+
+/// One session of [`PgKeyStore::changes`]: listens on `channel` and relays each notification,
+/// until the connection fails (an error) or the cache is gone.
+#[cfg(feature = "cache")]
+async fn listen(
+    pool: PgPool,
+    channel: String,
+    timeout: Duration,
+    invalidator: super::Invalidator,
+) -> Result<(), StoreError> {
+    /// How long the connection may stay silent before a query checks it.
+    const IDLE: Duration = Duration::from_secs(5);
+    let mut listener = within(timeout, async {
+        let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+            .await
+            .map_err(StoreError::new)?;
+        listener.listen(&channel).await.map_err(StoreError::new)?;
+        Ok::<_, StoreError>(listener)
+    })
+    .await?;
+    invalidator.listening();
+    while !invalidator.is_closed() {
+        // `try_recv` is cancel-safe: a notification half read stays for the next call.
+        match tokio::time::timeout(IDLE, listener.try_recv()).await {
+            Ok(Ok(Some(notification))) => {
+                match LookupId::from_hex(notification.payload()) {
+                    Some(lookup_id) => invalidator.changed(&lookup_id),
+                    // Not the trigger's: it may still mean a change, so forget everything.
+                    None => invalidator.listening(),
+                }
+            }
+            Ok(Ok(None)) => return Err(StoreError::new("the LISTEN connection was lost")),
+            Ok(Err(error)) => return Err(StoreError::new(error)),
+            Err(_idle) => {
+                within(timeout, async {
+                    sqlx::query("SELECT 1")
+                        .execute(&mut listener)
+                        .await
+                        .map(drop)
+                        .map_err(StoreError::new)
+                })
+                .await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A record from a row of [`COLUMNS`]; an error for anything the store would not have written.

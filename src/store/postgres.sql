@@ -51,3 +51,34 @@ CREATE INDEX IF NOT EXISTS "api_keys_account_id_idx" ON "api_keys" (account_id);
 CREATE INDEX IF NOT EXISTS "api_keys_active_idx" ON "api_keys"
     (account_id, (coalesce(expires_at, 'infinity')))
     WHERE revoked_at IS NULL;
+
+-- Push invalidation (`PgKeyStore::changes`): every change to a key's record but its last use,
+-- made through the crate or with plain SQL, notifies the channel "api_keys_changes" with the
+-- key's lookup id in hex, and each instance's cache evicts that key. Created unless it exists,
+-- so that a start takes no lock that would hold up writes.
+CREATE OR REPLACE FUNCTION "api_keys_notify"() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'UPDATE'
+        AND (to_jsonb(OLD) - 'last_used_at') = (to_jsonb(NEW) - 'last_used_at') THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        PERFORM pg_notify(TG_TABLE_NAME || '_changes', encode(OLD.lookup_id, 'hex'));
+    END IF;
+    IF TG_OP = 'INSERT' OR (TG_OP = 'UPDATE' AND NEW.lookup_id <> OLD.lookup_id) THEN
+        PERFORM pg_notify(TG_TABLE_NAME || '_changes', encode(NEW.lookup_id, 'hex'));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_trigger
+                   WHERE tgrelid = '"api_keys"'::regclass
+                     AND tgfoid = '"api_keys_notify"'::regproc) THEN
+        CREATE TRIGGER "api_keys_notify" AFTER INSERT OR UPDATE OR DELETE ON "api_keys"
+            FOR EACH ROW EXECUTE FUNCTION "api_keys_notify"();
+    END IF;
+END
+$$;

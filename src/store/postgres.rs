@@ -157,7 +157,7 @@ impl PgKeyStore {
     }
 
     /// The feed that tells a [`CachedKeyStore`](super::CachedKeyStore) in front of this store
-    /// which keys changed, through any instance or with plain SQL (feature `cache`): it
+    /// which keys changed, through any instance or with plain SQL: it
     /// `LISTEN`s on the channel `{table}_changes`, which the schema's trigger notifies with the
     /// changed key's lookup id. The feed holds one connection of its own, opened with the pool's
     /// options, checks it with a query after 5 idle seconds, and reconnects by itself.
@@ -174,8 +174,6 @@ impl PgKeyStore {
     /// # Ok(())
     /// # }
     /// ```
-    #[cfg(feature = "cache")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
     pub fn changes(&self) -> super::ChangeFeed {
         let pool = self.pool.clone();
         let channel = format!("{}_changes", self.statements.table);
@@ -479,7 +477,6 @@ async fn within<T, E: From<StoreError>>(
 
 /// One session of [`PgKeyStore::changes`]: listens on `channel` and relays each notification,
 /// until the connection fails (an error) or the cache is gone.
-#[cfg(feature = "cache")]
 async fn listen(
     pool: PgPool,
     channel: String,

@@ -424,3 +424,153 @@ async fn a_revocation_that_commits_after_its_caller_left_is_seen_once_it_commits
     }
     assert_eq!(verdict_through(cache, &key).await, "expired_api_key");
 }
+
+/// A change feed driven by the test: it hands its `Invalidator` out once the cache starts it.
+fn manual_feed() -> (
+    tower_api_key::store::ChangeFeed,
+    tokio::sync::oneshot::Receiver<tower_api_key::store::Invalidator>,
+) {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let feed = tower_api_key::store::ChangeFeed::new(|invalidator| async move {
+        let _ = sender.send(invalidator);
+    });
+    (feed, receiver)
+}
+
+#[tokio::test]
+async fn a_cache_with_a_feed_serves_nothing_until_the_feed_listens() {
+    let probe = Probe::default();
+    let (key, _) = stored_key(&probe.inner);
+    let (feed, invalidator) = manual_feed();
+    let cache = CachedKeyStore::new(probe.clone()).push_invalidation(feed);
+    let lookup_id = key.digest().lookup_id();
+    for _ in 0..3 {
+        assert!(cache.find(&lookup_id).await.unwrap().is_some());
+    }
+    assert_eq!(probe.lookups(), 3, "served from the cache before listening");
+
+    let invalidator = invalidator.await.expect("the first lookup starts the feed");
+    invalidator.listening();
+    for _ in 0..3 {
+        assert!(cache.find(&lookup_id).await.unwrap().is_some());
+    }
+    assert_eq!(
+        probe.lookups(),
+        4,
+        "once listening, one lookup fills the cache"
+    );
+}
+
+#[tokio::test]
+async fn a_change_pushed_by_the_feed_evicts_the_key_at_once() {
+    let probe = Probe::default();
+    let (key, record) = stored_key(&probe.inner);
+    let (feed, invalidator) = manual_feed();
+    // An hour: only the push can explain a refusal.
+    let cache = CachedKeyStore::new(probe.clone())
+        .ttl(Duration::from_secs(3600))
+        .push_invalidation(feed);
+    let lookup_id = key.digest().lookup_id();
+    cache.find(&lookup_id).await.unwrap();
+    let invalidator = invalidator.await.unwrap();
+    invalidator.listening();
+    assert_eq!(verdict_through(cache.clone(), &key).await, "ok");
+    assert_eq!(verdict_through(cache.clone(), &key).await, "ok");
+    let before = probe.lookups();
+
+    // Another instance revokes the key in the shared store; this cache is told.
+    probe
+        .inner
+        .insert(record.clone().with_revoked_at(SystemTime::now()));
+    assert_eq!(
+        verdict_through(cache.clone(), &key).await,
+        "ok",
+        "still cached: nothing was pushed yet"
+    );
+    invalidator.changed(&lookup_id);
+    assert_eq!(
+        verdict_through(cache.clone(), &key).await,
+        "expired_api_key"
+    );
+    assert_eq!(probe.lookups(), before + 1);
+}
+
+#[tokio::test]
+async fn a_feed_that_loses_its_channel_stops_the_cache_serving_until_it_listens_again() {
+    let probe = Probe::default();
+    let (key, record) = stored_key(&probe.inner);
+    let (feed, invalidator) = manual_feed();
+    let cache = CachedKeyStore::new(probe.clone())
+        .ttl(Duration::from_secs(3600))
+        .push_invalidation(feed);
+    let lookup_id = key.digest().lookup_id();
+    cache.find(&lookup_id).await.unwrap();
+    let invalidator = invalidator.await.unwrap();
+    invalidator.listening();
+    assert_eq!(verdict_through(cache.clone(), &key).await, "ok");
+
+    // The channel drops; a revocation happens meanwhile, and its message is never sent.
+    invalidator.lost();
+    probe
+        .inner
+        .insert(record.clone().with_revoked_at(SystemTime::now()));
+    assert_eq!(
+        verdict_through(cache.clone(), &key).await,
+        "expired_api_key"
+    );
+    // Listening again, the cache does not bring back what it held before.
+    invalidator.listening();
+    assert_eq!(
+        verdict_through(cache.clone(), &key).await,
+        "expired_api_key"
+    );
+    assert!(!invalidator.is_closed());
+    drop(cache);
+    assert!(
+        invalidator.is_closed(),
+        "the feed can tell the cache is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_in_flight_when_the_feed_reconnects_is_not_trusted() {
+    let gate = Arc::new(Notify::new());
+    let probe = Probe {
+        gate: Some(Arc::clone(&gate)),
+        ..Probe::default()
+    };
+    let (key, record) = stored_key(&probe.inner);
+    let (feed, invalidator) = manual_feed();
+    let cache = CachedKeyStore::new(probe.clone())
+        .ttl(Duration::from_secs(3600))
+        .push_invalidation(feed);
+    let lookup_id = key.digest().lookup_id();
+
+    // A lookup reads the active record while the feed is down, and stalls.
+    let in_flight = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.find(&lookup_id).await.unwrap() })
+    };
+    let invalidator = invalidator.await.unwrap();
+    while probe.lookups() == 0 {
+        tokio::task::yield_now().await;
+    }
+    // The key is revoked while the feed is down (no message), then the feed listens again.
+    probe
+        .inner
+        .insert(record.clone().with_revoked_at(SystemTime::now()));
+    invalidator.listening();
+    let releaser = tokio::spawn(async move {
+        loop {
+            gate.notify_one();
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    });
+    in_flight.await.unwrap();
+    let after = cache.find(&lookup_id).await.unwrap().unwrap();
+    releaser.abort();
+    assert!(
+        after.revoked_at.is_some(),
+        "a record read before the feed listened was served after"
+    );
+}

@@ -43,8 +43,12 @@
 //!
 //! ```text
 //! STORE=postgres DATABASE_URL=postgres://postgres@127.0.0.1:5432/test cargo run --example axum --features postgres
+//! STORE=sqlite cargo run --example axum --features sqlite
 //! STORE=redis REDIS_URL=redis://127.0.0.1:6379 cargo run --example axum --features redis
 //! ```
+//!
+//! With `STORE=sqlite` the keys are in `tower-api-key-demo.db` in the working directory, created
+//! if missing; `SQLITE_URL` names another file (`sqlite:///tmp/keys.db?mode=rwc`).
 //!
 //! [`KeyInfo::may_manage`]: tower_api_key::manage::KeyInfo::may_manage
 
@@ -73,6 +77,10 @@ use tower_api_key::{
 };
 
 const DEFAULT_PORT: u16 = 3000;
+/// The demo's SQLite database unless `SQLITE_URL` names another: a file in the working directory,
+/// created if missing.
+#[cfg(feature = "sqlite")]
+const DEFAULT_SQLITE_URL: &str = "sqlite://tower-api-key-demo.db?mode=rwc";
 const DEFAULT_LIMIT: usize = 10;
 const MAX_LIMIT: usize = 100;
 
@@ -491,6 +499,18 @@ async fn main() {
                 .unwrap_or_else(|error| exit_with(1, &format!("cannot apply the schema: {error}")));
             serve(KeyManager::new(store), port).await;
         }
+        #[cfg(feature = "sqlite")]
+        "sqlite" => {
+            let url = std::env::var("SQLITE_URL").unwrap_or_else(|_| DEFAULT_SQLITE_URL.to_owned());
+            let store = tower_api_key::store::SqliteKeyStore::connect(&url)
+                .await
+                .unwrap_or_else(|error| exit_with(1, &format!("cannot open {url}: {error}")));
+            store
+                .migrate()
+                .await
+                .unwrap_or_else(|error| exit_with(1, &format!("cannot apply the schema: {error}")));
+            serve(KeyManager::new(store), port).await;
+        }
         #[cfg(feature = "redis")]
         "redis" => {
             let url = required_env("REDIS_URL");
@@ -508,8 +528,9 @@ async fn main() {
         other => exit_with(
             2,
             &format!(
-                "STORE must be memory, postgres (built with --features postgres) or redis \
-                 (built with --features redis), not {other:?}"
+                "STORE must be memory, postgres (built with --features postgres), sqlite \
+                 (built with --features sqlite) or redis (built with --features redis), \
+                 not {other:?}"
             ),
         ),
     }

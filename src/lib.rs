@@ -175,13 +175,14 @@
 //! |-------|---------|-------------|
 //! | [`MemoryKeyStore`] | | tests, demos, one instance whose keys can live in the process |
 //! | `PgKeyStore` | `postgres` | several instances, and PostgreSQL is already your database |
+//! | `SqliteKeyStore` | `sqlite` | one machine, keys that outlive the process, no database server |
 //! | `RedisKeyStore` | `redis` | several instances, and a standalone Redis is at hand |
-//! | `CachedKeyStore` | `cache` | in front of either, so most requests never reach the database |
+//! | `CachedKeyStore` | `cache` | in front of any of them, so most requests never reach the database |
 //! | your own [`KeyStore`] | | keys live elsewhere; add [`WritableKeyStore`](store::WritableKeyStore) to manage them |
 //!
 //! All of them pass one behavioural suite: the same answers, the same quotas under concurrent
-//! creates from two instances, the same lifecycle. The PostgreSQL and Redis stores bound every
-//! call with a timeout (2 s by default), so a database that is down or hung makes the layer
+//! creates from two instances, the same lifecycle. The PostgreSQL, SQLite and Redis stores bound
+//! every call with a timeout (2 s by default), so a database that is down or hung makes the layer
 //! answer `503`, never `401`, and record last-used times from a background task, so no request
 //! waits for that write. Each type's docs say how to set it up.
 //!
@@ -258,10 +259,11 @@
 //! - `axum` (default): [`KeyIdentity`] is an axum extractor. It pulls in `axum-core` only;
 //!   hyper and tonic services can turn it off with `default-features = false`.
 //! - `postgres`: `PgKeyStore`, keys in PostgreSQL through sqlx.
+//! - `sqlite`: `SqliteKeyStore`, keys in a SQLite file through sqlx, which compiles SQLite in.
 //! - `redis`: `RedisKeyStore`, keys in Redis through the redis crate's `ConnectionManager`.
 //! - `cache`: `CachedKeyStore`, an in-process cache in front of any store.
 //!
-//! Minimum Rust: 1.85; the `postgres` feature needs 1.94 (sqlx 0.9).
+//! Minimum Rust: 1.85; the `postgres` and `sqlite` features need 1.94 (sqlx 0.9).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]

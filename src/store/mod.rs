@@ -1,6 +1,6 @@
 //! Where keys are kept: the [`KeyStore`] trait and its implementations: [`MemoryKeyStore`],
-//! and behind features `PgKeyStore` (`postgres`), `RedisKeyStore` (`redis`) and
-//! `CachedKeyStore` (`cache`), an in-process cache in front of any store.
+//! and behind features `PgKeyStore` (`postgres`), `SqliteKeyStore` (`sqlite`), `RedisKeyStore`
+//! (`redis`) and `CachedKeyStore` (`cache`), an in-process cache in front of any store.
 //!
 //! A store of your own implements [`KeyStore::find`]; one that keys are also created in
 //! implements [`WritableKeyStore`] too:
@@ -34,7 +34,9 @@ mod memory;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
-#[cfg(any(feature = "postgres", feature = "redis"))]
+#[cfg(feature = "sqlite")]
+mod sqlite;
+#[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
 mod usage;
 
 use std::error::Error;
@@ -53,6 +55,8 @@ pub use self::memory::MemoryKeyStore;
 pub use self::postgres::PgKeyStore;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisKeyStore;
+#[cfg(feature = "sqlite")]
+pub use self::sqlite::SqliteKeyStore;
 pub use crate::error::StoreError;
 use crate::identity::{KeyId, KeyIdentity};
 use crate::key::{KeyDigest, LookupId};

@@ -25,5 +25,6 @@ mod store_cache;
 mod store_memory;
 mod store_postgres;
 mod store_redis;
+mod store_sqlite;
 mod timing;
 mod tonic;

@@ -47,6 +47,12 @@
 //! STORE=redis REDIS_URL=redis://127.0.0.1:6379 cargo run --example axum --features redis
 //! ```
 //!
+//! With `STORE=postgres` (and, once it can push, `STORE=redis`) the demo runs as a deployment
+//! should: behind `CachedKeyStore` with push invalidation, so repeat requests with a key make no
+//! round trip to the store, and a key revoked through any instance is refused by every instance
+//! as soon as the store's message arrives. `CACHE_TTL_SECONDS` (10 by default) is the cache's
+//! backstop.
+//!
 //! With `STORE=sqlite` the keys are in `tower-api-key-demo.db` in the working directory, created
 //! if missing; `SQLITE_URL` names another file (`sqlite:///tmp/keys.db?mode=rwc`).
 //!
@@ -489,14 +495,9 @@ async fn main() {
         #[cfg(feature = "postgres")]
         "postgres" => {
             let url = required_env("DATABASE_URL");
-            let pool = sqlx::PgPool::connect(&url)
+            let store = cached_postgres(&url, cache_ttl())
                 .await
-                .unwrap_or_else(|error| exit_with(1, &format!("cannot reach PostgreSQL: {error}")));
-            let store = tower_api_key::store::PgKeyStore::new(pool);
-            store
-                .migrate()
-                .await
-                .unwrap_or_else(|error| exit_with(1, &format!("cannot apply the schema: {error}")));
+                .unwrap_or_else(|error| exit_with(1, &format!("cannot use PostgreSQL: {error}")));
             serve(KeyManager::new(store), port).await;
         }
         #[cfg(feature = "sqlite")]
@@ -534,6 +535,43 @@ async fn main() {
             ),
         ),
     }
+}
+
+/// How long the cache keeps a record: `CACHE_TTL_SECONDS`, or the cache's default of 10 s. With
+/// push invalidation this is only the backstop.
+#[cfg(feature = "postgres")]
+fn cache_ttl() -> Duration {
+    match std::env::var("CACHE_TTL_SECONDS") {
+        Err(_) => Duration::from_secs(10),
+        Ok(seconds) => seconds
+            .parse()
+            .map(Duration::from_secs)
+            .unwrap_or_else(|_| {
+                exit_with(2, "CACHE_TTL_SECONDS must be a whole number of seconds")
+            }),
+    }
+}
+
+/// The store as a deployment should run it: PostgreSQL at `url`, schema applied, behind a
+/// cache that keeps records for `ttl` and evicts a key as soon as any instance changes it
+/// (`LISTEN`/`NOTIFY`). Repeat requests with a key make no round trip to the database.
+#[cfg(feature = "postgres")]
+pub async fn cached_postgres(
+    url: &str,
+    ttl: Duration,
+) -> Result<tower_api_key::store::CachedKeyStore<tower_api_key::store::PgKeyStore>, String> {
+    use tower_api_key::store::{CachedKeyStore, PgKeyStore};
+    let pool = sqlx::PgPool::connect(url)
+        .await
+        .map_err(|error| format!("cannot reach PostgreSQL: {error}"))?;
+    let store = PgKeyStore::new(pool);
+    store
+        .migrate()
+        .await
+        .map_err(|error| format!("cannot apply the schema: {error}"))?;
+    Ok(CachedKeyStore::new(store.clone())
+        .ttl(ttl)
+        .push_invalidation(store.changes()))
 }
 
 /// Creates the demo keys, prints them, and serves until Ctrl-C.

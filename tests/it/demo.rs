@@ -622,3 +622,88 @@ async fn expiring_key_creates_and_revokes_keys_that_expire_no_later() {
     let answer = demo.revoke_with(&hourly.key, &id).await;
     assert_eq!(answer.status, StatusCode::NO_CONTENT);
 }
+
+/// Serves the demo's app over `store` on a new port of 127.0.0.1.
+async fn serve_demo<S: WritableKeyStore + Clone>(store: S) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let app = example::app(KeyManager::new(store));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    address
+}
+
+/// What `key` gets from the demo at `address`: "ok" or the error code.
+async fn verdict_at(address: SocketAddr, key: &ApiKey) -> String {
+    let headers: &common::Headers<'_> = &[("x-api-key", key.expose_secret().as_bytes())];
+    let answer = common::http(address, Method::GET, "/api/v1/iocs", headers, "").await;
+    match answer.status {
+        StatusCode::OK => "ok".to_owned(),
+        _ => answer.error_code(),
+    }
+}
+
+/// Two demo instances, each with its own pool, cache and feed, as `STORE=postgres` runs them,
+/// with caches that would keep a record for an hour: a key revoked through one is refused by
+/// the other within moments, which only the push can explain; so is a key revoked with plain
+/// SQL.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_through_one_demo_instance_is_refused_by_another_on_postgres() {
+    let url =
+        std::env::var("DATABASE_URL").expect("DATABASE_URL must be set for the postgres tests");
+    let hour = Duration::from_secs(3600);
+    let one = example::cached_postgres(&url, hour).await.unwrap();
+    let two = example::cached_postgres(&url, hour).await.unwrap();
+    let (first, second) = (serve_demo(one.clone()).await, serve_demo(two.clone()).await);
+    let account = common::suite::account();
+    let (live, test) = example::demo_keys(&KeyManager::new(one.clone()), &account)
+        .await
+        .unwrap();
+
+    // Both instances have cached both keys.
+    for address in [first, second] {
+        for key in [&live.key, &test.key] {
+            assert_eq!(verdict_at(address, key).await, "ok");
+            assert_eq!(verdict_at(address, key).await, "ok");
+        }
+    }
+
+    // Revoked through the first instance's API: the second refuses it.
+    let path = format!("/api/v1/keys/{}", test.info.id);
+    let headers: &common::Headers<'_> = &[("x-api-key", live.key.expose_secret().as_bytes())];
+    let revoked = common::http(first, Method::DELETE, &path, headers, "").await;
+    assert_eq!(revoked.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        verdict_within(second, &test.key, "expired_api_key").await,
+        "expired_api_key",
+        "the other instance still accepts a key revoked through the first"
+    );
+
+    // Revoked with plain SQL, by an operator: both refuse it.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE key_id = $1")
+        .bind(live.info.id.as_str())
+        .execute(&pool)
+        .await
+        .unwrap();
+    for address in [first, second] {
+        assert_eq!(
+            verdict_within(address, &live.key, "expired_api_key").await,
+            "expired_api_key",
+            "a key revoked with plain SQL is still accepted"
+        );
+    }
+}
+
+/// Asks until the answer is `expected`, for at most 2 seconds (the push takes milliseconds;
+/// the caches' TTL is an hour); the last answer.
+async fn verdict_within(address: SocketAddr, key: &ApiKey, expected: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let verdict = verdict_at(address, key).await;
+        if verdict == expected || tokio::time::Instant::now() > deadline {
+            return verdict;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

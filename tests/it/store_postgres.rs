@@ -10,7 +10,7 @@ use crate::store_suite;
 
 use std::net::SocketAddr;
 use std::str::FromStr;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -517,4 +517,230 @@ mod cached {
     }
 
     store_suite!(CachedPg);
+}
+
+/// An instance over a table of its own, behind a cache that would keep records for an hour and
+/// is told of changes by the table's `LISTEN` feed; its pool, cache and feed are its own.
+async fn pushed_instance(table: &str) -> tower_api_key::store::CachedKeyStore<PgKeyStore> {
+    let store = PgKeyStore::new(pool(server())).table(table);
+    tower_api_key::store::CachedKeyStore::new(store.clone())
+        .ttl(Duration::from_secs(3600))
+        .push_invalidation(store.changes())
+}
+
+/// "ok", or the error code of what a layer over `store` answers to `key`.
+async fn verdict(store: impl KeyStore, key: &ApiKey) -> String {
+    let service = ServiceBuilder::new()
+        .layer(tower_api_key::ApiKeyLayer::new(store))
+        .service_fn(echo_identity);
+    let request = request(&[("x-api-key", key.expose_secret().as_bytes())]);
+    let answer = Answer::read(service.oneshot(request).await.unwrap()).await;
+    match answer.status {
+        StatusCode::OK => "ok".to_owned(),
+        _ => answer.error_code(),
+    }
+}
+
+/// Terminates the `LISTEN` connections of `table`'s feeds; how many there were.
+async fn kill_listeners(admin: &PgPool, table: &str) -> i64 {
+    let listen = format!("LISTEN \"{table}_changes\"");
+    sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query = $1",
+    )
+    .bind(listen)
+    .fetch_one(admin)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_through_one_instance_reach_the_other_s_cache_at_once() {
+    let table = unique_table();
+    let one = KeyManager::new(PgKeyStore::new(pool(server())).table(&table));
+    one.store().migrate().await.unwrap();
+    let two = pushed_instance(&table).await;
+    let account = suite::account();
+    let mut keys = Vec::new();
+    for name in ["revoked", "deleted", "rotated", "sql"] {
+        keys.push(
+            one.create(NewKey::new(&account, Tier::PRO, name))
+                .await
+                .unwrap(),
+        );
+    }
+    for created in &keys {
+        assert_eq!(verdict(two.clone(), &created.key).await, "ok");
+    }
+    wait_until_listening(&two, &keys[0].key).await;
+
+    one.revoke(&account, &keys[0].info.id).await.unwrap();
+    one.delete(&account, &keys[1].info.id).await.unwrap();
+    let rotated = one
+        .rotate(&account, &keys[2].info.id, Duration::from_millis(1))
+        .await
+        .unwrap();
+    run_on_table_named(
+        &table,
+        "UPDATE {table} SET revoked_at = now() WHERE key_id = $1",
+        &keys[3].info.id,
+    )
+    .await;
+    let expected = [
+        "expired_api_key",
+        "invalid_api_key",
+        "expired_api_key",
+        "expired_api_key",
+    ];
+    for (created, expected) in keys.iter().zip(expected) {
+        assert_eq!(
+            verdict_within(two.clone(), &created.key, expected).await,
+            expected,
+            "key {} is still cached as it was",
+            created.info.name
+        );
+    }
+    assert_eq!(verdict(two.clone(), &rotated.key).await, "ok");
+}
+
+/// Waits until `cache`'s feed listens: the cache serves what it holds only then.
+async fn wait_until_listening(
+    cache: &tower_api_key::store::CachedKeyStore<PgKeyStore>,
+    key: &ApiKey,
+) {
+    let start = std::time::Instant::now();
+    loop {
+        assert_eq!(verdict(cache.clone(), key).await, "ok");
+        if cache.find_now(&key.digest().lookup_id()).is_some() {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the feed never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asks until `store` answers `expected` for `key`, for at most 2 seconds (the push takes
+/// milliseconds, the TTL is an hour); the last answer.
+async fn verdict_within(store: impl KeyStore + Clone, key: &ApiKey, expected: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let verdict = verdict(store.clone(), key).await;
+        if verdict == expected || std::time::Instant::now() > deadline {
+            return verdict;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn run_on_table_named(table: &str, sql: &str, key_id: &KeyId) {
+    let sql = sql.replace("{table}", &format!("\"{table}\""));
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(key_id.as_str())
+        .execute(&pool(server()))
+        .await
+        .unwrap();
+}
+
+/// Load on one instance while another revokes keys and the first's `LISTEN` connection is
+/// killed again and again: a key is never accepted once a second has passed since its
+/// revocation returned (the TTL is an hour, so only the push or the feed's distrust while it
+/// reconnects can explain a refusal), and a key never revoked is never refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_invalidation_holds_under_load_while_the_listener_is_killed() {
+    const KEYS: usize = 30;
+    const REVOKED: usize = 15;
+    let table = unique_table();
+    let one = KeyManager::new(PgKeyStore::new(pool(server())).table(&table));
+    one.store().migrate().await.unwrap();
+    let two = pushed_instance(&table).await;
+    let account = suite::account();
+    let mut keys = Vec::new();
+    for index in 0..KEYS {
+        let new = NewKey::new(&account, Tier::PRO, format!("load {index}"));
+        keys.push(one.create(new).await.unwrap());
+    }
+    wait_until_listening(&two, &keys[0].key).await;
+    for created in &keys {
+        assert_eq!(verdict(two.clone(), &created.key).await, "ok");
+    }
+    let keys = Arc::new(keys);
+    let revoked_at: Arc<Mutex<Vec<Option<std::time::Instant>>>> =
+        Arc::new(Mutex::new(vec![None; KEYS]));
+    let start = std::time::Instant::now();
+    let run_for = Duration::from_secs(4);
+
+    let killer = {
+        let table = table.clone();
+        tokio::spawn(async move {
+            let admin = pool(server());
+            let mut killed = 0;
+            while start.elapsed() < run_for {
+                killed += kill_listeners(&admin, &table).await;
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            killed
+        })
+    };
+    let revoker = {
+        let (keys, revoked_at, account) =
+            (Arc::clone(&keys), Arc::clone(&revoked_at), account.clone());
+        tokio::spawn(async move {
+            for index in 0..REVOKED {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                one.revoke(&account, &keys[index].info.id).await.unwrap();
+                revoked_at.lock().unwrap()[index] = Some(std::time::Instant::now());
+            }
+        })
+    };
+    let mut workers = Vec::new();
+    for worker in 0..4 {
+        let (two, keys) = (two.clone(), Arc::clone(&keys));
+        workers.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut index = worker;
+            while start.elapsed() < run_for + Duration::from_secs(1) {
+                index = (index + 7) % KEYS;
+                let sent = std::time::Instant::now();
+                answers.push((index, sent, verdict(two.clone(), &keys[index].key).await));
+                // A cache hit never waits: let the revoker and the killer run.
+                tokio::task::yield_now().await;
+            }
+            answers
+        }));
+    }
+    let mut answers = Vec::new();
+    for worker in workers {
+        answers.extend(worker.await.unwrap());
+    }
+    revoker.await.unwrap();
+    let killed = killer.await.unwrap();
+
+    let revoked_at = revoked_at.lock().unwrap().clone();
+    let (mut wrong, mut checked_after_revocation) = (Vec::new(), 0);
+    for (index, sent, verdict) in &answers {
+        match revoked_at[*index] {
+            None if *index >= REVOKED && verdict != "ok" => wrong.push((index, verdict.clone())),
+            Some(at) if *sent > at + Duration::from_secs(1) => {
+                checked_after_revocation += 1;
+                if verdict != "expired_api_key" {
+                    wrong.push((index, verdict.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    println!(
+        "{} answers, {checked_after_revocation} after a revocation, {killed} LISTEN connections \
+         killed, wrong verdicts: {wrong:?}",
+        answers.len()
+    );
+    assert!(killed >= 5, "the listener was killed only {killed} times");
+    assert!(
+        checked_after_revocation > 100,
+        "too few answers after a revocation to judge"
+    );
+    assert!(wrong.is_empty(), "wrong verdicts: {wrong:?}");
 }

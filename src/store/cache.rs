@@ -653,9 +653,9 @@ mod tests {
             assert!(cache.find(&lookup_id).await.unwrap().is_none());
         }
         assert!(
-            (1..=50).contains(&cache.records.len()),
+            (1..=50).contains(&cache.shared.records.len()),
             "{} entries",
-            cache.records.len()
+            cache.shared.records.len()
         );
     }
 
@@ -688,6 +688,6 @@ mod tests {
             assert!(cache.find(&hot).await.unwrap().is_some());
         }
         assert_eq!(store.lookups_of(&hot), 3);
-        assert_eq!(cache.records.len(), 0);
+        assert_eq!(cache.shared.records.len(), 0);
     }
 }

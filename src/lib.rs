@@ -186,11 +186,27 @@
 //! answer `503`, never `401`, and record last-used times from a background task, so no request
 //! waits for that write. Each type's docs say how to set it up.
 //!
-//! **The cache's staleness bound.** A `CachedKeyStore` keeps records for its TTL (10 s by
+//! **Revocations everywhere at once.** A `CachedKeyStore` keeps records for its TTL (10 s by
 //! default). Creating, revoking, deleting or rotating through it takes effect on this instance at
-//! once, but another instance (another process with its own cache) may go on accepting a key
-//! revoked elsewhere for at most its TTL plus one lookup of the inner store (at most that
-//! store's timeout). Lower the TTL if revocations must take effect sooner everywhere.
+//! once. With [push invalidation](store::ChangeFeed) (`PgKeyStore::changes`,
+//! `RedisKeyStore::changes`), every other instance evicts the key as soon as the store's
+//! message reaches it, well under a second (`benches/README.md` has the lag measured), and an
+//! instance whose feed has lost its connection asks the store until it listens again. Without
+//! it, another instance may go on accepting a key revoked elsewhere for at most its TTL plus one
+//! lookup of the inner store (at most that store's timeout).
+//!
+//! ```no_run
+//! # #[cfg(feature = "postgres")]
+//! # async fn example(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+//! use tower_api_key::{ApiKeyLayer, store::{CachedKeyStore, PgKeyStore}};
+//!
+//! let store = PgKeyStore::new(pool);
+//! store.migrate().await?; // includes the trigger that announces every change
+//! let layer = ApiKeyLayer::new(CachedKeyStore::new(store.clone()).push_invalidation(store.changes()));
+//! # let _ = layer;
+//! # Ok(())
+//! # }
+//! ```
 //!
 //! # Managing keys
 //!
@@ -258,10 +274,11 @@
 //!
 //! - `axum` (default): [`KeyIdentity`] is an axum extractor. It pulls in `axum-core` only;
 //!   hyper and tonic services can turn it off with `default-features = false`.
-//! - `postgres`: `PgKeyStore`, keys in PostgreSQL through sqlx.
+//! - `postgres`: `PgKeyStore`, keys in PostgreSQL through sqlx; turns on `cache`.
 //! - `sqlite`: `SqliteKeyStore`, keys in a SQLite file through sqlx, which compiles SQLite in.
 //! - `redis`: `RedisKeyStore`, keys in Redis through the redis crate's `ConnectionManager`.
-//! - `cache`: `CachedKeyStore`, an in-process cache in front of any store.
+//! - `cache`: `CachedKeyStore`, an in-process cache in front of any store, with push
+//!   invalidation from a shared store.
 //!
 //! Minimum Rust: 1.85; the `postgres` and `sqlite` features need 1.94 (sqlx 0.9).
 

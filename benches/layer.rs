@@ -11,7 +11,8 @@
 //!   keys, rotating over 1,000 of them so lookups are not all cache-hot.
 //! - `missing_api_key`, `invalid_api_key_checksum` (never reaches the store),
 //!   `invalid_api_key_unknown` (good checksum, unknown key).
-//! - `cache_hit` (feature `cache`): the layer over `CachedKeyStore<MemoryKeyStore>`, warm.
+//! - `cache_hit` (feature `cache`): the layer over `CachedKeyStore<MemoryKeyStore>`, warm;
+//!   `cache_hit_pushed`, the same with push invalidation on.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -217,6 +218,37 @@ fn bench(c: &mut Criterion) {
         group.bench_function("cache_hit", |b| {
             b.to_async(&runtime).iter(|| {
                 layer_cached
+                    .clone()
+                    .oneshot(request(Some(("authorization", valid_1k.next()))))
+            })
+        });
+
+        // The same with push invalidation on: a feed that listens and never hears a change.
+        let feed = tower_api_key::store::ChangeFeed::new(|invalidator| async move {
+            invalidator.listening();
+            std::future::pending::<()>().await;
+        });
+        let pushed =
+            tower_api_key::store::CachedKeyStore::new(store_1k.clone()).push_invalidation(feed);
+        runtime.block_on(async {
+            for bearer in &keys_1k {
+                let key = ApiKey::new(&bearer[7..]);
+                pushed.find(&key.digest().lookup_id()).await.unwrap();
+            }
+            // Now that the feed listens, fill the cache it trusts.
+            tokio::task::yield_now().await;
+            for bearer in &keys_1k {
+                let key = ApiKey::new(&bearer[7..]);
+                pushed.find(&key.digest().lookup_id()).await.unwrap();
+                assert!(pushed.find_now(&key.digest().lookup_id()).is_some());
+            }
+        });
+        let layer_pushed = ServiceBuilder::new()
+            .layer(ApiKeyLayer::new(pushed))
+            .service_fn(ok);
+        group.bench_function("cache_hit_pushed", |b| {
+            b.to_async(&runtime).iter(|| {
+                layer_pushed
                     .clone()
                     .oneshot(request(Some(("authorization", valid_1k.next()))))
             })

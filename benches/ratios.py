@@ -42,6 +42,9 @@ def ratios(m):
     }
     if "cache_hit" in m:
         found["cache hit / memory store           [<= 1.2]"] = m["cache_hit"] / m["valid_key_1k"]
+    if "cache_hit_pushed" in m:
+        found["pushed cache hit / memory store    [<= 1.2]"] = (
+            m["cache_hit_pushed"] / m["valid_key_1k"])
     return found
 
 

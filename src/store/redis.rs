@@ -1,13 +1,16 @@
-//! Redis store (feature `redis`): keys in Redis, shared by every instance of a service.
+//! Redis store (feature `redis`): keys in Redis, a single node or a cluster, shared by every
+//! instance of a service.
 //!
-//! Every Redis key starts with the store's prefix, so several applications can share one Redis:
+//! A store's Redis keys all begin with its prefix in braces (angle brackets below mark what
+//! varies, braces are literal: with the prefix `billing`, a record is at
+//! `{billing}:lookup:5f0e…`):
 //!
-//! | Redis key                            | Type       | Holds                                  |
-//! |--------------------------------------|------------|----------------------------------------|
-//! | `{prefix}:lookup:{lookup id in hex}` | hash       | the record, so `find` is one `HGETALL` |
-//! | `{prefix}:id:{key id}`               | string     | the key's lookup id in hex             |
-//! | `{prefix}:account:{account id}`      | set        | all the account's key ids, for `list`  |
-//! | `{prefix}:active:{account id}`       | sorted set | its active key ids, scored by expiry   |
+//! | Redis key                              | Type       | Holds                                  |
+//! |----------------------------------------|------------|----------------------------------------|
+//! | `{<prefix>}:lookup:<lookup id in hex>` | hash       | the record, so `find` is one `HGETALL` |
+//! | `{<prefix>}:id:<key id>`               | string     | the key's lookup id in hex             |
+//! | `{<prefix>}:account:<account id>`      | set        | all the account's key ids, for `list`  |
+//! | `{<prefix>}:active:<account id>`       | sorted set | its active key ids, scored by expiry   |
 //!
 //! The active set scores each key id by its expiry in microseconds (`+inf` for none). A key
 //! leaves it when it is revoked or deleted, and once expired at the next `create` of its
@@ -16,14 +19,34 @@
 //! A record's fields are `digest` (hex), `key_id`, `account_id`, `name`, `tier`, `mode` (`live`
 //! or `test`; a record without it, written by an earlier version, is live) and, when set,
 //! `scopes` (space-separated), `metadata` (JSON), `hint`, `created_at`, `expires_at`,
-//! `revoked_at` and `last_used_at` (integer microseconds since the Unix epoch). Fields rather than one JSON document let the
-//! scripts change a time in place: re-encoding the record with Lua's cjson would alter metadata
-//! (`[]` becomes `{}`, integers are rounded to 14 digits).
+//! `revoked_at` and `last_used_at` (integer microseconds since the Unix epoch). Fields rather
+//! than one JSON document let the scripts change a time in place: re-encoding the record with
+//! Lua's cjson would alter metadata (`[]` becomes `{}`, integers are rounded to 14 digits).
 //!
 //! Every write is one Lua script, which Redis runs atomically with respect to every other
-//! client: so `create` counts and inserts in one step for all application instances. The
-//! scripts compute key names from the prefix, which standalone Redis (with or without
-//! replicas) allows and Redis Cluster does not.
+//! client: so `create` counts and inserts in one step for all application instances. Each
+//! script also publishes the lookup id (hex) of every key it changes on the channel
+//! `{<prefix>}:changes`; recording a last use publishes nothing.
+//!
+//! # Redis Cluster
+//!
+//! Redis Cluster runs a script only when every key it touches is in one hash slot, and routes
+//! it by the keys it declares. Hence the braces: `{<prefix>}` is a hash tag, so all of a
+//! store's keys are in one slot. Every script declares in `KEYS` each key it touches: an
+//! operation on a key id first reads the key's lookup id (`{<prefix>}:id:<key id>`, fixed for
+//! the key's life) to name its record, and its script checks that the id still points there
+//! (if the key was deleted meanwhile, the operation reads again). So every write stays one
+//! atomic script, on a cluster as on a single node: quotas stay exact under concurrent
+//! creates, and no failure leaves a write half done.
+//!
+//! The cost is that a cluster does not spread one store: its keys live on the one master that
+//! holds its slot (and on that master's replicas), and every lookup goes there. A key takes
+//! under 1 KB of Redis memory all told, so a million keys fit in about a gigabyte. Spreading
+//! accounts over slots would not keep the guarantees above: `find` knows only the lookup id, so a record's slot would follow its
+//! lookup id while a quota is counted per account, and a create or a revocation would be two
+//! scripts on two slots, with a moment between them where a failure leaves them disagreeing.
+//! A [`CachedKeyStore`](super::CachedKeyStore) in front keeps most requests off Redis, and
+//! stores with different prefixes land in different slots.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -31,8 +54,9 @@ use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ::redis::aio::ConnectionManager;
-use ::redis::{FromRedisValue, RedisError, Script};
+use ::redis::aio::{ConnectionLike, ConnectionManager};
+use ::redis::cluster_async::ClusterConnection;
+use ::redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, Value};
 use async_trait::async_trait;
 
 use super::usage::UsageQueue;
@@ -44,20 +68,25 @@ use crate::scope::Scopes;
 
 const DEFAULT_PREFIX: &str = "tower-api-key";
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an operation reads a key's lookup id again when the key changed meanwhile: each
+/// retry means it was deleted (and its id reused) between two round trips.
+const ATTEMPTS: usize = 3;
 
 /// A store that keeps keys in Redis, so that every instance of a service sees the same keys,
 /// revocations and quotas.
 ///
-/// It works over the [`ConnectionManager`] you pass in, which reconnects by itself: when Redis
-/// comes back after an outage, authentication resumes without restarting anything. Each
-/// operation is bounded by a [timeout](RedisKeyStore::timeout) (2 seconds by default); a Redis
-/// that is down, slow, or holds a malformed record gives a [`StoreError`], so the layer answers
-/// `503`, never `401` and never a pass.
+/// It works over a single Redis (with or without replicas) through the [`ConnectionManager`]
+/// you pass to [`new`](RedisKeyStore::new), or over a Redis Cluster through a
+/// [`ClusterConnection`] passed to [`cluster`](RedisKeyStore::cluster); both reconnect by
+/// themselves, so when Redis comes back after an outage, authentication resumes without
+/// restarting anything. Each operation is bounded by a [timeout](RedisKeyStore::timeout)
+/// (2 seconds by default); a Redis that is down, slow, or holds a malformed record gives a
+/// [`StoreError`], so the layer answers `503`, never `401` and never a pass.
 ///
 /// There is no schema to apply: Redis keys are created on the first write, all under the
-/// [prefix](RedisKeyStore::prefix) (`tower-api-key` by default). Give each application sharing
-/// a Redis its own prefix, and not one that extends another with a `:` (`app` and `app:keys`
-/// could collide). The store needs a standalone Redis (replicas are fine), not Redis Cluster.
+/// [prefix](RedisKeyStore::prefix) (`tower-api-key` by default), which also keeps them in one
+/// cluster hash slot (the [module docs](self) show the layout and why). Give each application
+/// sharing a Redis its own prefix.
 ///
 /// Creates, revocations, deletions and last-used updates are Lua scripts, each atomic across
 /// every instance: of N concurrent creates for an account one below its quota, exactly one
@@ -99,18 +128,82 @@ pub struct RedisKeyStore {
 /// The connection and where the keys are: all that the last-used writer needs too.
 #[derive(Clone)]
 struct Redis {
-    connection: ConnectionManager,
+    connection: Connection,
     prefix: Arc<str>,
     timeout: Duration,
 }
 
+/// A single Redis or a cluster: the scripts and commands are the same, only the routing
+/// differs.
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, command: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(command),
+            Self::Cluster(connection) => connection.req_packed_command(command),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
 impl RedisKeyStore {
-    /// A store over `connection`, with the prefix `tower-api-key` and a timeout of 2 seconds.
+    /// A store on a single Redis (with or without replicas) over `connection`, with the prefix
+    /// `tower-api-key` and a timeout of 2 seconds.
     ///
     /// # Panics
     ///
     /// Outside a tokio runtime: it starts the task that writes last-used times.
     pub fn new(connection: ConnectionManager) -> Self {
+        Self::over(Connection::Single(connection))
+    }
+
+    /// A store on a Redis Cluster over `connection`, otherwise as [`RedisKeyStore::new`]. All
+    /// the store's keys are in the hash slot of its prefix (see the [module docs](self)).
+    ///
+    /// ```no_run
+    /// use redis::cluster::ClusterClient;
+    /// use tower_api_key::store::RedisKeyStore;
+    ///
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// let nodes = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"];
+    /// let connection = ClusterClient::new(nodes)?.get_async_connection().await?;
+    /// let store = RedisKeyStore::cluster(connection).prefix("billing-api");
+    /// # let _ = store;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime, as [`RedisKeyStore::new`].
+    pub fn cluster(connection: ClusterConnection) -> Self {
+        Self::over(Connection::Cluster(connection))
+    }
+
+    fn over(connection: Connection) -> Self {
         Self::start(Redis {
             connection,
             prefix: DEFAULT_PREFIX.into(),
@@ -118,15 +211,21 @@ impl RedisKeyStore {
         })
     }
 
-    /// Starts every Redis key of this store with `prefix` and a `:`.
+    /// Keeps every Redis key of this store under `{prefix}:` (the braces included: they make
+    /// the prefix the keys' hash tag), instead of `{tower-api-key}:`.
     ///
     /// # Panics
     ///
-    /// Outside a tokio runtime, as [`RedisKeyStore::new`].
+    /// If `prefix` is empty or holds a `{` or `}`, which would break the hash tag. Also outside
+    /// a tokio runtime, as [`RedisKeyStore::new`].
     pub fn prefix(self, prefix: impl Into<String>) -> Self {
-        let prefix = prefix.into().into();
+        let prefix: String = prefix.into();
+        assert!(
+            !prefix.is_empty() && !prefix.contains(['{', '}']),
+            "RedisKeyStore::prefix: {prefix:?} must be non-empty and hold no `{{` or `}}`"
+        );
         Self::start(Redis {
-            prefix,
+            prefix: prefix.into(),
             ..self.redis
         })
     }
@@ -168,14 +267,9 @@ impl fmt::Debug for RedisKeyStore {
 #[async_trait]
 impl KeyStore for RedisKeyStore {
     async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
-        let key = format!("{}:lookup:{}", self.redis.prefix, lookup_hex(lookup_id));
-        let mut connection = self.redis.connection.clone();
         let mut command = ::redis::cmd("HGETALL");
-        command.arg(key);
-        let fields = self
-            .redis
-            .within(command.query_async(&mut connection))
-            .await?;
+        command.arg(self.redis.key("lookup", &lookup_id.to_hex()));
+        let fields = within(self.redis.timeout, self.redis.query(&command)).await?;
         parse_record(fields)
     }
 
@@ -187,42 +281,15 @@ impl KeyStore for RedisKeyStore {
 #[async_trait]
 impl WritableKeyStore for RedisKeyStore {
     async fn create(&self, record: KeyRecord, quota: Quota) -> Result<(), CreateError> {
-        let mut args = vec![quota.limit.to_string(), micros(quota.now)?.to_string()];
-        match &quota.retiring {
-            Some((key_id, expires_at)) => {
-                args.extend(["1".into(), key_id.to_string()]);
-                args.push(micros(*expires_at)?.to_string());
-            }
-            None => args.extend(["0".into(), String::new(), String::new()]),
-        }
-        args.push(lookup_hex(&record.digest.lookup_id()));
-        args.push(record.identity.key_id().to_string());
-        args.push(record.identity.account_id().to_owned());
-        args.extend(record_fields(&record)?);
-        let outcome: String = self.redis.invoke(&CREATE, args).await?;
-        match outcome.as_str() {
-            "created" => Ok(()),
-            "limit_reached" => Err(CreateError::LimitReached),
-            "retiring_key_not_found" => Err(CreateError::RetiringKeyNotFound),
-            "already_exists" => Err(CreateError::AlreadyExists),
-            _ => Err(StoreError::new("the Redis create script gave an unknown answer").into()),
-        }
+        within(self.redis.timeout, self.redis.create(&record, &quota)).await
     }
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        let records: Vec<HashMap<String, String>> = self
-            .redis
-            .invoke(&LIST, vec![account_id.to_owned()])
-            .await?;
-        records
-            .into_iter()
-            .filter_map(|fields| parse_record(fields).transpose())
-            .collect()
+        within(self.redis.timeout, self.redis.list(account_id)).await
     }
 
     async fn get(&self, account_id: &str, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        let args = vec![account_id.to_owned(), key_id.to_string()];
-        parse_record(self.redis.invoke(&GET, args).await?)
+        within(self.redis.timeout, self.redis.get(account_id, key_id)).await
     }
 
     async fn revoke(
@@ -231,12 +298,9 @@ impl WritableKeyStore for RedisKeyStore {
         key_id: &KeyId,
         at: SystemTime,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let args = vec![
-            account_id.to_owned(),
-            key_id.to_string(),
-            micros(at)?.to_string(),
-        ];
-        parse_record(self.redis.invoke(&REVOKE, args).await?)
+        let at = micros(at)?.to_string();
+        let revoke = self.redis.change(&REVOKE, account_id, key_id, Some(at));
+        within(self.redis.timeout, revoke).await
     }
 
     async fn delete(
@@ -244,46 +308,227 @@ impl WritableKeyStore for RedisKeyStore {
         account_id: &str,
         key_id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let args = vec![account_id.to_owned(), key_id.to_string()];
-        parse_record(self.redis.invoke(&DELETE, args).await?)
+        let delete = self.redis.change(&DELETE, account_id, key_id, None);
+        within(self.redis.timeout, delete).await
     }
 }
 
 impl Redis {
-    /// Sets the key's `last_used_at` to `at` unless it already holds a later time.
-    async fn record_last_use(&self, key_id: &KeyId, at: SystemTime) -> Result<(), StoreError> {
-        let args = vec![key_id.to_string(), micros(at)?.to_string()];
-        self.invoke::<i64>(&RECORD_USE, args).await.map(drop)
+    /// The Redis key `{<prefix>}:<kind>:<name>`.
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{{{}}}:{kind}:{name}", self.prefix)
     }
 
-    /// Runs `script` with the prefix and then `args` as its `ARGV`.
-    async fn invoke<T: FromRedisValue>(
+    /// The pub/sub channel the scripts announce changes on.
+    fn channel(&self) -> String {
+        format!("{{{}}}:changes", self.prefix)
+    }
+
+    /// The lookup id (hex) that key `key_id` has, if it exists: read before a script so that
+    /// the script can declare the record's Redis key.
+    async fn lookup_hex_of(&self, key_id: &KeyId) -> Result<Option<String>, StoreError> {
+        let mut command = ::redis::cmd("GET");
+        command.arg(self.key("id", key_id.as_str()));
+        self.query(&command).await
+    }
+
+    async fn create(&self, record: &KeyRecord, quota: &Quota) -> Result<(), CreateError> {
+        let identity = &record.identity;
+        let (key_id, account_id) = (identity.key_id(), identity.account_id());
+        let lookup_hex = record.digest.lookup_id().to_hex();
+        let mut keys = vec![
+            self.key("id", key_id.as_str()),
+            self.key("lookup", &lookup_hex),
+            self.key("account", account_id),
+            self.key("active", account_id),
+        ];
+        let mut args = vec![
+            self.channel(),
+            quota.limit.to_string(),
+            micros(quota.now)?.to_string(),
+            lookup_hex,
+            key_id.to_string(),
+            account_id.to_owned(),
+        ];
+        // The retiring key's id, new expiry and lookup id, or three blanks. Its lookup id, and
+        // so its record's Redis key, are read at each attempt.
+        match &quota.retiring {
+            Some((retiring, retire_at)) => {
+                keys.extend([self.key("id", retiring.as_str()), String::new()]);
+                let retire_at = micros(*retire_at)?.to_string();
+                args.extend([retiring.to_string(), retire_at, String::new()]);
+            }
+            None => args.extend([String::new(), String::new(), String::new()]),
+        }
+        args.extend(record_fields(record)?);
+        for _ in 0..ATTEMPTS {
+            if let Some((retiring, _)) = &quota.retiring {
+                let Some(retiring_hex) = self.lookup_hex_of(retiring).await? else {
+                    return Err(CreateError::RetiringKeyNotFound);
+                };
+                keys[5] = self.key("lookup", &retiring_hex);
+                args[8] = retiring_hex;
+            }
+            let outcome: String = self.run(&CREATE, &keys, &args).await?;
+            return match outcome.as_str() {
+                "created" => Ok(()),
+                "limit_reached" => Err(CreateError::LimitReached),
+                "retiring_key_not_found" => Err(CreateError::RetiringKeyNotFound),
+                "already_exists" => Err(CreateError::AlreadyExists),
+                "moved" => continue,
+                _ => Err(StoreError::new("the Redis create script gave an unknown answer").into()),
+            };
+        }
+        Err(moved_meanwhile().into())
+    }
+
+    async fn list(&self, account_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        let mut command = ::redis::cmd("SMEMBERS");
+        command.arg(self.key("account", account_id));
+        let key_ids: Vec<String> = self.query(&command).await?;
+        if key_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut command = ::redis::cmd("MGET");
+        for key_id in &key_ids {
+            command.arg(self.key("id", key_id));
+        }
+        let lookups: Vec<Option<String>> = self.query(&command).await?;
+        let mut pipeline = ::redis::pipe();
+        let mut listed = Vec::new();
+        for (key_id, lookup_hex) in key_ids.iter().zip(&lookups) {
+            if let Some(lookup_hex) = lookup_hex {
+                pipeline.cmd("HGETALL").arg(self.key("lookup", lookup_hex));
+                listed.push(key_id);
+            }
+        }
+        if listed.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut connection = self.connection.clone();
+        let records: Vec<HashMap<String, String>> = pipeline
+            .query_async(&mut connection)
+            .await
+            .map_err(StoreError::new)?;
+        let mut found = Vec::with_capacity(records.len());
+        for (key_id, fields) in listed.into_iter().zip(records) {
+            if let Some(record) = parse_record(fields)? {
+                if is_of(&record, account_id, key_id) {
+                    found.push(record);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn get(&self, account_id: &str, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
+        let Some(lookup_hex) = self.lookup_hex_of(key_id).await? else {
+            return Ok(None);
+        };
+        let mut command = ::redis::cmd("HGETALL");
+        command.arg(self.key("lookup", &lookup_hex));
+        let record = parse_record(self.query(&command).await?)?;
+        Ok(record.filter(|record| is_of(record, account_id, key_id.as_str())))
+    }
+
+    /// Runs `script` (revoke or delete) on key `key_id` of `account_id`, with `extra` as its
+    /// last argument: the record after the change, or `None` if there is no such key.
+    async fn change(
         &self,
         script: &Script,
-        args: Vec<String>,
+        account_id: &str,
+        key_id: &KeyId,
+        extra: Option<String>,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        for _ in 0..ATTEMPTS {
+            let Some(lookup_hex) = self.lookup_hex_of(key_id).await? else {
+                return Ok(None);
+            };
+            let keys = [
+                self.key("id", key_id.as_str()),
+                self.key("lookup", &lookup_hex),
+                self.key("account", account_id),
+                self.key("active", account_id),
+            ];
+            let mut args = vec![
+                self.channel(),
+                lookup_hex,
+                account_id.to_owned(),
+                key_id.to_string(),
+            ];
+            args.extend(extra.clone());
+            // `None`: the key's lookup id changed between the two round trips.
+            let fields: Option<HashMap<String, String>> = self.run(script, &keys, &args).await?;
+            if let Some(fields) = fields {
+                return parse_record(fields);
+            }
+        }
+        Err(moved_meanwhile())
+    }
+
+    /// Sets the key's `last_used_at` to `at` unless it already holds a later time.
+    async fn record_last_use(&self, key_id: &KeyId, at: SystemTime) -> Result<(), StoreError> {
+        let at = micros(at)?.to_string();
+        within(self.timeout, async {
+            let Some(lookup_hex) = self.lookup_hex_of(key_id).await? else {
+                return Ok(());
+            };
+            let keys = [
+                self.key("id", key_id.as_str()),
+                self.key("lookup", &lookup_hex),
+            ];
+            // A key deleted meanwhile has no use to record.
+            self.run::<i64>(&RECORD_USE, &keys, &[lookup_hex, at])
+                .await
+                .map(drop)
+        })
+        .await
+    }
+
+    /// Runs `script` with `keys` as its `KEYS` and `args` as its `ARGV`.
+    async fn run<T: FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[String],
     ) -> Result<T, StoreError> {
         let mut invocation = script.prepare_invoke();
-        invocation.arg(&*self.prefix);
-        for arg in &args {
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in args {
             invocation.arg(arg);
         }
         let mut connection = self.connection.clone();
-        self.within(invocation.invoke_async(&mut connection)).await
+        (invocation.invoke_async(&mut connection).await).map_err(StoreError::new)
     }
 
-    /// The outcome of `operation`, or an error once the timeout has passed.
-    async fn within<T>(
-        &self,
-        operation: impl Future<Output = Result<T, RedisError>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, operation).await {
-            Ok(outcome) => outcome.map_err(StoreError::new),
-            Err(_) => Err(StoreError::new(format!(
-                "Redis did not answer within {:?}",
-                self.timeout
-            ))),
-        }
+    async fn query<T: FromRedisValue>(&self, command: &Cmd) -> Result<T, StoreError> {
+        let mut connection = self.connection.clone();
+        (command.query_async(&mut connection).await).map_err(StoreError::new)
     }
+}
+
+/// Whether `record` is key `key_id` of `account_id`, as the key id's entry promised.
+fn is_of(record: &KeyRecord, account_id: &str, key_id: &str) -> bool {
+    record.identity.account_id() == account_id && record.identity.key_id().as_str() == key_id
+}
+
+fn moved_meanwhile() -> StoreError {
+    StoreError::new("the key was deleted and created again in Redis while it was being changed")
+}
+
+/// The outcome of `operation`, or an error once `timeout` has passed.
+async fn within<T, E: From<StoreError>>(
+    timeout: Duration,
+    operation: impl Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    tokio::time::timeout(timeout, operation)
+        .await
+        .unwrap_or_else(|_| {
+            let message = format!("Redis did not answer within {timeout:?}");
+            Err(StoreError::new(message).into())
+        })
 }
 
 /// The record's fields as `HSET` arguments: name, value, name, value...
@@ -393,10 +638,6 @@ fn malformed(field: &str) -> StoreError {
     ))
 }
 
-fn lookup_hex(lookup_id: &LookupId) -> String {
-    hex::encode(lookup_id.as_bytes())
-}
-
 /// `time` as whole microseconds since the Unix epoch (negative before it).
 fn micros(time: SystemTime) -> Result<i64, StoreError> {
     let micros = match time.duration_since(UNIX_EPOCH) {
@@ -417,145 +658,105 @@ fn from_micros(micros: i64) -> Option<SystemTime> {
     }
 }
 
-/// Lua shared by the scripts. `ARGV[1]` is always the prefix. Times are compared as Lua
-/// numbers (exact to the microsecond until the year 2255) and written back as the strings
-/// given, so no rounding is ever stored.
+/// Lua shared by the scripts. Times are compared as Lua numbers (exact to the microsecond
+/// until the year 2255) and written back as the strings given, so no rounding is ever stored.
 const LUA_HELPERS: &str = r#"
-local prefix = ARGV[1]
-local function record_key(lookup_hex) return prefix .. ':lookup:' .. lookup_hex end
-local function id_key(key_id) return prefix .. ':id:' .. key_id end
-local function account_key(account_id) return prefix .. ':account:' .. account_id end
-local function active_key(account_id) return prefix .. ':active:' .. account_id end
-
 local function micros(value)
   local number = tonumber(value)
   if not number then error('an API key record in Redis has a malformed time') end
   return number
 end
 
--- The Redis key of key `key_id`'s record, if that key belongs to `account_id`.
-local function record_of(account_id, key_id)
-  local lookup_hex = redis.call('GET', id_key(key_id))
-  if not lookup_hex then return nil end
-  local key = record_key(lookup_hex)
-  if redis.call('HGET', key, 'account_id') ~= account_id then return nil end
-  return key
-end
-
-local function is_active(key, now)
-  local times = redis.call('HMGET', key, 'revoked_at', 'expires_at')
+local function is_active(record, now)
+  local times = redis.call('HMGET', record, 'revoked_at', 'expires_at')
   return not times[1] and (not times[2] or now < micros(times[2]))
-end
-
--- Puts key `key_id`, whose record is at `key`, in its account's active set if active at `now`.
-local function track(account_id, key_id, key, now)
-  if not is_active(key, now) then return end
-  local expires_at = redis.call('HGET', key, 'expires_at') or '+inf'
-  redis.call('ZADD', active_key(account_id), expires_at, key_id)
-end
-
--- Deletes key `key_id`: its record (if it is that key's), its id and its account's entry.
-local function remove(key_id)
-  local lookup_hex = redis.call('GET', id_key(key_id))
-  if not lookup_hex then return end
-  local key = record_key(lookup_hex)
-  local owner = redis.call('HMGET', key, 'key_id', 'account_id')
-  if owner[1] == key_id then
-    redis.call('SREM', account_key(owner[2]), key_id)
-    redis.call('ZREM', active_key(owner[2]), key_id)
-    redis.call('DEL', key)
-  end
-  redis.call('DEL', id_key(key_id))
 end
 "#;
 
-/// ARGV: prefix, limit, now, "1" or "0" for a retiring key, its key id, its new expiry, the new
-/// record's lookup id in hex, key id, account id, then its fields as `HSET` arguments.
+/// KEYS: the new key's id entry and record, its account's set and active set, then for a
+/// rotation the retiring key's id entry and record. ARGV: the channel, limit, now, the new
+/// key's lookup id in hex, key id and account id, the retiring key's id, new expiry and lookup
+/// id in hex (blank without one), then the record's fields as `HSET` arguments.
 const CREATE_LUA: &str = r#"
-local limit, now = tonumber(ARGV[2]), micros(ARGV[3])
-local has_retiring, retiring, retire_at = ARGV[4] == '1', ARGV[5], ARGV[6]
-local lookup_hex, key_id, account_id = ARGV[7], ARGV[8], ARGV[9]
+local id, record, account, active_set = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local retiring_id, retiring_record = KEYS[5], KEYS[6]
+local channel, limit, now = ARGV[1], tonumber(ARGV[2]), micros(ARGV[3])
+local lookup_hex, key_id, account_id = ARGV[4], ARGV[5], ARGV[6]
+local retiring, retire_at, retiring_hex = ARGV[7], ARGV[8], ARGV[9]
 
-if redis.call('EXISTS', id_key(key_id)) == 1 or redis.call('EXISTS', record_key(lookup_hex)) == 1 then
+if redis.call('EXISTS', id) == 1 or redis.call('EXISTS', record) == 1 then
   return 'already_exists'
 end
 
-local retiring_key = nil
-if has_retiring then
-  retiring_key = record_of(account_id, retiring)
-  if not retiring_key or not is_active(retiring_key, now) then
+if retiring_record then
+  if redis.call('GET', retiring_id) ~= retiring_hex then return 'moved' end
+  local owner = redis.call('HMGET', retiring_record, 'key_id', 'account_id')
+  if owner[1] ~= retiring or owner[2] ~= account_id or not is_active(retiring_record, now) then
     return 'retiring_key_not_found'
   end
 end
 
 -- Counted from the active set alone, so revoked and expired history is never read.
-local active_set = active_key(account_id)
 redis.call('ZREMRANGEBYSCORE', active_set, '-inf', ARGV[3])
 local active = redis.call('ZCARD', active_set)
-if has_retiring and redis.call('ZSCORE', active_set, retiring) then active = active - 1 end
+if retiring_record and redis.call('ZSCORE', active_set, retiring) then active = active - 1 end
 if active >= limit then return 'limit_reached' end
 
-if retiring_key then
-  local own = redis.call('HGET', retiring_key, 'expires_at')
+if retiring_record then
+  local own = redis.call('HGET', retiring_record, 'expires_at')
   if not own or micros(retire_at) < micros(own) then
-    redis.call('HSET', retiring_key, 'expires_at', retire_at)
+    redis.call('HSET', retiring_record, 'expires_at', retire_at)
     redis.call('ZADD', active_set, 'XX', retire_at, retiring)
   end
+  redis.call('PUBLISH', channel, retiring_hex)
 end
 
-local key = record_key(lookup_hex)
-redis.call('HSET', key, unpack(ARGV, 10))
-redis.call('SET', id_key(key_id), lookup_hex)
-redis.call('SADD', account_key(account_id), key_id)
-track(account_id, key_id, key, now)
+redis.call('HSET', record, unpack(ARGV, 10))
+redis.call('SET', id, lookup_hex)
+redis.call('SADD', account, key_id)
+if is_active(record, now) then
+  local expires_at = redis.call('HGET', record, 'expires_at') or '+inf'
+  redis.call('ZADD', active_set, expires_at, key_id)
+end
+-- A negative entry for this lookup id may be cached somewhere.
+redis.call('PUBLISH', channel, lookup_hex)
 return 'created'
 "#;
 
-/// ARGV: prefix, account id. The account's records, each as `HGETALL` gives it.
-const LIST_LUA: &str = r#"
-local records = {}
-for _, key_id in ipairs(redis.call('SMEMBERS', account_key(ARGV[2]))) do
-  local key = record_of(ARGV[2], key_id)
-  if key then records[#records + 1] = redis.call('HGETALL', key) end
-end
-return records
-"#;
-
-/// ARGV: prefix, account id, key id. The record, or an empty one.
-const GET_LUA: &str = r#"
-local key = record_of(ARGV[2], ARGV[3])
-if not key then return {} end
-return redis.call('HGETALL', key)
-"#;
-
-/// ARGV: prefix, account id, key id, time. The record after the change, or an empty one.
+/// KEYS: the key's id entry, record, account's set and active set. ARGV: the channel, the
+/// key's lookup id in hex, account id, key id, time. The record after the change, an empty one
+/// if the account has no such key, or nil if the id entry no longer points at that record.
 /// `HSETNX` keeps the first revocation time.
 const REVOKE_LUA: &str = r#"
-local key = record_of(ARGV[2], ARGV[3])
-if not key then return {} end
-redis.call('HSETNX', key, 'revoked_at', ARGV[4])
-redis.call('ZREM', active_key(ARGV[2]), ARGV[3])
-return redis.call('HGETALL', key)
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then return false end
+local owner = redis.call('HMGET', KEYS[2], 'key_id', 'account_id')
+if owner[1] ~= ARGV[4] or owner[2] ~= ARGV[3] then return {} end
+redis.call('HSETNX', KEYS[2], 'revoked_at', ARGV[5])
+redis.call('ZREM', KEYS[4], ARGV[4])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return redis.call('HGETALL', KEYS[2])
 "#;
 
-/// ARGV: prefix, account id, key id. The deleted record, or an empty one.
+/// KEYS and ARGV as for revoking, without the time. The deleted record, an empty one, or nil.
 const DELETE_LUA: &str = r#"
-local key = record_of(ARGV[2], ARGV[3])
-if not key then return {} end
-local record = redis.call('HGETALL', key)
-remove(ARGV[3])
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then return false end
+local owner = redis.call('HMGET', KEYS[2], 'key_id', 'account_id')
+if owner[1] ~= ARGV[4] or owner[2] ~= ARGV[3] then return {} end
+local record = redis.call('HGETALL', KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[4])
+redis.call('ZREM', KEYS[4], ARGV[4])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
 return record
 "#;
 
-/// ARGV: prefix, key id, time. Checks that the record exists, as `HSET` would create one.
+/// KEYS: the key's id entry and record. ARGV: the key's lookup id in hex, time. Checks that the
+/// record exists, as `HSET` would create one. Publishes nothing: no cache decides by it.
 const RECORD_USE_LUA: &str = r#"
-local lookup_hex = redis.call('GET', id_key(ARGV[2]))
-if not lookup_hex then return 0 end
-local key = record_key(lookup_hex)
-if redis.call('EXISTS', key) == 0 then return 0 end
-local last = redis.call('HGET', key, 'last_used_at')
-if not last or micros(last) < micros(ARGV[3]) then
-  redis.call('HSET', key, 'last_used_at', ARGV[3])
+if redis.call('GET', KEYS[1]) ~= ARGV[1] or redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+local last = redis.call('HGET', KEYS[2], 'last_used_at')
+if not last or micros(last) < micros(ARGV[2]) then
+  redis.call('HSET', KEYS[2], 'last_used_at', ARGV[2])
 end
 return 1
 "#;
@@ -565,8 +766,6 @@ fn script(body: &str) -> Script {
 }
 
 static CREATE: LazyLock<Script> = LazyLock::new(|| script(CREATE_LUA));
-static LIST: LazyLock<Script> = LazyLock::new(|| script(LIST_LUA));
-static GET: LazyLock<Script> = LazyLock::new(|| script(GET_LUA));
 static REVOKE: LazyLock<Script> = LazyLock::new(|| script(REVOKE_LUA));
 static DELETE: LazyLock<Script> = LazyLock::new(|| script(DELETE_LUA));
 static RECORD_USE: LazyLock<Script> = LazyLock::new(|| script(RECORD_USE_LUA));
@@ -653,11 +852,5 @@ mod tests {
         let mut fields = stored(&record);
         fields.remove("account_id");
         assert!(parse_record(fields).is_err());
-    }
-
-    #[test]
-    fn lookup_hex_is_the_digest_s_first_half() {
-        let digest = KeyDigest::of("sk_live_x");
-        assert_eq!(lookup_hex(&digest.lookup_id()), digest.to_hex()[..32]);
     }
 }

@@ -100,7 +100,7 @@ impl Backend for Redis {
 store_suite!(Redis::shared());
 
 /// The layer's answer to `key` over `store`.
-async fn answer(store: RedisKeyStore, key: &ApiKey, clock: &ManualClock) -> Answer {
+async fn answer(store: impl KeyStore, key: &ApiKey, clock: &ManualClock) -> Answer {
     let layer = ApiKeyLayer::new(store).clock(clock.clone());
     let service = ServiceBuilder::new().layer(layer).service_fn(echo_identity);
     let request = request(&[("x-api-key", key.expose_secret().as_bytes())]);
@@ -134,8 +134,13 @@ fn lazy_store(address: SocketAddr, timeout: Duration) -> RedisKeyStore {
         .timeout(timeout)
 }
 
+/// The Redis key `{<prefix>}:<kind>:<name>`, as the store names them.
+fn redis_key(prefix: &str, kind: &str, name: &str) -> String {
+    format!("{{{prefix}}}:{kind}:{name}")
+}
+
 fn record_key(prefix: &str, key: &ApiKey) -> String {
-    format!("{prefix}:lookup:{}", &key.digest().to_hex()[..32])
+    redis_key(prefix, "lookup", &key.digest().lookup_id().to_hex())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,15 +274,15 @@ async fn stores_with_different_prefixes_do_not_see_each_other_s_keys() {
 
     let mut raw = connect().await;
     let mut written: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix_a}:*"))
+        .arg(format!("{{{prefix_a}}}:*"))
         .query_async(&mut raw)
         .await
         .unwrap();
     written.sort();
     let expected = [
-        format!("{prefix_a}:account:{account}"),
-        format!("{prefix_a}:active:{account}"),
-        format!("{prefix_a}:id:{}", created.info.id),
+        redis_key(&prefix_a, "account", &account),
+        redis_key(&prefix_a, "active", &account),
+        redis_key(&prefix_a, "id", created.info.id.as_str()),
         record_key(&prefix_a, &created.key),
     ];
     assert_eq!(written, expected);
@@ -370,6 +375,14 @@ async fn debug_shows_no_password() {
 }
 
 #[tokio::test]
+#[should_panic(expected = "must be non-empty and hold no `{` or `}`")]
+async fn prefix_that_would_break_the_hash_tag_is_refused() {
+    let client = Client::open("redis://127.0.0.1:1").unwrap();
+    let connection = ConnectionManager::new_lazy_with_config(client, impatient()).unwrap();
+    let _ = RedisKeyStore::new(connection).prefix("app}");
+}
+
+#[tokio::test]
 async fn digest_is_not_in_a_malformed_record_s_error() {
     let store = Redis::shared().instance().await;
     let key = KeyFormat::default().generate();
@@ -396,7 +409,7 @@ async fn digest_is_not_in_a_malformed_record_s_error() {
 async fn active_set(account: &str) -> Vec<(String, String)> {
     let mut raw = connect().await;
     let mut members: Vec<(String, String)> = redis::cmd("ZRANGE")
-        .arg(format!("{}:active:{account}", *PREFIX))
+        .arg(redis_key(&PREFIX, "active", account))
         .arg(0)
         .arg(-1)
         .arg("WITHSCORES")

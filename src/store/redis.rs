@@ -26,7 +26,7 @@
 //! Every write is one Lua script, which Redis runs atomically with respect to every other
 //! client: so `create` counts and inserts in one step for all application instances. Each
 //! script also publishes the lookup id (hex) of every key it changes on the channel
-//! `{<prefix>}:changes`; recording a last use publishes nothing.
+//! `{<prefix>}:changes`, for [`RedisKeyStore::changes`]; recording a last use publishes nothing.
 //!
 //! # Redis Cluster
 //!
@@ -91,6 +91,7 @@ const ATTEMPTS: usize = 3;
 /// Creates, revocations, deletions and last-used updates are Lua scripts, each atomic across
 /// every instance: of N concurrent creates for an account one below its quota, exactly one
 /// succeeds. An operation that times out may still be applied once Redis gets to it.
+/// [`changes`](RedisKeyStore::changes) tells every instance's cache which keys changed.
 ///
 /// Clones are cheap and share the connection. Its `Debug` shows the prefix and the timeout,
 /// never the connection (whose URL may hold a password).
@@ -240,6 +241,41 @@ impl RedisKeyStore {
         Self::start(Redis {
             timeout,
             ..self.redis
+        })
+    }
+
+    /// The feed that tells a [`CachedKeyStore`](super::CachedKeyStore) in front of this store
+    /// which keys changed, through any instance: it subscribes to the channel
+    /// `{<prefix>}:changes`, on which every create, revocation, deletion and rotation publishes
+    /// the lookup id of each key it changes.
+    ///
+    /// The feed holds a pub/sub connection of its own, made from `client` (the store's
+    /// connection cannot subscribe), checks it with a `PING` after 5 idle seconds, and
+    /// reconnects by itself. On a cluster, give it a client for any one node: a message
+    /// published on one node reaches the subscribers of every node. While that node is down,
+    /// the cache serves nothing it holds, and every lookup goes to Redis.
+    ///
+    /// ```no_run
+    /// use redis::aio::ConnectionManager;
+    /// use tower_api_key::{ApiKeyLayer, store::{CachedKeyStore, RedisKeyStore}};
+    ///
+    /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    /// let store = RedisKeyStore::new(ConnectionManager::new(client.clone()).await?);
+    /// let cached = CachedKeyStore::new(store.clone()).push_invalidation(store.changes(client));
+    /// let layer = ApiKeyLayer::new(cached);
+    /// # let _ = layer;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn changes(&self, client: ::redis::Client) -> super::ChangeFeed {
+        let channel = self.redis.channel();
+        let timeout = self.redis.timeout;
+        super::ChangeFeed::new(move |invalidator| async move {
+            super::changes::resubscribe("redis", invalidator, |invalidator| {
+                listen(client.clone(), channel.clone(), timeout, invalidator)
+            })
+            .await;
         })
     }
 
@@ -507,6 +543,49 @@ impl Redis {
         let mut connection = self.connection.clone();
         (command.query_async(&mut connection).await).map_err(StoreError::new)
     }
+}
+
+/// One session of [`RedisKeyStore::changes`]: subscribes to `channel` and relays each message,
+/// until the connection fails (an error) or the cache is gone.
+async fn listen(
+    client: ::redis::Client,
+    channel: String,
+    timeout: Duration,
+    invalidator: super::Invalidator,
+) -> Result<(), StoreError> {
+    use futures_core::Stream;
+
+    /// How long the connection may stay silent before a `PING` checks it.
+    const IDLE: Duration = Duration::from_secs(5);
+    let pubsub = within(timeout, async {
+        let mut pubsub = client.get_async_pubsub().await.map_err(StoreError::new)?;
+        // Returns once Redis has confirmed the subscription.
+        pubsub.subscribe(&channel).await.map_err(StoreError::new)?;
+        Ok::<_, StoreError>(pubsub)
+    })
+    .await?;
+    let (mut sink, mut messages) = pubsub.split();
+    invalidator.listening();
+    while !invalidator.is_closed() {
+        // Receiving is cancel-safe: a message that arrives after the timeout waits for the next poll.
+        let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut messages).poll_next(cx));
+        match tokio::time::timeout(IDLE, next).await {
+            Ok(Some(message)) => {
+                let payload = std::str::from_utf8(message.get_payload_bytes());
+                match payload.ok().and_then(LookupId::from_hex) {
+                    Some(lookup_id) => invalidator.changed(&lookup_id),
+                    // Not the scripts': it may still mean a change, so forget everything.
+                    None => invalidator.listening(),
+                }
+            }
+            Ok(None) => return Err(StoreError::new("the Redis pub/sub connection was lost")),
+            Err(_idle) => {
+                let ping = async { sink.ping::<Value>().await.map_err(StoreError::new) };
+                within(timeout, ping).await?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Whether `record` is key `key_id` of `account_id`, as the key id's entry promised.

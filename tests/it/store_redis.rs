@@ -492,3 +492,437 @@ mod cached {
 
     store_suite!(CachedRedis(Redis::shared()));
 }
+
+/// Push invalidation through pub/sub. The tests take a [`Deployment`](changes::Deployment), so
+/// that `store_redis_cluster` runs them on the cluster too; each test has a prefix of its own.
+pub mod changes {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use futures_util::StreamExt;
+    use redis::aio::{MultiplexedConnection, PubSub};
+    use tower_api_key::manage::CreatedKey;
+    use tower_api_key::store::CachedKeyStore;
+    use tower_api_key::{KeyManager, LookupId, StoreError};
+
+    /// Long enough that only a change message can make a cache drop a record within a test.
+    const TTL: Duration = Duration::from_secs(3600);
+
+    /// Where a test's stores live: the single Redis, or the cluster.
+    #[async_trait]
+    pub trait Deployment: Send + Sync {
+        /// A new store under `prefix`, on a connection of its own, as an application instance
+        /// would have.
+        async fn store(&self, prefix: &str) -> RedisKeyStore;
+
+        /// The `host:port` of the node that change feeds of stores under `prefix` subscribe
+        /// on: on a cluster, one that does not hold the prefix's slot, so that every message
+        /// crosses nodes.
+        async fn feed_node(&self, prefix: &str) -> String;
+    }
+
+    /// The Redis at `REDIS_URL`.
+    pub struct SingleNode;
+
+    #[async_trait]
+    impl Deployment for SingleNode {
+        async fn store(&self, prefix: &str) -> RedisKeyStore {
+            RedisKeyStore::new(connect().await).prefix(prefix)
+        }
+
+        async fn feed_node(&self, _prefix: &str) -> String {
+            redis_address().to_string()
+        }
+    }
+
+    /// A prefix for one test alone.
+    pub fn unique_prefix() -> String {
+        format!("tower-api-key-test-{}", uuid::Uuid::new_v4().simple())
+    }
+
+    /// The channel that stores under `prefix` publish their changes on.
+    pub fn channel(prefix: &str) -> String {
+        format!("{{{prefix}}}:changes")
+    }
+
+    /// A plain connection to one node.
+    pub async fn node_connection(node: &str) -> MultiplexedConnection {
+        let client = Client::open(format!("redis://{node}")).unwrap();
+        client.get_multiplexed_async_connection().await.unwrap()
+    }
+
+    /// Runs `words` as a command on `connection`, asserting that it succeeds.
+    pub async fn command(connection: &mut MultiplexedConnection, words: &[&str]) {
+        let _: redis::Value = redis::cmd(words[0])
+            .arg(&words[1..])
+            .query_async(connection)
+            .await
+            .unwrap_or_else(|error| panic!("{} failed: {error}", words[..2].join(" ")));
+    }
+
+    /// A subscription to `channel` on `node`, confirmed.
+    pub async fn subscribe(node: &str, channel: &str) -> PubSub {
+        let client = Client::open(format!("redis://{node}")).unwrap();
+        let mut pubsub = client.get_async_pubsub().await.unwrap();
+        pubsub.subscribe(channel).await.unwrap();
+        pubsub
+    }
+
+    /// The next message heard on `pubsub`, within 2 s.
+    pub async fn next_message(pubsub: &mut PubSub) -> String {
+        let mut messages = pubsub.on_message();
+        let message = tokio::time::timeout(Duration::from_secs(2), messages.next());
+        let message = message.await.expect("a message within 2 s").unwrap();
+        String::from_utf8(message.get_payload_bytes().to_vec()).unwrap()
+    }
+
+    pub fn lookup_hex(key: &ApiKey) -> String {
+        key.digest().lookup_id().to_hex()
+    }
+
+    /// Counts the lookups that reach Redis, to tell when a cache answers from memory.
+    #[derive(Clone)]
+    struct Counted {
+        inner: RedisKeyStore,
+        finds: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl KeyStore for Counted {
+        async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
+            self.finds.fetch_add(1, Ordering::SeqCst);
+            self.inner.find(lookup_id).await
+        }
+    }
+
+    /// An instance that writes: a cache with its own feed, under a key manager.
+    pub async fn writer(
+        deployment: &impl Deployment,
+        prefix: &str,
+        clock: &ManualClock,
+    ) -> KeyManager<CachedKeyStore<RedisKeyStore>> {
+        let store = deployment.store(prefix).await;
+        let feed = store.changes(feed_client(&deployment.feed_node(prefix).await));
+        manager(
+            CachedKeyStore::new(store).ttl(TTL).push_invalidation(feed),
+            clock,
+        )
+    }
+
+    fn feed_client(node: &str) -> Client {
+        Client::open(format!("redis://{node}")).unwrap()
+    }
+
+    /// An instance that authenticates: a cache with its own feed (from `client`) over a store
+    /// whose lookups it counts.
+    pub struct Reader {
+        cache: CachedKeyStore<Counted>,
+        finds: Arc<AtomicUsize>,
+        clock: ManualClock,
+    }
+
+    impl Reader {
+        pub async fn new(deployment: &impl Deployment, prefix: &str, clock: &ManualClock) -> Self {
+            let client = feed_client(&deployment.feed_node(prefix).await);
+            Self::with_feed_client(deployment, prefix, clock, client).await
+        }
+
+        pub async fn with_feed_client(
+            deployment: &impl Deployment,
+            prefix: &str,
+            clock: &ManualClock,
+            client: Client,
+        ) -> Self {
+            let store = deployment.store(prefix).await;
+            let feed = store.changes(client);
+            let finds = Arc::new(AtomicUsize::new(0));
+            let counted = Counted {
+                inner: store,
+                finds: Arc::clone(&finds),
+            };
+            let cache = CachedKeyStore::new(counted)
+                .ttl(TTL)
+                .push_invalidation(feed);
+            Self {
+                cache,
+                finds,
+                clock: clock.clone(),
+            }
+        }
+
+        /// `"ok"` or the error code the layer over this instance answers to `key`.
+        pub async fn verdict(&self, key: &ApiKey) -> String {
+            let answer = answer(self.cache.clone(), key, &self.clock).await;
+            match answer.status {
+                StatusCode::OK => "ok".to_owned(),
+                _ => answer.error_code(),
+            }
+        }
+
+        fn finds(&self) -> usize {
+            self.finds.load(Ordering::SeqCst)
+        }
+
+        /// Waits until the cache accepts `key` from memory, as it does once its feed listens.
+        pub async fn until_cached(&self, key: &ApiKey, patience: Duration) {
+            let deadline = Instant::now() + patience;
+            loop {
+                assert_eq!(self.verdict(key).await, "ok");
+                let finds = self.finds();
+                assert_eq!(self.verdict(key).await, "ok");
+                if self.finds() == finds {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cache did not answer from memory within {patience:?}: its feed is not listening"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        /// Waits until every lookup of `key` goes to Redis, as when the feed is not listening.
+        pub async fn until_uncached(&self, key: &ApiKey, patience: Duration) {
+            let deadline = Instant::now() + patience;
+            loop {
+                let finds = self.finds();
+                self.verdict(key).await;
+                self.verdict(key).await;
+                if self.finds() == finds + 2 {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cache still answered from memory after {patience:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        /// Waits until a lookup of `key` goes to Redis, as the first one after the cache has
+        /// dropped what it held.
+        pub async fn until_read_again(&self, key: &ApiKey, patience: Duration) {
+            let deadline = Instant::now() + patience;
+            loop {
+                let finds = self.finds();
+                assert_eq!(self.verdict(key).await, "ok");
+                if self.finds() > finds {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cache still held the key after {patience:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+
+        /// Waits until the cache refuses `key` with `code`, boundedly: a change message takes
+        /// milliseconds, and the TTL an hour.
+        pub async fn until_refused(&self, key: &ApiKey, code: &str) {
+            let deadline = Instant::now() + Duration::from_secs(2);
+            loop {
+                let verdict = self.verdict(key).await;
+                if verdict == code {
+                    return;
+                }
+                assert_eq!(verdict, "ok");
+                assert!(
+                    Instant::now() < deadline,
+                    "the other instance still accepted the key after 2 s"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    /// Two instances over one Redis, each with its own cache and feed, and a key the reader
+    /// holds in its cache.
+    struct Pair {
+        prefix: String,
+        clock: ManualClock,
+        writer: KeyManager<CachedKeyStore<RedisKeyStore>>,
+        reader: Reader,
+        account: String,
+        created: CreatedKey,
+    }
+
+    async fn pair(deployment: &impl Deployment) -> Pair {
+        let (prefix, clock) = (unique_prefix(), clock());
+        let writer = writer(deployment, &prefix, &clock).await;
+        let reader = Reader::new(deployment, &prefix, &clock).await;
+        let account = account();
+        let created = create(&writer, &account).await;
+        reader
+            .until_cached(&created.key, Duration::from_secs(5))
+            .await;
+        Pair {
+            prefix,
+            clock,
+            writer,
+            reader,
+            account,
+            created,
+        }
+    }
+
+    pub async fn revocation_through_one_instance_is_refused_by_the_other(
+        deployment: impl Deployment,
+    ) {
+        let pair = pair(&deployment).await;
+        let id = &pair.created.info.id;
+        pair.writer.revoke(&pair.account, id).await.unwrap();
+        pair.reader
+            .until_refused(&pair.created.key, "expired_api_key")
+            .await;
+    }
+
+    pub async fn deletion_through_one_instance_is_refused_by_the_other(
+        deployment: impl Deployment,
+    ) {
+        let pair = pair(&deployment).await;
+        let id = &pair.created.info.id;
+        pair.writer.delete(&pair.account, id).await.unwrap();
+        pair.reader
+            .until_refused(&pair.created.key, "invalid_api_key")
+            .await;
+    }
+
+    pub async fn rotation_through_one_instance_is_seen_by_the_other(deployment: impl Deployment) {
+        let pair = pair(&deployment).await;
+        let grace = Duration::from_secs(5);
+        let id = &pair.created.info.id;
+        let new = pair.writer.rotate(&pair.account, id, grace).await.unwrap();
+        // The change is the old key's new expiry: a record cached before it has none.
+        pair.clock.advance(grace);
+        pair.reader
+            .until_refused(&pair.created.key, "expired_api_key")
+            .await;
+        assert_eq!(pair.reader.verdict(&new.key).await, "ok");
+    }
+
+    pub async fn killed_feed_stops_the_cache_serving_until_it_resubscribes(
+        deployment: impl Deployment,
+    ) {
+        let (prefix, clock) = (unique_prefix(), clock());
+        let node = deployment.feed_node(&prefix).await;
+        // The reader's feed logs in as a user of its own, so that only its connection is cut.
+        let mut admin = node_connection(&node).await;
+        let user = format!("tower-api-key-feed-{}", uuid::Uuid::new_v4().simple());
+        let password = uuid::Uuid::new_v4().simple().to_string();
+        let login = format!(">{password}");
+        let set_user = |state| ["ACL", "SETUSER", &user, state, &login, "&*", "+@all"];
+        command(&mut admin, &set_user("on")).await;
+        let client = Client::open(format!("redis://{user}:{password}@{node}")).unwrap();
+        let writer = writer(&deployment, &prefix, &clock).await;
+        let reader = Reader::with_feed_client(&deployment, &prefix, &clock, client).await;
+        let account = account();
+        let revoked = create(&writer, &account).await;
+        let probe = create(&writer, &account).await;
+        let patience = Duration::from_secs(5);
+        reader.until_cached(&revoked.key, patience).await;
+        reader.until_cached(&probe.key, patience).await;
+
+        // The feed's connection is cut, and it cannot log in again until its user is back.
+        command(&mut admin, &set_user("off")).await;
+        command(&mut admin, &["CLIENT", "KILL", "USER", &user]).await;
+        reader.until_uncached(&probe.key, patience).await;
+        writer.revoke(&account, &revoked.info.id).await.unwrap();
+        assert_eq!(reader.verdict(&revoked.key).await, "expired_api_key");
+
+        command(&mut admin, &set_user("on")).await;
+        // Within the feed's longest wait between attempts (5 s), and then some.
+        reader
+            .until_cached(&probe.key, Duration::from_secs(15))
+            .await;
+        assert_eq!(reader.verdict(&revoked.key).await, "expired_api_key");
+        command(&mut admin, &["ACL", "DELUSER", &user]).await;
+    }
+
+    pub async fn malformed_message_makes_the_cache_forget_everything(deployment: impl Deployment) {
+        let pair = pair(&deployment).await;
+        let mut connection = node_connection(&deployment.feed_node(&pair.prefix).await).await;
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel(&pair.prefix))
+            .arg("not a lookup id")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        let patience = Duration::from_secs(2);
+        pair.reader
+            .until_read_again(&pair.created.key, patience)
+            .await;
+    }
+
+    pub async fn idle_feed_checks_its_connection_and_stays_listening(deployment: impl Deployment) {
+        let pair = pair(&deployment).await;
+        let finds = pair.reader.finds();
+        // Past the feed's 5 idle seconds, after which it pings Redis.
+        tokio::time::sleep(Duration::from_millis(6_500)).await;
+        assert_eq!(pair.reader.verdict(&pair.created.key).await, "ok");
+        assert_eq!(
+            pair.reader.finds(),
+            finds,
+            "the feed listened again after its ping"
+        );
+    }
+
+    pub async fn recording_a_use_publishes_nothing(deployment: impl Deployment) {
+        let (prefix, clock) = (unique_prefix(), clock());
+        let node = deployment.feed_node(&prefix).await;
+        let mut messages = subscribe(&node, &channel(&prefix)).await;
+        let keys = manager(deployment.store(&prefix).await, &clock);
+        let account = account();
+        let used = create(&keys, &account).await;
+        let record = keys.store().get(&account, &used.info.id).await.unwrap();
+        let later = clock.now() + Duration::from_secs(60);
+        keys.store().record_use(&record.unwrap(), later);
+        let recorded = async {
+            for _ in 0..100 {
+                let record = keys.store().get(&account, &used.info.id).await.unwrap();
+                if record.unwrap().last_used_at == Some(later) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            false
+        };
+        assert!(recorded.await, "the use was not recorded within 2 s");
+        // Another key's create: its message comes right after anything the use published.
+        let after = create(&keys, &account).await;
+        let heard = [
+            next_message(&mut messages).await,
+            next_message(&mut messages).await,
+        ];
+        assert_eq!(heard, [lookup_hex(&used.key), lookup_hex(&after.key)]);
+    }
+}
+
+/// One `#[tokio::test]` per push-invalidation test of [`changes`], on `$deployment`.
+#[macro_export]
+macro_rules! redis_changes_suite {
+    ($deployment:expr) => {
+        $crate::redis_changes_suite!(@tests $deployment;
+            revocation_through_one_instance_is_refused_by_the_other,
+            deletion_through_one_instance_is_refused_by_the_other,
+            rotation_through_one_instance_is_seen_by_the_other,
+            killed_feed_stops_the_cache_serving_until_it_resubscribes,
+            malformed_message_makes_the_cache_forget_everything,
+            idle_feed_checks_its_connection_and_stays_listening,
+            recording_a_use_publishes_nothing,
+        );
+    };
+    (@tests $deployment:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $crate::store_redis::changes::$name($deployment).await;
+            }
+        )*
+    };
+}
+
+mod single_node_changes {
+    crate::redis_changes_suite!(super::changes::SingleNode);
+}

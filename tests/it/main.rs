@@ -4,7 +4,9 @@
 //!
 //! ```text
 //! cargo test                                   # the memory store and everything without a server
+//! bash .ci/redis-cluster.sh start              # a Redis Cluster on 127.0.0.1:7001-7003
 //! DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379 \
+//!   REDIS_CLUSTER_URLS=redis://127.0.0.1:7001,redis://127.0.0.1:7002,redis://127.0.0.1:7003 \
 //!   cargo test --all-features                  # every store
 //! cargo test --all-features --test it store_redis::   # one module
 //! ```
@@ -25,6 +27,7 @@ mod store_cache;
 mod store_memory;
 mod store_postgres;
 mod store_redis;
+mod store_redis_cluster;
 mod store_sqlite;
 mod timing;
 mod tonic;

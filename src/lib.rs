@@ -176,7 +176,7 @@
 //! | [`MemoryKeyStore`] | | tests, demos, one instance whose keys can live in the process |
 //! | `PgKeyStore` | `postgres` | several instances, and PostgreSQL is already your database |
 //! | `SqliteKeyStore` | `sqlite` | one machine, keys that outlive the process, no database server |
-//! | `RedisKeyStore` | `redis` | several instances, and a standalone Redis is at hand |
+//! | `RedisKeyStore` | `redis` | several instances, and a Redis or a Redis Cluster is at hand |
 //! | `CachedKeyStore` | `cache` | in front of any of them, so most requests never reach the database |
 //! | your own [`KeyStore`] | | keys live elsewhere; add [`WritableKeyStore`](store::WritableKeyStore) to manage them |
 //!
@@ -276,7 +276,8 @@
 //!   hyper and tonic services can turn it off with `default-features = false`.
 //! - `postgres`: `PgKeyStore`, keys in PostgreSQL through sqlx; turns on `cache`.
 //! - `sqlite`: `SqliteKeyStore`, keys in a SQLite file through sqlx, which compiles SQLite in.
-//! - `redis`: `RedisKeyStore`, keys in Redis through the redis crate's `ConnectionManager`.
+//! - `redis`: `RedisKeyStore`, keys in Redis, a single node or a cluster, through the redis
+//!   crate; turns on `cache`.
 //! - `cache`: `CachedKeyStore`, an in-process cache in front of any store, with push
 //!   invalidation from a shared store.
 //!

@@ -28,25 +28,12 @@
 //! script also publishes the lookup id (hex) of every key it changes on the channel
 //! `{<prefix>}:changes`, for [`RedisKeyStore::changes`]; recording a last use publishes nothing.
 //!
-//! # Redis Cluster
-//!
 //! Redis Cluster runs a script only when every key it touches is in one hash slot, and routes
-//! it by the keys it declares. Hence the braces: `{<prefix>}` is a hash tag, so all of a
-//! store's keys are in one slot. Every script declares in `KEYS` each key it touches: an
-//! operation on a key id first reads the key's lookup id (`{<prefix>}:id:<key id>`, fixed for
-//! the key's life) to name its record, and its script checks that the id still points there
-//! (if the key was deleted meanwhile, the operation reads again). So every write stays one
-//! atomic script, on a cluster as on a single node: quotas stay exact under concurrent
-//! creates, and no failure leaves a write half done.
-//!
-//! The cost is that a cluster does not spread one store: its keys live on the one master that
-//! holds its slot (and on that master's replicas), and every lookup goes there. A key takes
-//! under 1 KB of Redis memory all told, so a million keys fit in about a gigabyte. Spreading
-//! accounts over slots would not keep the guarantees above: `find` knows only the lookup id, so a record's slot would follow its
-//! lookup id while a quota is counted per account, and a create or a revocation would be two
-//! scripts on two slots, with a moment between them where a failure leaves them disagreeing.
-//! A [`CachedKeyStore`](super::CachedKeyStore) in front keeps most requests off Redis, and
-//! stores with different prefixes land in different slots.
+//! it by the keys it declares: `{<prefix>}` is a hash tag, so all of a store's keys are in one
+//! slot (`RedisKeyStore`'s docs say why one), and every script declares in `KEYS` each key it
+//! touches. An operation on a key id first reads the key's lookup id (`{<prefix>}:id:<key
+//! id>`, fixed for the key's life) to name its record, and its script checks that the id still
+//! points there: if the key was deleted meanwhile, the operation reads again.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -84,9 +71,8 @@ const ATTEMPTS: usize = 3;
 /// [`StoreError`], so the layer answers `503`, never `401` and never a pass.
 ///
 /// There is no schema to apply: Redis keys are created on the first write, all under the
-/// [prefix](RedisKeyStore::prefix) (`tower-api-key` by default), which also keeps them in one
-/// cluster hash slot (the [module docs](self) show the layout and why). Give each application
-/// sharing a Redis its own prefix.
+/// [prefix](RedisKeyStore::prefix) (`tower-api-key` by default). Give each application sharing
+/// a Redis its own prefix.
 ///
 /// Creates, revocations, deletions and last-used updates are Lua scripts, each atomic across
 /// every instance: of N concurrent creates for an account one below its quota, exactly one
@@ -95,6 +81,23 @@ const ATTEMPTS: usize = 3;
 ///
 /// Clones are cheap and share the connection. Its `Debug` shows the prefix and the timeout,
 /// never the connection (whose URL may hold a password).
+///
+/// # Redis Cluster
+///
+/// On a cluster, the store runs the same scripts, with the same guarantees: quotas exact under
+/// concurrent creates, every write one atomic script (no failure leaves it half done), and
+/// `find` one round trip. For that, every Redis key of a store begins with its prefix in
+/// braces, `{<prefix>}:`, a hash tag that keeps them all in one hash slot, since Redis runs a
+/// script only on keys of one slot.
+///
+/// The cost is that a cluster does not spread one store: its keys live on the one master that
+/// holds its slot (and on that master's replicas), and every lookup goes there. A key takes
+/// under 1 KB of Redis memory all told, so a million keys fit in about a gigabyte; a
+/// [`CachedKeyStore`](super::CachedKeyStore) in front keeps most lookups off Redis, and stores
+/// with different prefixes land in different slots. Spreading accounts over slots would lose
+/// the guarantees: `find` knows only the lookup id, so a record's slot would follow its lookup
+/// id while a quota is counted per account, and a create or a revocation would be two scripts
+/// on two slots, with a moment between them where a failure leaves them disagreeing.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -182,14 +185,15 @@ impl RedisKeyStore {
     }
 
     /// A store on a Redis Cluster over `connection`, otherwise as [`RedisKeyStore::new`]. All
-    /// the store's keys are in the hash slot of its prefix (see the [module docs](self)).
+    /// the store's keys are in the hash slot of its prefix (see
+    /// [Redis Cluster](RedisKeyStore#redis-cluster)).
     ///
     /// ```no_run
     /// use redis::cluster::ClusterClient;
     /// use tower_api_key::store::RedisKeyStore;
     ///
     /// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
-    /// let nodes = ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"];
+    /// let nodes = ["redis://redis-a:6379", "redis://redis-b:6379", "redis://redis-c:6379"];
     /// let connection = ClusterClient::new(nodes)?.get_async_connection().await?;
     /// let store = RedisKeyStore::cluster(connection).prefix("billing-api");
     /// # let _ = store;

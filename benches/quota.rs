@@ -200,7 +200,7 @@ async fn seed_redis(mut connection: redis::aio::ConnectionManager, prefix: &str)
             let key_id = record.identity.key_id().to_string();
             pipeline
                 .hset_multiple(
-                    format!("{prefix}:lookup:{}", &hex[..32]),
+                    format!("{{{prefix}}}:lookup:{}", &hex[..32]),
                     &[
                         ("digest", hex.as_str()),
                         ("key_id", &key_id),
@@ -212,9 +212,9 @@ async fn seed_redis(mut connection: redis::aio::ConnectionManager, prefix: &str)
                     ],
                 )
                 .ignore()
-                .set(format!("{prefix}:id:{key_id}"), &hex[..32])
+                .set(format!("{{{prefix}}}:id:{key_id}"), &hex[..32])
                 .ignore()
-                .sadd(format!("{prefix}:account:{LONG}"), &key_id)
+                .sadd(format!("{{{prefix}}}:account:{LONG}"), &key_id)
                 .ignore();
         }
         let () = pipeline.query_async(&mut connection).await.unwrap();
@@ -228,7 +228,7 @@ async fn remove_redis_keys(mut connection: redis::aio::ConnectionManager, prefix
         let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
-            .arg(format!("{prefix}:*"))
+            .arg(format!("{{{prefix}}}:*"))
             .arg("COUNT")
             .arg(10_000)
             .query_async(&mut connection)

@@ -33,6 +33,10 @@ async fn main() {
         postgres(&url).await;
         ran = true;
     }
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        redis(&url).await;
+        ran = true;
+    }
     if !ran {
         println!("revocation_lag: set DATABASE_URL (and REDIS_URL) to measure");
     }
@@ -53,7 +57,9 @@ async fn postgres(url: &str) {
     let feed = bare.changes();
     lag("PostgreSQL", one.clone(), bare.clone(), feed).await;
 
-    let (proxy, sent) = counting_proxy(url).await;
+    let options: sqlx::postgres::PgConnectOptions = url.parse().expect("a PostgreSQL URL");
+    let (proxy, sent) =
+        counting_proxy(format!("{}:{}", options.get_host(), options.get_port())).await;
     let through_proxy =
         |options: sqlx::postgres::PgConnectOptions| options.host("127.0.0.1").port(proxy.port());
     let options: sqlx::postgres::PgConnectOptions = url.parse().expect("a PostgreSQL URL");
@@ -68,17 +74,43 @@ async fn postgres(url: &str) {
     round_trips("PostgreSQL", one, bare, pushed, feed, sent).await;
 }
 
-/// A proxy on 127.0.0.1 to the server of `url`, and the count of bursts clients sent through it.
+async fn redis(url: &str) {
+    use redis::aio::ConnectionManager;
+    use tower_api_key::store::RedisKeyStore;
+    let prefix = format!("lag-{}", uuid::Uuid::new_v4().simple());
+    let client = redis::Client::open(url).expect("a Redis URL");
+    let connect = |client: redis::Client| async move {
+        ConnectionManager::new(client)
+            .await
+            .expect("REDIS_URL is reachable")
+    };
+    let store = |connection| RedisKeyStore::new(connection).prefix(prefix.clone());
+    let one = store(connect(client.clone()).await);
+    let two = store(connect(client.clone()).await);
+    let feed = two.changes(client.clone());
+    lag("Redis", one.clone(), two, feed).await;
+
+    let server = match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+        _ => panic!("REDIS_URL must name a TCP server"),
+    };
+    let (proxy, sent) = counting_proxy(server).await;
+    let proxied = redis::Client::open(format!("redis://{proxy}")).expect("a Redis URL");
+    let bare = store(connect(proxied.clone()).await);
+    let pushed = store(connect(proxied.clone()).await);
+    let feed = pushed.changes(client);
+    round_trips("Redis", one, bare, pushed, feed, sent).await;
+}
+
+/// A proxy on 127.0.0.1 to `server`, and the count of bursts clients sent through it.
 async fn counting_proxy(
-    url: &str,
+    server: String,
 ) -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let options: sqlx::postgres::PgConnectOptions = url.parse().expect("a PostgreSQL URL");
-    let server = format!("{}:{}", options.get_host(), options.get_port());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let sent = std::sync::Arc::new(AtomicUsize::new(0));

@@ -47,8 +47,7 @@
 //! STORE=redis REDIS_URL=redis://127.0.0.1:6379 cargo run --example axum --features redis
 //! ```
 //!
-//! With `STORE=postgres` (and, once it can push, `STORE=redis`) the demo runs as a deployment
-//! should: behind `CachedKeyStore` with push invalidation, so repeat requests with a key make no
+//! With `STORE=postgres` or `STORE=redis` the demo runs as a deployment should: behind `CachedKeyStore` with push invalidation, so repeat requests with a key make no
 //! round trip to the store, and a key revoked through any instance is refused by every instance
 //! as soon as the store's message arrives. `CACHE_TTL_SECONDS` (10 by default) is the cache's
 //! backstop.
@@ -515,16 +514,10 @@ async fn main() {
         #[cfg(feature = "redis")]
         "redis" => {
             let url = required_env("REDIS_URL");
-            let connect =
-                async { redis::aio::ConnectionManager::new(redis::Client::open(url)?).await };
-            let connection = connect.await.unwrap_or_else(|error: redis::RedisError| {
-                exit_with(1, &format!("cannot reach Redis: {error}"))
-            });
-            serve(
-                KeyManager::new(tower_api_key::store::RedisKeyStore::new(connection)),
-                port,
-            )
-            .await;
+            let store = cached_redis(&url, cache_ttl())
+                .await
+                .unwrap_or_else(|error| exit_with(1, &format!("cannot use Redis: {error}")));
+            serve(KeyManager::new(store), port).await;
         }
         other => exit_with(
             2,
@@ -539,7 +532,7 @@ async fn main() {
 
 /// How long the cache keeps a record: `CACHE_TTL_SECONDS`, or the cache's default of 10 s. With
 /// push invalidation this is only the backstop.
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "redis"))]
 fn cache_ttl() -> Duration {
     match std::env::var("CACHE_TTL_SECONDS") {
         Err(_) => Duration::from_secs(10),
@@ -572,6 +565,24 @@ pub async fn cached_postgres(
     Ok(CachedKeyStore::new(store.clone())
         .ttl(ttl)
         .push_invalidation(store.changes()))
+}
+
+/// The store as a deployment should run it: Redis at `url`, behind a cache that keeps records
+/// for `ttl` and evicts a key as soon as any instance changes it (pub/sub).
+#[cfg(feature = "redis")]
+pub async fn cached_redis(
+    url: &str,
+    ttl: Duration,
+) -> Result<tower_api_key::store::CachedKeyStore<tower_api_key::store::RedisKeyStore>, String> {
+    use tower_api_key::store::{CachedKeyStore, RedisKeyStore};
+    let client = redis::Client::open(url).map_err(|error| format!("bad REDIS_URL: {error}"))?;
+    let connection = redis::aio::ConnectionManager::new(client.clone())
+        .await
+        .map_err(|error| format!("cannot reach Redis: {error}"))?;
+    let store = RedisKeyStore::new(connection);
+    Ok(CachedKeyStore::new(store.clone())
+        .ttl(ttl)
+        .push_invalidation(store.changes(client)))
 }
 
 /// Creates the demo keys, prints them, and serves until Ctrl-C.

@@ -85,8 +85,8 @@ impl Invalidator {
         }
     }
 
-    /// The feed stopped listening (its connection dropped): until [`listening`]
-    /// (Invalidator::listening), the cache serves nothing it holds.
+    /// The feed stopped listening (its connection dropped): until
+    /// [`listening`](Invalidator::listening), the cache serves nothing it holds.
     pub fn lost(&self) {
         if let Some(cache) = self.cache.upgrade() {
             cache.stop_listening();

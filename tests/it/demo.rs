@@ -642,30 +642,40 @@ async fn verdict_at(address: SocketAddr, key: &ApiKey) -> String {
     }
 }
 
-/// Two demo instances, each with its own pool, cache and feed, as `STORE=postgres` runs them,
-/// with caches that would keep a record for an hour: a key revoked through one is refused by
-/// the other within moments, which only the push can explain; so is a key revoked with plain
-/// SQL.
-#[cfg(feature = "postgres")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_revoked_through_one_demo_instance_is_refused_by_another_on_postgres() {
-    let url =
-        std::env::var("DATABASE_URL").expect("DATABASE_URL must be set for the postgres tests");
-    let hour = Duration::from_secs(3600);
-    let one = example::cached_postgres(&url, hour).await.unwrap();
-    let two = example::cached_postgres(&url, hour).await.unwrap();
+/// Two demo instances, each with its own connections, cache and feed, as `STORE=postgres` and
+/// `STORE=redis` run them, with caches that would keep a record for an hour: a key revoked
+/// through one is refused by the other within moments, which only the push can explain. The
+/// live key, still active, is returned with the two addresses.
+async fn a_revocation_through_one_demo_instance_reaches_the_other<S>(
+    one: S,
+    two: S,
+) -> (CreatedKey, [SocketAddr; 2])
+where
+    S: WritableKeyStore + Clone,
+{
     let (first, second) = (serve_demo(one.clone()).await, serve_demo(two.clone()).await);
     let account = common::suite::account();
-    let (live, test) = example::demo_keys(&KeyManager::new(one.clone()), &account)
+    let (live, test) = example::demo_keys(&KeyManager::new(one), &account)
         .await
         .unwrap();
 
-    // Both instances have cached both keys.
-    for address in [first, second] {
-        for key in [&live.key, &test.key] {
-            assert_eq!(verdict_at(address, key).await, "ok");
-            assert_eq!(verdict_at(address, key).await, "ok");
+    // Both instances have cached both keys, and the second serves them from its cache: its
+    // feed listens (a cache serves nothing until its feed does).
+    let start = std::time::Instant::now();
+    loop {
+        for address in [first, second] {
+            for key in [&live.key, &test.key] {
+                assert_eq!(verdict_at(address, key).await, "ok");
+            }
         }
+        if two.find_now(&test.key.digest().lookup_id()).is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the feed never listened"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // Revoked through the first instance's API: the second refuses it.
@@ -678,6 +688,19 @@ async fn a_key_revoked_through_one_demo_instance_is_refused_by_another_on_postgr
         "expired_api_key",
         "the other instance still accepts a key revoked through the first"
     );
+    (live, [first, second])
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_through_one_demo_instance_is_refused_by_another_on_postgres() {
+    let url =
+        std::env::var("DATABASE_URL").expect("DATABASE_URL must be set for the postgres tests");
+    let hour = Duration::from_secs(3600);
+    let one = example::cached_postgres(&url, hour).await.unwrap();
+    let two = example::cached_postgres(&url, hour).await.unwrap();
+    let (live, addresses) =
+        a_revocation_through_one_demo_instance_reaches_the_other(one, two).await;
 
     // Revoked with plain SQL, by an operator: both refuse it.
     let pool = sqlx::PgPool::connect(&url).await.unwrap();
@@ -686,13 +709,23 @@ async fn a_key_revoked_through_one_demo_instance_is_refused_by_another_on_postgr
         .execute(&pool)
         .await
         .unwrap();
-    for address in [first, second] {
+    for address in addresses {
         assert_eq!(
             verdict_within(address, &live.key, "expired_api_key").await,
             "expired_api_key",
             "a key revoked with plain SQL is still accepted"
         );
     }
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_revoked_through_one_demo_instance_is_refused_by_another_on_redis() {
+    let url = std::env::var("REDIS_URL").expect("REDIS_URL must be set for the redis tests");
+    let hour = Duration::from_secs(3600);
+    let one = example::cached_redis(&url, hour).await.unwrap();
+    let two = example::cached_redis(&url, hour).await.unwrap();
+    a_revocation_through_one_demo_instance_reaches_the_other(one, two).await;
 }
 
 /// Asks until the answer is `expected`, for at most 2 seconds (the push takes milliseconds;

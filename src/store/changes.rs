@@ -24,7 +24,10 @@ type Run = Box<dyn FnOnce(Invalidator) -> Pin<Box<dyn Future<Output = ()> + Send
 ///
 /// **The guarantee**: a lookup that starts after the store's message about a change has reached
 /// an instance sees the change; an instance whose feed is not listening asks the store on every
-/// lookup. The TTL stays as a backstop.
+/// lookup. A feed connection that closes is noticed at once; one that hangs without closing is
+/// found out by the ping the shipped feeds send after each silent second, within a second plus
+/// the store's timeout, and only in that window can a change go unseen. The TTL stays as a
+/// backstop.
 ///
 /// A store of your own can push too: build a feed from its listening loop. The loop should run
 /// until [`Invalidator::is_closed`] (the cache is gone), reconnect by itself, and call
@@ -121,6 +124,12 @@ impl fmt::Debug for Invalidator {
             .finish()
     }
 }
+
+/// How long a feed's connection may stay silent before the feed checks it (a ping, bounded by
+/// the store's timeout): a connection that hangs without closing is found out within this plus
+/// the timeout, and the cache stops serving then.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) const FEED_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs a feed's `session` again and again until the cache is gone. A session connects,
 /// subscribes, calls [`Invalidator::listening`], and relays changes until its connection fails

@@ -160,7 +160,7 @@ impl PgKeyStore {
     /// which keys changed, through any instance or with plain SQL: it
     /// `LISTEN`s on the channel `{table}_changes`, which the schema's trigger notifies with the
     /// changed key's lookup id. The feed holds one connection of its own, opened with the pool's
-    /// options, checks it with a query after 5 idle seconds, and reconnects by itself.
+    /// options, checks it with a query after each idle second, and reconnects by itself.
     ///
     /// ```no_run
     /// use tower_api_key::{ApiKeyLayer, store::{CachedKeyStore, PgKeyStore}};
@@ -484,7 +484,7 @@ async fn listen(
     invalidator: super::Invalidator,
 ) -> Result<(), StoreError> {
     /// How long the connection may stay silent before a query checks it.
-    const IDLE: Duration = Duration::from_secs(5);
+    const IDLE: Duration = super::changes::FEED_IDLE;
     let mut listener = within(timeout, async {
         let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
             .await

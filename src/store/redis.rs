@@ -254,7 +254,7 @@ impl RedisKeyStore {
     /// the lookup id of each key it changes.
     ///
     /// The feed holds a pub/sub connection of its own, made from `client` (the store's
-    /// connection cannot subscribe), checks it with a `PING` after 5 idle seconds, and
+    /// connection cannot subscribe), checks it with a `PING` after each idle second, and
     /// reconnects by itself. On a cluster, give it a client for any one node: a message
     /// published on one node reaches the subscribers of every node. While that node is down,
     /// the cache serves nothing it holds, and every lookup goes to Redis.
@@ -560,7 +560,7 @@ async fn listen(
     use futures_core::Stream;
 
     /// How long the connection may stay silent before a `PING` checks it.
-    const IDLE: Duration = Duration::from_secs(5);
+    const IDLE: Duration = super::changes::FEED_IDLE;
     let pubsub = within(timeout, async {
         let mut pubsub = client.get_async_pubsub().await.map_err(StoreError::new)?;
         // Returns once Redis has confirmed the subscription.

@@ -744,3 +744,59 @@ async fn push_invalidation_holds_under_load_while_the_listener_is_killed() {
     );
     assert!(wrong.is_empty(), "wrong verdicts: {wrong:?}");
 }
+
+/// A feed whose connection hangs without closing (a proxy that stops passing bytes) is found out
+/// by its ping: within a second plus the store's timeout the cache stops serving, so a key
+/// revoked meanwhile, whose message never arrives, gets `503` (the store hangs too) rather than
+/// a pass; once the connection flows again the feed listens again and the key is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_feed_is_found_out_and_its_cache_stops_serving() {
+    let table = unique_table();
+    let direct = KeyManager::new(PgKeyStore::new(pool(server())).table(&table));
+    direct.store().migrate().await.unwrap();
+    let account = suite::account();
+    let created = direct
+        .create(NewKey::new(&account, Tier::PRO, "hung"))
+        .await
+        .unwrap();
+    let proxy = Proxy::start(server_address().await).await;
+    let timeout = Duration::from_millis(500);
+    let store = PgKeyStore::new(pool(server_at(proxy.address)))
+        .table(&table)
+        .timeout(timeout);
+    let cache = tower_api_key::store::CachedKeyStore::new(store.clone())
+        .ttl(Duration::from_secs(3600))
+        .push_invalidation(store.changes());
+    wait_until_listening(&cache, &created.key).await;
+
+    proxy.hang();
+    direct.revoke(&account, &created.info.id).await.unwrap();
+    let hung = Instant::now();
+    // Found out within the feed's idle second plus the timeout; the margin absorbs a loaded
+    // machine. Until then the cache may still serve what it holds.
+    let found_out = Duration::from_secs(1) + timeout + Duration::from_secs(2);
+    loop {
+        let verdict = verdict(cache.clone(), &created.key).await;
+        if verdict == "authentication_unavailable" {
+            break;
+        }
+        assert_eq!(verdict, "ok", "neither the cached record nor 503");
+        assert!(
+            hung.elapsed() < found_out,
+            "the hung feed was not found out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            verdict(cache.clone(), &created.key).await,
+            "authentication_unavailable"
+        );
+    }
+
+    proxy.resume();
+    assert_eq!(
+        verdict_within(cache.clone(), &created.key, "expired_api_key").await,
+        "expired_api_key"
+    );
+}

@@ -57,14 +57,31 @@ impl ChangeFeed {
         Self(Box::new(move |invalidator| Box::pin(run(invalidator))))
     }
 
+    /// Runs the feed on the tokio runtime. However its loop ends (it returns, panics, or the
+    /// runtime drops it), the cache is told the feed is [`lost`](Invalidator::lost), so that it
+    /// never trusts a feed that no longer runs.
     pub(crate) fn start(self, invalidator: Invalidator) {
-        tokio::spawn((self.0)(invalidator));
+        let guard = LostOnDrop(invalidator.clone());
+        let run = (self.0)(invalidator);
+        tokio::spawn(async move {
+            let _guard = guard;
+            run.await;
+        });
     }
 }
 
 impl fmt::Debug for ChangeFeed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ChangeFeed").finish_non_exhaustive()
+    }
+}
+
+/// Tells the cache its feed is lost when dropped.
+struct LostOnDrop(Invalidator);
+
+impl Drop for LostOnDrop {
+    fn drop(&mut self) {
+        self.0.lost();
     }
 }
 
@@ -143,13 +160,20 @@ pub(crate) async fn resubscribe<F, Fut>(
     mut session: F,
 ) where
     F: FnMut(Invalidator) -> Fut,
-    Fut: Future<Output = Result<(), crate::StoreError>>,
+    Fut: Future<Output = Result<(), crate::StoreError>> + Send + 'static,
 {
     const FIRST_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
     const LONGEST_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
     let mut wait = FIRST_WAIT;
     while !invalidator.is_closed() {
-        let outcome = session(invalidator.clone()).await;
+        // A task of its own, so that a session that panics (on a malformed message, say) is a
+        // lost session like any other, and the feed goes on.
+        let outcome = match tokio::spawn(session(invalidator.clone())).await {
+            Ok(outcome) => outcome,
+            Err(error) => Err(crate::StoreError::new(format!(
+                "the feed's session failed: {error}"
+            ))),
+        };
         if invalidator.is_listening() {
             wait = FIRST_WAIT;
         }
@@ -162,7 +186,14 @@ pub(crate) async fn resubscribe<F, Fut>(
                 "API key change feed lost; cached keys are not served until it listens again"
             ),
         }
-        tokio::time::sleep(wait).await;
+        // Jittered, so that instances that lost their feeds together do not all come back at once.
+        tokio::time::sleep(wait.mul_f64(0.5 + jitter())).await;
         wait = (wait * 2).min(LONGEST_WAIT);
     }
+}
+
+/// A number in [0, 1), different at each call: enough to spread reconnections.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+fn jitter() -> f64 {
+    f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 256.0
 }

@@ -157,10 +157,15 @@ impl PgKeyStore {
     }
 
     /// The feed that tells a [`CachedKeyStore`](super::CachedKeyStore) in front of this store
-    /// which keys changed, through any instance or with plain SQL: it
-    /// `LISTEN`s on the channel `{table}_changes`, which the schema's trigger notifies with the
+    /// which keys changed, through any instance or with plain SQL (`TRUNCATE` included): it
+    /// `LISTEN`s on the channel `{table}_changes`, which the schema's triggers notify with the
     /// changed key's lookup id. The feed holds one connection of its own, opened with the pool's
-    /// options, checks it with a query after each idle second, and reconnects by itself.
+    /// options and named after its channel in `pg_stat_activity`; it checks that the table's
+    /// trigger is there and enabled before the cache trusts it, checks the connection with a
+    /// query after each idle second, and reconnects by itself. The pool's options must reach
+    /// PostgreSQL itself or a pooler in session mode: in transaction mode `LISTEN` hears
+    /// nothing. Changes made while triggers do not fire (`session_replication_role = replica`,
+    /// as `pg_restore` and logical replication use, or a disabled trigger) are not pushed.
     ///
     /// ```no_run
     /// use tower_api_key::{ApiKeyLayer, store::{CachedKeyStore, PgKeyStore}};
@@ -485,11 +490,37 @@ async fn listen(
 ) -> Result<(), StoreError> {
     /// How long the connection may stay silent before a query checks it.
     const IDLE: Duration = super::changes::FEED_IDLE;
+    // A connection of its own, not one of the application's pool: a pool of one, for this
+    // session only, so that a hung connection left behind never holds a slot anyone needs.
+    // Named after its channel, so that an operator can tell it in `pg_stat_activity`.
+    let own = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*pool.connect_options()).clone().application_name(&channel));
     let mut listener = within(timeout, async {
-        let mut listener = sqlx::postgres::PgListener::connect_with(&pool)
+        let mut listener = sqlx::postgres::PgListener::connect_with(&own)
             .await
             .map_err(StoreError::new)?;
+        // A lost connection ends the session (and the cache stops serving), rather than being
+        // replaced silently while notifications go missing.
+        listener.eager_reconnect(false);
         listener.listen(&channel).await.map_err(StoreError::new)?;
+        // Listening is of no use if nothing notifies: the table must have its trigger, enabled.
+        let table = channel.trim_end_matches("_changes");
+        let notifying: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = to_regclass(quote_ident($1)) \
+             AND tgname = $2 AND tgenabled <> 'D')",
+        )
+        .bind(table)
+        .bind(format!("{table}_notify"))
+        .fetch_one(&mut listener)
+        .await
+        .map_err(StoreError::new)?;
+        if !notifying {
+            return Err(StoreError::new(format!(
+                "table {table} has no enabled {table}_notify trigger: apply the schema \
+                 (PgKeyStore::migrate) so that changes are pushed"
+            )));
+        }
         Ok::<_, StoreError>(listener)
     })
     .await?;
@@ -498,6 +529,8 @@ async fn listen(
         // `try_recv` is cancel-safe: a notification half read stays for the next call.
         match tokio::time::timeout(IDLE, listener.try_recv()).await {
             Ok(Ok(Some(notification))) => {
+                // `payload` panics on text that is not UTF-8 (a database in SQL_ASCII): the
+                // session then ends, and the feed reconnects.
                 match LookupId::from_hex(notification.payload()) {
                     Some(lookup_id) => invalidator.changed(&lookup_id),
                     // Not the trigger's: it may still mean a change, so forget everything.

@@ -58,6 +58,11 @@ CREATE INDEX IF NOT EXISTS "api_keys_active_idx" ON "api_keys"
 -- so that a start takes no lock that would hold up writes.
 CREATE OR REPLACE FUNCTION "api_keys_notify"() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- TRUNCATE names no row: every instance forgets everything it cached.
+    IF TG_OP = 'TRUNCATE' THEN
+        PERFORM pg_notify(TG_TABLE_NAME || '_changes', '*');
+        RETURN NULL;
+    END IF;
     IF TG_OP = 'UPDATE'
         AND (to_jsonb(OLD) - 'last_used_at') = (to_jsonb(NEW) - 'last_used_at') THEN
         RETURN NULL;
@@ -74,11 +79,18 @@ $$;
 
 DO $$
 BEGIN
+    -- tgtype's bit 1 marks a row trigger, bit 32 a TRUNCATE trigger.
     IF NOT EXISTS (SELECT FROM pg_trigger
                    WHERE tgrelid = '"api_keys"'::regclass
-                     AND tgfoid = '"api_keys_notify"'::regproc) THEN
+                     AND tgfoid = '"api_keys_notify"'::regproc AND tgtype & 1 = 1) THEN
         CREATE TRIGGER "api_keys_notify" AFTER INSERT OR UPDATE OR DELETE ON "api_keys"
             FOR EACH ROW EXECUTE FUNCTION "api_keys_notify"();
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_trigger
+                   WHERE tgrelid = '"api_keys"'::regclass
+                     AND tgfoid = '"api_keys_notify"'::regproc AND tgtype & 32 = 32) THEN
+        CREATE TRIGGER "api_keys_notify_truncate" AFTER TRUNCATE ON "api_keys"
+            FOR EACH STATEMENT EXECUTE FUNCTION "api_keys_notify"();
     END IF;
 END
 $$;

@@ -574,3 +574,32 @@ async fn a_lookup_in_flight_when_the_feed_reconnects_is_not_trusted() {
         "a record read before the feed listened was served after"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_that_panics_leaves_a_cache_that_serves_nothing() {
+    let probe = Probe::default();
+    let (key, _) = stored_key(&probe.inner);
+    let (told, listened) = tokio::sync::oneshot::channel::<()>();
+    let feed = tower_api_key::store::ChangeFeed::new(|invalidator| async move {
+        invalidator.listening();
+        let _ = told.send(());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        panic!("the feed broke");
+    });
+    let cache = CachedKeyStore::new(probe.clone())
+        .ttl(Duration::from_secs(3600))
+        .push_invalidation(feed);
+    let lookup_id = key.digest().lookup_id();
+    cache.find(&lookup_id).await.unwrap();
+    listened.await.unwrap();
+    cache.find(&lookup_id).await.unwrap();
+    assert!(
+        cache.find_now(&lookup_id).is_some(),
+        "served while listening"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        cache.find_now(&lookup_id).is_none(),
+        "still served after its feed died"
+    );
+}

@@ -543,12 +543,12 @@ async fn verdict(store: impl KeyStore, key: &ApiKey) -> String {
 
 /// Terminates the `LISTEN` connections of `table`'s feeds; how many there were.
 async fn kill_listeners(admin: &PgPool, table: &str) -> i64 {
-    let listen = format!("LISTEN \"{table}_changes\"");
+    // The feed's connection is named after its channel.
     sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE datname = current_database() AND query = $1",
+         WHERE datname = current_database() AND application_name = $1",
     )
-    .bind(listen)
+    .bind(format!("{table}_changes"))
     .fetch_one(admin)
     .await
     .unwrap()
@@ -799,4 +799,54 @@ async fn a_hung_feed_is_found_out_and_its_cache_stops_serving() {
         verdict_within(cache.clone(), &created.key, "expired_api_key").await,
         "expired_api_key"
     );
+}
+
+/// `TRUNCATE` fires no row trigger: its own trigger makes every instance forget everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncating_the_table_is_pushed_too() {
+    let table = unique_table();
+    let one = KeyManager::new(PgKeyStore::new(pool(server())).table(&table));
+    one.store().migrate().await.unwrap();
+    let two = pushed_instance(&table).await;
+    let created = one
+        .create(NewKey::new(suite::account(), Tier::PRO, "truncated"))
+        .await
+        .unwrap();
+    wait_until_listening(&two, &created.key).await;
+    let sql = format!("TRUNCATE \"{table}\"");
+    sqlx::query(AssertSqlSafe(sql))
+        .execute(&pool(server()))
+        .await
+        .unwrap();
+    assert_eq!(
+        verdict_within(two.clone(), &created.key, "invalid_api_key").await,
+        "invalid_api_key"
+    );
+}
+
+/// A table whose trigger is missing pushes nothing: its feed never listens, and the cache asks
+/// the store every time rather than trusting silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_over_a_table_without_its_trigger_never_listens() {
+    let table = unique_table();
+    let one = KeyManager::new(PgKeyStore::new(pool(server())).table(&table));
+    one.store().migrate().await.unwrap();
+    let sql = format!("DROP TRIGGER \"{table}_notify\" ON \"{table}\"");
+    sqlx::query(AssertSqlSafe(sql))
+        .execute(&pool(server()))
+        .await
+        .unwrap();
+    let two = pushed_instance(&table).await;
+    let created = one
+        .create(NewKey::new(suite::account(), Tier::PRO, "untriggered"))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(verdict(two.clone(), &created.key).await, "ok");
+        assert!(
+            two.find_now(&created.key.digest().lookup_id()).is_none(),
+            "served from a cache whose feed cannot hear changes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -254,8 +254,10 @@ impl RedisKeyStore {
     /// the lookup id of each key it changes.
     ///
     /// The feed holds a pub/sub connection of its own, made from `client` (the store's
-    /// connection cannot subscribe), checks it with a `PING` after each idle second, and
-    /// reconnects by itself. On a cluster, give it a client for any one node: a message
+    /// connection cannot subscribe); the cache trusts it only once a check message published
+    /// through the store's connection has come back on it; it checks the connection with a
+    /// `PING` after each idle second, and reconnects by itself. Changes made to the store's
+    /// Redis keys by anything but this crate (`redis-cli`, say) are not pushed. On a cluster, give it a client for any one node: a message
     /// published on one node reaches the subscribers of every node. While that node is down,
     /// the cache serves nothing it holds, and every lookup goes to Redis.
     ///
@@ -275,9 +277,16 @@ impl RedisKeyStore {
     pub fn changes(&self, client: ::redis::Client) -> super::ChangeFeed {
         let channel = self.redis.channel();
         let timeout = self.redis.timeout;
+        let redis = self.redis.clone();
         super::ChangeFeed::new(move |invalidator| async move {
             super::changes::resubscribe("redis", invalidator, |invalidator| {
-                listen(client.clone(), channel.clone(), timeout, invalidator)
+                listen(
+                    redis.clone(),
+                    client.clone(),
+                    channel.clone(),
+                    timeout,
+                    invalidator,
+                )
             })
             .await;
         })
@@ -552,6 +561,7 @@ impl Redis {
 /// One session of [`RedisKeyStore::changes`]: subscribes to `channel` and relays each message,
 /// until the connection fails (an error) or the cache is gone.
 async fn listen(
+    redis: Redis,
     client: ::redis::Client,
     channel: String,
     timeout: Duration,
@@ -569,6 +579,34 @@ async fn listen(
     })
     .await?;
     let (mut sink, mut messages) = pubsub.split();
+    // Trusted only once a message published the way the scripts publish (from the store's slot,
+    // through the store's connection) has arrived: a client for another server or database, or
+    // a cluster node cut off from the slot's master, would otherwise listen to silence.
+    let nonce = format!("listening:{}", uuid::Uuid::new_v4().simple());
+    within(timeout, async {
+        let slot_key = redis.key("feed", "check");
+        // The count is of this node's subscribers only, on a cluster: not a check.
+        let _: i64 = redis
+            .run(&PUBLISH, &[slot_key], &[channel.clone(), nonce.clone()])
+            .await?;
+        loop {
+            let next = std::future::poll_fn(|cx| std::pin::Pin::new(&mut messages).poll_next(cx));
+            let message = next
+                .await
+                .ok_or_else(|| StoreError::new("the Redis pub/sub connection was lost"))?;
+            let payload = std::str::from_utf8(message.get_payload_bytes()).unwrap_or("");
+            if payload == nonce {
+                return Ok::<_, StoreError>(());
+            }
+        }
+    })
+    .await
+    .map_err(|error| {
+        StoreError::new(format!(
+            "the change feed did not hear its own check message ({error}): give it a client \
+             for the store's Redis"
+        ))
+    })?;
     invalidator.listening();
     while !invalidator.is_closed() {
         // Receiving is cancel-safe: a message that arrives after the timeout waits for the next poll.
@@ -578,6 +616,8 @@ async fn listen(
                 let payload = std::str::from_utf8(message.get_payload_bytes());
                 match payload.ok().and_then(LookupId::from_hex) {
                     Some(lookup_id) => invalidator.changed(&lookup_id),
+                    // Another feed's check message: no change.
+                    None if payload.is_ok_and(|text| text.starts_with("listening:")) => {}
                     // Not the scripts': it may still mean a change, so forget everything.
                     None => invalidator.listening(),
                 }
@@ -852,6 +892,9 @@ static CREATE: LazyLock<Script> = LazyLock::new(|| script(CREATE_LUA));
 static REVOKE: LazyLock<Script> = LazyLock::new(|| script(REVOKE_LUA));
 static DELETE: LazyLock<Script> = LazyLock::new(|| script(DELETE_LUA));
 static RECORD_USE: LazyLock<Script> = LazyLock::new(|| script(RECORD_USE_LUA));
+/// KEYS: any key of the store's slot (so that a cluster runs it there); ARGV: channel, message.
+static PUBLISH: LazyLock<Script> =
+    LazyLock::new(|| Script::new("return redis.call('PUBLISH', ARGV[1], ARGV[2])"));
 
 #[cfg(test)]
 mod tests {

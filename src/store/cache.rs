@@ -17,9 +17,10 @@ const DEFAULT_MAX_CAPACITY: u64 = 100_000;
 const DEFAULT_TTL: Duration = Duration::from_secs(10);
 const DEFAULT_NEGATIVE_TTL: Duration = Duration::from_secs(5);
 
-/// How many write generations the cache keeps: a write makes the entries of its stripe (about
-/// 1 in 64) be read again, which keeps the bookkeeping small and fixed.
-pub(crate) const STRIPES: usize = 64;
+/// How many write generations the cache keeps: a write, or a change pushed by another instance,
+/// makes the entries of its stripe (1 in 4,096) be read again, which keeps the bookkeeping small
+/// and fixed (32 KiB) while a busy fleet's stream of changes retires little else.
+pub(crate) const STRIPES: usize = 4096;
 
 /// What a lookup found, and the write generation of its stripe when the lookup began.
 ///
@@ -366,7 +367,10 @@ impl Shared {
 
 /// The stripe of write generations that `lookup_id` belongs to.
 fn stripe(lookup_id: &LookupId) -> usize {
-    usize::from(lookup_id.as_bytes()[0]) % STRIPES
+    usize::from(u16::from_le_bytes([
+        lookup_id.as_bytes()[0],
+        lookup_id.as_bytes()[1],
+    ])) % STRIPES
 }
 
 impl<S> Clone for CachedKeyStore<S> {

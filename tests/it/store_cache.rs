@@ -41,6 +41,8 @@ store_suite!(CachedMemory::default());
 struct Probe {
     inner: MemoryKeyStore,
     lookups: Arc<AtomicUsize>,
+    /// Lookups that have read the record (and may now wait at the gate).
+    reads: Arc<AtomicUsize>,
     uses: Arc<AtomicUsize>,
     failing: Arc<AtomicBool>,
     delay: Option<Duration>,
@@ -69,6 +71,7 @@ impl KeyStore for Probe {
             tokio::time::sleep(delay).await;
         }
         let found = self.inner.find(lookup_id).await;
+        self.reads.fetch_add(1, Ordering::SeqCst);
         if let Some(gate) = &self.gate {
             gate.notified().await;
         }
@@ -552,7 +555,8 @@ async fn a_lookup_in_flight_when_the_feed_reconnects_is_not_trusted() {
         tokio::spawn(async move { cache.find(&lookup_id).await.unwrap() })
     };
     let invalidator = invalidator.await.unwrap();
-    while probe.lookups() == 0 {
+    // Once the lookup has read the record: the revocation must come after the read.
+    while probe.reads.load(Ordering::SeqCst) == 0 {
         tokio::task::yield_now().await;
     }
     // The key is revoked while the feed is down (no message), then the feed listens again.

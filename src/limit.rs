@@ -62,22 +62,24 @@
 //! | `RateLimit`        | `"default";r=0;t=30`           | `r` requests left now; `t` seconds within which no more than `r` pass |
 //!
 //! With [`RateLimitLayer::headers_on_success`], the responses that pass carry `RateLimit-Policy`
-//! and `RateLimit` too, where `r` is what is left of the burst and `t` the time until one more
-//! request is added back (the limit's interval between requests, rounded up to whole seconds).
+//! and `RateLimit` too, where `r` is what is left of the burst and `t` the limit's interval
+//! between requests, rounded up to whole seconds: one more request is added back within it.
 //!
 //! # The algorithm, and memory
 //!
 //! Limits are enforced in this process with GCRA ([`governor`](https://docs.rs/governor)): a
 //! key may send its burst (by default, the limit's whole count) at once, then one request
-//! every `period / requests`. The policy header advertises the sustained rate. Each layer (and
-//! its clones, and the services it builds) holds its own counters; several instances each allow
-//! the full limit. Limits shared by instances (Redis, PostgreSQL) and limits stored on a key
-//! are not part of this module yet.
+//! every `period / requests`. The policy header advertises the sustained rate. A layer's clones
+//! and the services it builds share its counters; another `RateLimitLayer::new` starts its own,
+//! and each instance of a service counts alone, so that N instances allow N times the limit.
+//! Limits shared by instances (Redis, PostgreSQL) and limits stored on a key are not part of
+//! this module yet.
 //!
-//! Memory holds one entry per key (or account) whose burst is not full again, plus those added
-//! since the last sweep: entries of keys whose burst has refilled are dropped (which changes no
-//! answer) after as many new entries as the last sweep left, at least 1,024, so that the
-//! request that sweeps pays for its share only.
+//! Memory is bounded by the keys (or accounts) of the store, since only authenticated requests
+//! reach a counter: one entry per key seen (its id and a 64-bit time). Entries of keys whose burst
+//! has refilled are dropped, which changes no answer, by a sweep that runs on the request that
+//! finds the 1,024th full burst since the last one (or more: as many as the last sweep left), so
+//! that each request pays for its share only; keys that are deleted or go quiet do not stay.
 
 use std::fmt;
 use std::future::Future;
@@ -122,10 +124,13 @@ pub(crate) const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 /// use tower_api_key::limit::RateLimit;
 ///
 /// let limit = RateLimit::per_minute(600).burst(50);
-/// assert_eq!((limit.requests(), limit.period(), limit.burst_size()), (600, Duration::from_secs(60), 50));
+/// assert_eq!(limit.requests(), 600);
+/// assert_eq!(limit.period(), Duration::from_secs(60));
+/// assert_eq!(limit.burst_size(), 50);
 /// let json = serde_json::to_string(&limit).unwrap();
 /// assert_eq!(json, r#"{"requests":600,"period_secs":60,"burst":50}"#);
-/// assert_eq!(serde_json::from_str::<RateLimit>(r#"{"requests":5,"period_secs":1}"#).unwrap(), RateLimit::per_second(5));
+/// let read: RateLimit = serde_json::from_str(r#"{"requests":5,"period_secs":1}"#).unwrap();
+/// assert_eq!(read, RateLimit::per_second(5));
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "RateLimitForm", into = "RateLimitForm")]

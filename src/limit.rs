@@ -322,7 +322,8 @@ impl RateLimitLayer {
     }
 
     /// All keys of an account share one limit (by default, each key has its own), taken from
-    /// the tier of the key that sends the request. Starts with fresh counters.
+    /// the tier of the key that sends the request (keys of one account on two tiers count
+    /// apart, one counter per tier). Starts with fresh counters.
     pub fn per_account(self) -> Self {
         let limiters = &self.limiters;
         let limiters = Limiters::new(limiters.tier_limits(), true, limiters.clock.clone());

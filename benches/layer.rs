@@ -11,6 +11,9 @@
 //!   keys, rotating over 1,000 of them so lookups are not all cache-hot.
 //! - `missing_api_key`, `invalid_api_key_checksum` (never reaches the store),
 //!   `invalid_api_key_unknown` (good checksum, unknown key).
+//! - `valid_key_1k_rate_limited` (feature `rate-limit`): `valid_key_1k` with a `RateLimitLayer`
+//!   inside, at a limit that never refuses (so every key's burst is full again by its next
+//!   request: the worst case, where the sweep drops each entry and the key inserts it again).
 //! - `cache_hit` (feature `cache`): the layer over `CachedKeyStore<MemoryKeyStore>`, warm;
 //!   `cache_hit_pushed`, the same with push invalidation on.
 
@@ -178,6 +181,25 @@ fn bench(c: &mut Criterion) {
                 .oneshot(request(Some(("authorization", valid_1k.next()))))
         })
     });
+    #[cfg(feature = "rate-limit")]
+    {
+        use tower_api_key::limit::{RateLimit, RateLimitLayer};
+        use tower_api_key::manage::TierLimits;
+
+        let limits =
+            TierLimits::none().with_rate_limit(Tier::FREE, RateLimit::per_second(u32::MAX));
+        let layer_limited = ServiceBuilder::new()
+            .layer(ApiKeyLayer::new(store_1k.clone()))
+            .layer(RateLimitLayer::new(limits))
+            .service_fn(ok);
+        group.bench_function("valid_key_1k_rate_limited", |b| {
+            b.to_async(&runtime).iter(|| {
+                layer_limited
+                    .clone()
+                    .oneshot(request(Some(("authorization", valid_1k.next()))))
+            })
+        });
+    }
     group.bench_function("valid_key_1m", |b| {
         b.to_async(&runtime).iter(|| {
             layer_1m

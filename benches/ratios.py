@@ -40,6 +40,9 @@ def ratios(m):
         "unknown overhead / valid overhead    [<= 3]":
             (m["invalid_api_key_unknown"] - m["baseline"]) / valid,
     }
+    if "valid_key_1k_rate_limited" in m:
+        found["rate limit adds (ns)                [<= 60]"] = (
+            m["valid_key_1k_rate_limited"] - m["valid_key_1k"])
     if "cache_hit" in m:
         found["cache hit / memory store           [<= 1.2]"] = m["cache_hit"] / m["valid_key_1k"]
     if "cache_hit_pushed" in m:

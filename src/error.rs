@@ -12,11 +12,13 @@ use crate::key::KeyFormat;
 use crate::mode::KeyMode;
 use crate::request_id::{request_id, X_REQUEST_ID};
 use bytes::Bytes;
+#[cfg(feature = "rate-limit")]
+use http::header::RETRY_AFTER;
 use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
 
-/// Why the crate refused a request: the layer (401, 503), a scope or mode check (403), or a
-/// route that no layer authenticated (500).
+/// Why the crate refused a request: the layer (401, 503), a scope or mode check (403), a rate
+/// limit (429), or a route that no layer authenticated (500).
 ///
 /// Every refusal is answered with the same JSON envelope,
 /// `{"error":{"code":"...","message":"...","request_id":"req_..."}}`:
@@ -31,7 +33,12 @@ use http::{Response, StatusCode};
 /// | `Unavailable`       | 503    | `authentication_unavailable` | (none)                           |
 /// | `InsufficientScope` | 403    | `insufficient_scope`         | `Bearer error="insufficient_scope", scope="..."` |
 /// | `WrongMode`         | 403    | `live_key_required`, `test_key_required` | (none)               |
+/// | `RateLimited`       | 429    | `rate_limited`               | (none)                           |
 /// | `MissingIdentity`   | 500    | `internal_error`             | (none)                           |
+///
+/// A `RateLimited` answer (feature `rate-limit`, from
+/// [`RateLimitLayer`](crate::limit::RateLimitLayer)) also carries `Retry-After` and the
+/// `RateLimit-Policy` and `RateLimit` headers (see [`limit`](crate::limit)).
 ///
 /// Each response also has `Cache-Control: no-store` (and, in JSON, `Content-Type:
 /// application/json`), and the
@@ -77,11 +84,20 @@ pub enum AuthError {
     /// The request carries no [`KeyIdentity`](crate::KeyIdentity): a check runs outside
     /// `ApiKeyLayer`, a server misconfiguration. Refused so that the route stays closed.
     MissingIdentity,
+    /// The key (or its account) has used its rate limit: it may send again after
+    /// `retry_after`.
+    #[cfg(feature = "rate-limit")]
+    RateLimited {
+        /// How long until the next request would pass.
+        retry_after: std::time::Duration,
+        /// The limit that was reached.
+        limit: crate::limit::RateLimit,
+    },
 }
 
 impl AuthError {
-    /// The HTTP status of the response: 401, 403 for a scope or mode check, 503 when the store
-    /// is unavailable, 500 for a route no layer authenticated.
+    /// The HTTP status of the response: 401, 403 for a scope or mode check, 429 for a rate
+    /// limit, 503 when the store is unavailable, 500 for a route no layer authenticated.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Missing
@@ -92,6 +108,8 @@ impl AuthError {
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::InsufficientScope { .. } | Self::WrongMode { .. } => StatusCode::FORBIDDEN,
             Self::MissingIdentity => StatusCode::INTERNAL_SERVER_ERROR,
+            #[cfg(feature = "rate-limit")]
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -110,6 +128,8 @@ impl AuthError {
                 required: KeyMode::Test,
             } => "test_key_required",
             Self::MissingIdentity => "internal_error",
+            #[cfg(feature = "rate-limit")]
+            Self::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -124,7 +144,7 @@ impl AuthError {
                 // Scopes are checked to be visible ASCII without quotes where they are made.
                 return HeaderValue::try_from(challenge).ok();
             }
-            Self::Unavailable(_) | Self::WrongMode { .. } | Self::MissingIdentity => return None,
+            _ => return None,
         };
         Some(HeaderValue::from_static(challenge))
     }
@@ -144,6 +164,12 @@ impl fmt::Display for AuthError {
             }
             Self::WrongMode { required } => write!(f, "the route requires a {required} key"),
             Self::MissingIdentity => f.write_str("no ApiKeyLayer authenticated the request"),
+            #[cfg(feature = "rate-limit")]
+            Self::RateLimited { retry_after, .. } => write!(
+                f,
+                "the rate limit is used up; retry in {} s",
+                crate::limit::retry_after_secs(*retry_after)
+            ),
         }
     }
 }
@@ -221,6 +247,16 @@ impl Rejection {
                 .into()
             }
             AuthError::MissingIdentity => Arc::clone(&messages.missing_identity),
+            #[cfg(feature = "rate-limit")]
+            AuthError::RateLimited { retry_after, limit } => {
+                let seconds = crate::limit::retry_after_secs(*retry_after);
+                let unit = if seconds == 1 { "second" } else { "seconds" };
+                format!(
+                    "Too many requests: the limit is {limit}. Retry in {seconds} {unit}, and \
+                     spread requests out to stay within the limit."
+                )
+                .into()
+            }
         };
         Self {
             error,
@@ -264,14 +300,32 @@ impl Rejection {
     }
 
     /// The answer to a gRPC call: HTTP 200 with `grpc-status` 16 (UNAUTHENTICATED) for a 401,
-    /// 7 (PERMISSION_DENIED) for a 403, 14 (UNAVAILABLE) when the store failed, 13 (INTERNAL) for
-    /// a 500, `code: message`
-    /// in `grpc-message`, `Cache-Control: no-store`, and the request id in `X-Request-Id`.
+    /// 7 (PERMISSION_DENIED) for a 403, 8 (RESOURCE_EXHAUSTED) for a 429, 14 (UNAVAILABLE) when
+    /// the store failed, 13 (INTERNAL) for a 500, `code: message` in `grpc-message`,
+    /// `Cache-Control: no-store`, the request id in `X-Request-Id`, and a rate limit's headers.
     fn to_grpc_response(&self) -> Response<Bytes> {
         let mut response = grpc::response(self.error.status(), self.error.code(), self.message());
         (response.headers_mut()).insert(X_REQUEST_ID, self.request_id.clone());
+        self.add_limit_headers(&mut response);
         response
     }
+
+    /// `Retry-After`, `RateLimit-Policy` and `RateLimit` of a rate limit's refusal, unless the
+    /// response already has them.
+    #[cfg(feature = "rate-limit")]
+    fn add_limit_headers(&self, response: &mut Response<Bytes>) {
+        use crate::limit::{retry_after_secs, service_limit_header, RATELIMIT, RATELIMIT_POLICY};
+        if let AuthError::RateLimited { retry_after, limit } = &self.error {
+            let seconds = retry_after_secs(*retry_after);
+            let headers = response.headers_mut();
+            (headers.entry(RETRY_AFTER)).or_insert_with(|| HeaderValue::from(seconds));
+            (headers.entry(RATELIMIT_POLICY)).or_insert_with(|| limit.policy_header());
+            (headers.entry(RATELIMIT)).or_insert_with(|| service_limit_header(0, seconds));
+        }
+    }
+
+    #[cfg(not(feature = "rate-limit"))]
+    fn add_limit_headers(&self, _: &mut Response<Bytes>) {}
 
     /// Makes `response` a proper refusal whatever rendered it: the error's status, and
     /// `Cache-Control: no-store`, `X-Request-Id` and its `WWW-Authenticate` challenge unless the
@@ -288,6 +342,7 @@ impl Rejection {
         if let Some(challenge) = self.error.challenge() {
             headers.entry(WWW_AUTHENTICATE).or_insert(challenge);
         }
+        self.add_limit_headers(response);
     }
 }
 
@@ -493,6 +548,15 @@ mod tests {
                 "test_key_required",
             ),
             (AuthError::MissingIdentity, 500, "internal_error"),
+            #[cfg(feature = "rate-limit")]
+            (
+                AuthError::RateLimited {
+                    retry_after: std::time::Duration::from_millis(1500),
+                    limit: crate::limit::RateLimit::per_minute(60),
+                },
+                429,
+                "rate_limited",
+            ),
         ];
         for (error, status, code) in cases {
             assert_eq!((error.status().as_u16(), error.code()), (status, code));

@@ -99,8 +99,8 @@
 //! A gRPC call (a `POST` over HTTP/2 or with `te: trailers`, whose `content-type` is
 //! `application/grpc` or `application/grpc+<codec>`) is refused the way gRPC clients read: HTTP
 //! 200 with a trailers-only answer, `grpc-status` 16 (UNAUTHENTICATED) for every 401 below, 7
-//! (PERMISSION_DENIED) for a 403, 14 (UNAVAILABLE) when the store fails, 13 (INTERNAL) for the
-//! 500 of a check without the layer, `grpc-message: <code>:
+//! (PERMISSION_DENIED) for a 403, 8 (RESOURCE_EXHAUSTED) for a rate limit's 429, 14
+//! (UNAVAILABLE) when the store fails, 13 (INTERNAL) for the 500 of a check without the layer, `grpc-message: <code>:
 //! <message>`, and the request id in `x-request-id` metadata. `examples/tonic.rs` is a complete
 //! service that needs no `protoc`.
 //!
@@ -114,7 +114,8 @@
 //! | 503    | `authentication_unavailable` | the store failed: the request is refused, never let through |
 //! | 403    | `insufficient_scope`         | the key lacks the scope of a [`RequireScopeLayer`](access::RequireScopeLayer) |
 //! | 403    | `live_key_required`, `test_key_required` | the key's mode is refused by a [`RequireModeLayer`](access::RequireModeLayer) |
-//! | 500    | `internal_error`             | a scope or mode check, or an extractor, runs without the layer before it |
+//! | 429    | `rate_limited`               | the key has used its tier's rate limit (`limit::RateLimitLayer`, feature `rate-limit`) |
+//! | 500    | `internal_error`             | a scope, mode or rate-limit check, or an extractor, runs without the layer before it |
 //!
 //! A key in the URL query string is refused too (`invalid_api_key`, [`AuthError::KeyInQuery`]):
 //! it has already leaked into logs.
@@ -280,6 +281,9 @@
 //!   crate; turns on `cache`.
 //! - `cache`: `CachedKeyStore`, an in-process cache in front of any store, with push
 //!   invalidation from a shared store.
+//! - `rate-limit`: the `limit` module, `RateLimitLayer`: each key (or account) limited to its
+//!   tier's requests per period (free 60, pro 600 per minute by default), in this process, with
+//!   the `429`, `Retry-After` and `RateLimit` headers; through `governor`.
 //!
 //! Minimum Rust: 1.85; the `postgres` and `sqlite` features need 1.94 (sqlx 0.9).
 
@@ -321,6 +325,8 @@ mod grpc;
 mod identity;
 pub mod key;
 pub mod layer;
+#[cfg(feature = "rate-limit")]
+pub mod limit;
 pub mod manage;
 mod mode;
 mod request_id;

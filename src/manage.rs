@@ -43,34 +43,80 @@ pub const MAX_NAME_LEN: usize = 100;
 /// keeps every time representable in every store and in RFC 3339.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
-/// How many active keys an account of each tier may hold.
+/// How many active keys an account of each tier may hold, and (feature `rate-limit`) how many
+/// requests each key may send.
 ///
-/// The default allows 3 on [`Tier::FREE`] and 50 on [`Tier::PRO`]. A tier not listed may create
-/// no key at all, so that a typo in a tier name does not lift the limit.
+/// The default allows 3 keys on [`Tier::FREE`] and 50 on [`Tier::PRO`]. A tier not listed may
+/// create no key at all, so that a typo in a tier name does not lift the limit.
+///
+/// With the feature `rate-limit`, the default also limits each free key to 60 requests per
+/// minute and each pro key to 600 ([`RateLimit::per_minute`](crate::limit::RateLimit::per_minute),
+/// a burst of the whole count), enforced by [`RateLimitLayer`](crate::limit::RateLimitLayer).
+/// A tier without a rate limit is not rate limited: unlike the key quota, a rate limit is a
+/// guard against load, not a part of the plan that a typo could lift.
 #[derive(Clone, Debug)]
-pub struct TierLimits(HashMap<Tier, usize>);
+pub struct TierLimits {
+    keys: HashMap<Tier, usize>,
+    #[cfg(feature = "rate-limit")]
+    rates: HashMap<Tier, crate::limit::RateLimit>,
+}
 
 impl Default for TierLimits {
     fn default() -> Self {
-        Self::none().with(Tier::FREE, 3).with(Tier::PRO, 50)
+        let limits = Self::none().with(Tier::FREE, 3).with(Tier::PRO, 50);
+        #[cfg(feature = "rate-limit")]
+        let limits = limits
+            .with_rate_limit(Tier::FREE, crate::limit::RateLimit::per_minute(60))
+            .with_rate_limit(Tier::PRO, crate::limit::RateLimit::per_minute(600));
+        limits
     }
 }
 
 impl TierLimits {
-    /// No tier at all: add each with [`TierLimits::with`].
+    /// No tier at all: add each with [`TierLimits::with`]. No rate limit either.
     pub fn none() -> Self {
-        Self(HashMap::new())
+        Self {
+            keys: HashMap::new(),
+            #[cfg(feature = "rate-limit")]
+            rates: HashMap::new(),
+        }
     }
 
     /// The same limits, with `tier` allowed `limit` active keys.
     pub fn with(mut self, tier: Tier, limit: usize) -> Self {
-        self.0.insert(tier, limit);
+        self.keys.insert(tier, limit);
         self
     }
 
     /// How many active keys `tier` may hold, if it is listed.
     pub fn limit(&self, tier: &Tier) -> Option<usize> {
-        self.0.get(tier).copied()
+        self.keys.get(tier).copied()
+    }
+
+    /// The same limits, with each key of `tier` limited to `limit`.
+    #[cfg(feature = "rate-limit")]
+    pub fn with_rate_limit(mut self, tier: Tier, limit: crate::limit::RateLimit) -> Self {
+        self.rates.insert(tier, limit);
+        self
+    }
+
+    /// The same limits, with no rate limit on `tier`.
+    #[cfg(feature = "rate-limit")]
+    pub fn without_rate_limit(mut self, tier: &Tier) -> Self {
+        self.rates.remove(tier);
+        self
+    }
+
+    /// The rate limit of each key of `tier`, if it has one.
+    #[cfg(feature = "rate-limit")]
+    pub fn rate_limit(&self, tier: &Tier) -> Option<crate::limit::RateLimit> {
+        self.rates.get(tier).copied()
+    }
+
+    /// Every tier's rate limit.
+    #[cfg(feature = "rate-limit")]
+    pub(crate) fn rate_limits(&self) -> impl Iterator<Item = (&Tier, &crate::limit::RateLimit)> {
+        self.rates.iter()
     }
 }
 

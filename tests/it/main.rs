@@ -20,6 +20,7 @@ mod hostile_headers;
 mod http;
 mod layer;
 mod lifecycle;
+mod limits;
 mod modes;
 mod properties;
 mod scopes;

@@ -379,13 +379,23 @@ async fn a_problem_json_renderer_answers_every_status_through_layers_and_extract
             "/scope-extractor",
             get(|_: Scoped<KeysWrite>| async { "ok" }),
         )
-        .route("/mode-extractor", get(|_: LiveKey| async { "ok" }))
-        .layer(layer);
+        .route("/mode-extractor", get(|_: LiveKey| async { "ok" }));
+    // One request per minute for the reader's tier, used up below before the cases run.
+    #[cfg(feature = "rate-limit")]
+    let app = app.route(
+        "/rate-limit",
+        get(|| async { "ok" }).route_layer(tower_api_key::limit::RateLimitLayer::new(
+            tower_api_key::manage::TierLimits::none()
+                .with_rate_limit(Tier::PRO, tower_api_key::limit::RateLimit::per_minute(1)),
+        )),
+    );
+    let app = app.layer(layer);
     let down = Router::new()
         .route("/", get(|| async { "ok" }))
         .layer(ApiKeyLayer::new(common::FailingStore).error_response(problem_json));
 
-    let cases: [(&str, &Router, Option<&ApiKey>, u16, &str); 6] = [
+    #[allow(unused_mut)]
+    let mut cases: Vec<(&str, &Router, Option<&ApiKey>, u16, &str)> = vec![
         ("/scope-layer", &app, None, 401, "missing_api_key"),
         ("/", &down, Some(&reader), 503, "authentication_unavailable"),
         (
@@ -417,6 +427,17 @@ async fn a_problem_json_renderer_answers_every_status_through_layers_and_extract
             "live_key_required",
         ),
     ];
+    #[cfg(feature = "rate-limit")]
+    {
+        let first = Request::builder()
+            .uri("/rate-limit")
+            .header("x-api-key", reader.expose_secret())
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let first = app.clone().oneshot(first).await.unwrap();
+        assert_eq!(first.status(), StatusCode::OK);
+        cases.push(("/rate-limit", &app, Some(&reader), 429, "rate_limited"));
+    }
     for (path, router, key, status, code) in cases {
         let mut request = Request::builder().uri(path);
         if let Some(key) = key {
@@ -433,5 +454,9 @@ async fn a_problem_json_renderer_answers_every_status_through_layers_and_extract
         let expected_type = format!("https://example.com/errors/{code}");
         assert_eq!(answer.json()["type"], expected_type.as_str(), "{path}");
         assert_eq!(answer.header("cache-control"), "no-store", "{path}");
+        if status == 429 {
+            assert_eq!(answer.header("retry-after"), "60", "{path}");
+            assert!(answer.headers.contains_key("ratelimit"), "{path}");
+        }
     }
 }

@@ -179,8 +179,8 @@ impl<S: KeyStore> CachedKeyStore<S> {
     }
 
     /// Evicts entries as soon as `feed` hears that their keys changed in the store, whichever
-    /// instance changed them (see [`ChangeFeed`] for the guarantee). The feed
-    /// starts, on the tokio runtime, with the first lookup; until it listens, and whenever it
+    /// instance changed them (see [`ChangeFeed`] for the guarantee). The feed starts with the
+    /// first lookup made on a tokio runtime, on that runtime; until it listens, and whenever it
     /// stops listening, lookups go to the store.
     ///
     /// ```
@@ -233,12 +233,17 @@ impl<S: KeyStore> CachedKeyStore<S> {
     }
 
     /// Starts the change feed, if there is one still to start.
+    /// Outside a tokio runtime it waits for a lookup made inside one: until then the cache asks
+    /// the store every time.
     fn start_feed(&self) {
         let Some(feed) = &self.config.feed else {
             return;
         };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         if let Some(feed) = lock(feed).take() {
-            feed.start(Invalidator::new(&self.shared));
+            feed.start(&runtime, Invalidator::new(&self.shared));
         }
     }
 

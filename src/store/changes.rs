@@ -60,10 +60,10 @@ impl ChangeFeed {
     /// Runs the feed on the tokio runtime. However its loop ends (it returns, panics, or the
     /// runtime drops it), the cache is told the feed is [`lost`](Invalidator::lost), so that it
     /// never trusts a feed that no longer runs.
-    pub(crate) fn start(self, invalidator: Invalidator) {
+    pub(crate) fn start(self, runtime: &tokio::runtime::Handle, invalidator: Invalidator) {
         let guard = LostOnDrop(invalidator.clone());
         let run = (self.0)(invalidator);
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             let _guard = guard;
             run.await;
         });

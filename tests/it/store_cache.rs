@@ -607,3 +607,36 @@ async fn a_feed_that_panics_leaves_a_cache_that_serves_nothing() {
         "still served after its feed died"
     );
 }
+
+/// A lookup outside any tokio runtime neither panics nor starts the feed: the cache asks the
+/// store, and the feed starts with the first lookup made on a runtime.
+#[test]
+fn a_cache_with_a_feed_answers_outside_a_tokio_runtime() {
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        let mut future = std::pin::pin!(future);
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            if let std::task::Poll::Ready(output) = future.as_mut().poll(&mut context) {
+                return output;
+            }
+            std::thread::yield_now();
+        }
+    }
+    let probe = Probe::default();
+    let (key, _) = stored_key(&probe.inner);
+    let (feed, mut invalidator) = manual_feed();
+    let cache = CachedKeyStore::new(probe.clone()).push_invalidation(feed);
+    let lookup_id = key.digest().lookup_id();
+    for _ in 0..2 {
+        assert!(block_on(cache.find(&lookup_id)).unwrap().is_some());
+    }
+    assert_eq!(
+        probe.lookups(),
+        2,
+        "served from a cache whose feed never started"
+    );
+    assert!(
+        invalidator.try_recv().is_err(),
+        "the feed started without a runtime"
+    );
+}

@@ -10,14 +10,12 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use common::suite::{self, Backend};
-use common::{echo_identity, request, Answer};
+use common::verdict_through;
 use tokio::sync::Notify;
-use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
     key::{KeyDigest, KeyFormat},
     store::CachedKeyStore,
-    ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, KeyStore, LookupId, MemoryKeyStore, StoreError,
-    Tier,
+    KeyId, KeyIdentity, KeyRecord, KeyStore, LookupId, MemoryKeyStore, StoreError, Tier,
 };
 
 /// Each instance has its own cache over one shared memory store, as two processes over one
@@ -142,18 +140,6 @@ fn stored_key(store: &MemoryKeyStore) -> (tower_api_key::ApiKey, KeyRecord) {
     let record = KeyRecord::new(key.digest(), identity);
     store.insert(record.clone());
     (key, record)
-}
-
-async fn verdict_through(store: impl KeyStore, key: &tower_api_key::ApiKey) -> String {
-    let service = ServiceBuilder::new()
-        .layer(ApiKeyLayer::new(store))
-        .service_fn(echo_identity);
-    let request = request(&[("x-api-key", key.expose_secret().as_bytes())]);
-    let answer = Answer::read(service.oneshot(request).await.unwrap()).await;
-    match answer.status {
-        http::StatusCode::OK => "ok".to_owned(),
-        _ => answer.error_code(),
-    }
 }
 
 #[tokio::test]
@@ -440,6 +426,22 @@ fn manual_feed() -> (
     (feed, receiver)
 }
 
+/// A cache over `probe` whose hand-driven feed listens, started by a lookup of `key`; its TTL
+/// is an hour, so that only the feed can explain a refusal.
+async fn listening_cache(
+    probe: &Probe,
+    key: &tower_api_key::ApiKey,
+) -> (CachedKeyStore<Probe>, tower_api_key::store::Invalidator) {
+    let (feed, invalidator) = manual_feed();
+    let cache = CachedKeyStore::new(probe.clone())
+        .ttl(Duration::from_secs(3600))
+        .push_invalidation(feed);
+    cache.find(&key.digest().lookup_id()).await.unwrap();
+    let invalidator = invalidator.await.expect("the first lookup starts the feed");
+    invalidator.listening();
+    (cache, invalidator)
+}
+
 #[tokio::test]
 async fn a_cache_with_a_feed_serves_nothing_until_the_feed_listens() {
     let probe = Probe::default();
@@ -468,15 +470,8 @@ async fn a_cache_with_a_feed_serves_nothing_until_the_feed_listens() {
 async fn a_change_pushed_by_the_feed_evicts_the_key_at_once() {
     let probe = Probe::default();
     let (key, record) = stored_key(&probe.inner);
-    let (feed, invalidator) = manual_feed();
-    // An hour: only the push can explain a refusal.
-    let cache = CachedKeyStore::new(probe.clone())
-        .ttl(Duration::from_secs(3600))
-        .push_invalidation(feed);
+    let (cache, invalidator) = listening_cache(&probe, &key).await;
     let lookup_id = key.digest().lookup_id();
-    cache.find(&lookup_id).await.unwrap();
-    let invalidator = invalidator.await.unwrap();
-    invalidator.listening();
     assert_eq!(verdict_through(cache.clone(), &key).await, "ok");
     assert_eq!(verdict_through(cache.clone(), &key).await, "ok");
     let before = probe.lookups();
@@ -502,14 +497,7 @@ async fn a_change_pushed_by_the_feed_evicts_the_key_at_once() {
 async fn a_feed_that_loses_its_channel_stops_the_cache_serving_until_it_listens_again() {
     let probe = Probe::default();
     let (key, record) = stored_key(&probe.inner);
-    let (feed, invalidator) = manual_feed();
-    let cache = CachedKeyStore::new(probe.clone())
-        .ttl(Duration::from_secs(3600))
-        .push_invalidation(feed);
-    let lookup_id = key.digest().lookup_id();
-    cache.find(&lookup_id).await.unwrap();
-    let invalidator = invalidator.await.unwrap();
-    invalidator.listening();
+    let (cache, invalidator) = listening_cache(&probe, &key).await;
     assert_eq!(verdict_through(cache.clone(), &key).await, "ok");
 
     // The channel drops; a revocation happens meanwhile, and its message is never sent.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_trait::async_trait;
 use common::proxy::{self, Proxy};
 use common::suite::{self, Backend};
-use common::{assert_envelope, echo_identity, request, Answer};
+use common::{assert_envelope, echo_identity, request, verdict_through, Answer};
 use http::StatusCode;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{AssertSqlSafe, PgPool};
@@ -120,12 +120,7 @@ fn assert_unavailable(answer: &Answer) {
 
 /// Runs `sql` on this process's table, written as `{table}`, as someone other than the store.
 async fn run_on_table(sql: &str, key_id: &KeyId) {
-    let sql = sql.replace("{table}", table());
-    sqlx::query(AssertSqlSafe(sql))
-        .bind(key_id.as_str())
-        .execute(&pool(server()))
-        .await
-        .unwrap();
+    run_on_table_named(table(), sql, key_id).await;
 }
 
 const SHORT_TIMEOUT: Duration = Duration::from_millis(200);
@@ -528,19 +523,6 @@ async fn pushed_instance(table: &str) -> tower_api_key::store::CachedKeyStore<Pg
         .push_invalidation(store.changes())
 }
 
-/// "ok", or the error code of what a layer over `store` answers to `key`.
-async fn verdict(store: impl KeyStore, key: &ApiKey) -> String {
-    let service = ServiceBuilder::new()
-        .layer(tower_api_key::ApiKeyLayer::new(store))
-        .service_fn(echo_identity);
-    let request = request(&[("x-api-key", key.expose_secret().as_bytes())]);
-    let answer = Answer::read(service.oneshot(request).await.unwrap()).await;
-    match answer.status {
-        StatusCode::OK => "ok".to_owned(),
-        _ => answer.error_code(),
-    }
-}
-
 /// Terminates the `LISTEN` connections of `table`'s feeds; how many there were.
 async fn kill_listeners(admin: &PgPool, table: &str) -> i64 {
     // The feed's connection is named after its channel.
@@ -570,7 +552,7 @@ async fn writes_through_one_instance_reach_the_other_s_cache_at_once() {
         );
     }
     for created in &keys {
-        assert_eq!(verdict(two.clone(), &created.key).await, "ok");
+        assert_eq!(verdict_through(two.clone(), &created.key).await, "ok");
     }
     wait_until_listening(&two, &keys[0].key).await;
 
@@ -600,7 +582,7 @@ async fn writes_through_one_instance_reach_the_other_s_cache_at_once() {
             created.info.name
         );
     }
-    assert_eq!(verdict(two.clone(), &rotated.key).await, "ok");
+    assert_eq!(verdict_through(two.clone(), &rotated.key).await, "ok");
 }
 
 /// Waits until `cache`'s feed listens: the cache serves what it holds only then.
@@ -610,7 +592,7 @@ async fn wait_until_listening(
 ) {
     let start = std::time::Instant::now();
     loop {
-        assert_eq!(verdict(cache.clone(), key).await, "ok");
+        assert_eq!(verdict_through(cache.clone(), key).await, "ok");
         if cache.find_now(&key.digest().lookup_id()).is_some() {
             return;
         }
@@ -627,7 +609,7 @@ async fn wait_until_listening(
 async fn verdict_within(store: impl KeyStore + Clone, key: &ApiKey, expected: &str) -> String {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     loop {
-        let verdict = verdict(store.clone(), key).await;
+        let verdict = verdict_through(store.clone(), key).await;
         if verdict == expected || std::time::Instant::now() > deadline {
             return verdict;
         }
@@ -635,8 +617,9 @@ async fn verdict_within(store: impl KeyStore + Clone, key: &ApiKey, expected: &s
     }
 }
 
+/// Runs `sql` on `table`, written as `{table}`, as someone other than the store.
 async fn run_on_table_named(table: &str, sql: &str, key_id: &KeyId) {
-    let sql = sql.replace("{table}", &format!("\"{table}\""));
+    let sql = sql.replace("{table}", table);
     sqlx::query(AssertSqlSafe(sql))
         .bind(key_id.as_str())
         .execute(&pool(server()))
@@ -664,7 +647,7 @@ async fn push_invalidation_holds_under_load_while_the_listener_is_killed() {
     }
     wait_until_listening(&two, &keys[0].key).await;
     for created in &keys {
-        assert_eq!(verdict(two.clone(), &created.key).await, "ok");
+        assert_eq!(verdict_through(two.clone(), &created.key).await, "ok");
     }
     let keys = Arc::new(keys);
     let revoked_at: Arc<Mutex<Vec<Option<std::time::Instant>>>> =
@@ -704,7 +687,11 @@ async fn push_invalidation_holds_under_load_while_the_listener_is_killed() {
             while start.elapsed() < run_for + Duration::from_secs(1) {
                 index = (index + 7) % KEYS;
                 let sent = std::time::Instant::now();
-                answers.push((index, sent, verdict(two.clone(), &keys[index].key).await));
+                answers.push((
+                    index,
+                    sent,
+                    verdict_through(two.clone(), &keys[index].key).await,
+                ));
                 // A cache hit never waits: let the revoker and the killer run.
                 tokio::task::yield_now().await;
             }
@@ -776,7 +763,7 @@ async fn a_hung_feed_is_found_out_and_its_cache_stops_serving() {
     // machine. Until then the cache may still serve what it holds.
     let found_out = Duration::from_secs(1) + timeout + Duration::from_secs(2);
     loop {
-        let verdict = verdict(cache.clone(), &created.key).await;
+        let verdict = verdict_through(cache.clone(), &created.key).await;
         if verdict == "authentication_unavailable" {
             break;
         }
@@ -789,7 +776,7 @@ async fn a_hung_feed_is_found_out_and_its_cache_stops_serving() {
     }
     for _ in 0..3 {
         assert_eq!(
-            verdict(cache.clone(), &created.key).await,
+            verdict_through(cache.clone(), &created.key).await,
             "authentication_unavailable"
         );
     }
@@ -842,7 +829,7 @@ async fn a_feed_over_a_table_without_its_trigger_never_listens() {
         .await
         .unwrap();
     for _ in 0..10 {
-        assert_eq!(verdict(two.clone(), &created.key).await, "ok");
+        assert_eq!(verdict_through(two.clone(), &created.key).await, "ok");
         assert!(
             two.find_now(&created.key.digest().lookup_id()).is_none(),
             "served from a cache whose feed cannot hear changes"

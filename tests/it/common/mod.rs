@@ -118,6 +118,23 @@ pub async fn echo_identity(
 /// Header names and raw values, in the order they are sent.
 pub type Headers<'a> = [(&'a str, &'a [u8])];
 
+/// What a layer over `store` answers to a request with `key`: `"ok"`, or the error code.
+pub async fn verdict_through(
+    store: impl tower_api_key::KeyStore,
+    key: &tower_api_key::ApiKey,
+) -> String {
+    use tower::{ServiceBuilder, ServiceExt};
+    let service = ServiceBuilder::new()
+        .layer(tower_api_key::ApiKeyLayer::new(store))
+        .service_fn(echo_identity);
+    let request = request(&[("x-api-key", key.expose_secret().as_bytes())]);
+    let answer = Answer::read(service.oneshot(request).await.unwrap()).await;
+    match answer.status {
+        StatusCode::OK => "ok".to_owned(),
+        _ => answer.error_code(),
+    }
+}
+
 /// A request to `/api/v1/iocs` with the given headers.
 pub fn request(headers: &Headers<'_>) -> Request<Full<Bytes>> {
     let mut request = Request::builder().uri("/api/v1/iocs?type=ipv4");

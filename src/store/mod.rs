@@ -317,6 +317,22 @@ fn is_active(
     revoked_at.is_none() && expires_at.is_none_or(|expires_at| now < expires_at)
 }
 
+/// The outcome of `operation`, or an error naming `server` once `timeout` has passed: how the
+/// shipped stores bound every call, so that a server that hangs gives `503`, not a wait.
+#[cfg(any(feature = "postgres", feature = "redis", feature = "sqlite"))]
+async fn within<T, E: From<StoreError>>(
+    server: &str,
+    timeout: std::time::Duration,
+    operation: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    tokio::time::timeout(timeout, operation)
+        .await
+        .unwrap_or_else(|_| {
+            let message = format!("{server} did not answer within {timeout:?}");
+            Err(StoreError::new(message).into())
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -1,7 +1,6 @@
 //! A store in PostgreSQL (feature `postgres`), through sqlx.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -16,6 +15,7 @@ use sqlx::types::time::OffsetDateTime;
 use sqlx::{AssertSqlSafe, Decode, Encode, PgPool, Row, Type};
 
 use super::usage::UsageQueue;
+use super::within;
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
 use crate::identity::{KeyId, KeyIdentity, Tier};
 use crate::key::{KeyDigest, LookupId};
@@ -139,7 +139,7 @@ impl PgKeyStore {
     /// table are serialized by an advisory lock. The schema is `src/store/postgres.sql` in the
     /// crate, to copy into your own migrations instead if you prefer.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        within(self.timeout, async {
+        within("PostgreSQL", self.timeout, async {
             let mut transaction = self.pool.begin().await.map_err(StoreError::new)?;
             sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
                 .bind(MIGRATION_LOCK)
@@ -196,7 +196,7 @@ impl PgKeyStore {
             let (pool, statements) = (pool.clone(), Arc::clone(&statements));
             UsageQueue::spawn(move |key_id: KeyId, at: SystemTime| {
                 let (pool, statements) = (pool.clone(), Arc::clone(&statements));
-                within(timeout, async move {
+                within("PostgreSQL", timeout, async move {
                     sqlx::query(sql(&statements.touch))
                         .bind(key_id.as_str())
                         .bind(PgTime(at))
@@ -297,7 +297,7 @@ impl PgKeyStore {
         &self,
         query: Query<'_, Postgres, PgArguments>,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        within(self.timeout, async {
+        within("PostgreSQL", self.timeout, async {
             let row = query
                 .fetch_optional(&self.pool)
                 .await
@@ -333,11 +333,16 @@ impl KeyStore for PgKeyStore {
 #[async_trait]
 impl WritableKeyStore for PgKeyStore {
     async fn create(&self, record: KeyRecord, quota: Quota) -> Result<(), CreateError> {
-        within(self.timeout, self.create_locked(&record, &quota)).await
+        within(
+            "PostgreSQL",
+            self.timeout,
+            self.create_locked(&record, &quota),
+        )
+        .await
     }
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        within(self.timeout, async {
+        within("PostgreSQL", self.timeout, async {
             let rows = sqlx::query(sql(&self.statements.list))
                 .bind(account_id)
                 .fetch_all(&self.pool)
@@ -467,19 +472,6 @@ fn is_plain_identifier(name: &str) -> bool {
         && bytes.all(|byte| byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'_')
 }
 
-/// `operation`, or a [`StoreError`] if it takes longer than `timeout`.
-async fn within<T, E: From<StoreError>>(
-    timeout: Duration,
-    operation: impl Future<Output = Result<T, E>>,
-) -> Result<T, E> {
-    tokio::time::timeout(timeout, operation)
-        .await
-        .unwrap_or_else(|_| {
-            let message = format!("PostgreSQL did not answer within {timeout:?}");
-            Err(StoreError::new(message).into())
-        })
-}
-
 /// One session of [`PgKeyStore::changes`]: listens on `channel` and relays each notification,
 /// until the connection fails (an error) or the cache is gone.
 async fn listen(
@@ -496,7 +488,7 @@ async fn listen(
     let own = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect_lazy_with((*pool.connect_options()).clone().application_name(&channel));
-    let mut listener = within(timeout, async {
+    let mut listener = within("PostgreSQL", timeout, async {
         let mut listener = sqlx::postgres::PgListener::connect_with(&own)
             .await
             .map_err(StoreError::new)?;
@@ -540,7 +532,7 @@ async fn listen(
             Ok(Ok(None)) => return Err(StoreError::new("the LISTEN connection was lost")),
             Ok(Err(error)) => return Err(StoreError::new(error)),
             Err(_idle) => {
-                within(timeout, async {
+                within("PostgreSQL", timeout, async {
                     sqlx::query("SELECT 1")
                         .execute(&mut listener)
                         .await

@@ -37,7 +37,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,6 +46,7 @@ use ::redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, Script, Value};
 use async_trait::async_trait;
 
 use super::usage::UsageQueue;
+use super::within;
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
 use crate::identity::{KeyId, KeyIdentity, Tier};
 use crate::key::{KeyDigest, LookupId};
@@ -318,7 +318,7 @@ impl KeyStore for RedisKeyStore {
     async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
         let mut command = ::redis::cmd("HGETALL");
         command.arg(self.redis.key("lookup", &lookup_id.to_hex()));
-        let fields = within(self.redis.timeout, self.redis.query(&command)).await?;
+        let fields = within("Redis", self.redis.timeout, self.redis.query(&command)).await?;
         parse_record(fields)
     }
 
@@ -330,15 +330,25 @@ impl KeyStore for RedisKeyStore {
 #[async_trait]
 impl WritableKeyStore for RedisKeyStore {
     async fn create(&self, record: KeyRecord, quota: Quota) -> Result<(), CreateError> {
-        within(self.redis.timeout, self.redis.create(&record, &quota)).await
+        within(
+            "Redis",
+            self.redis.timeout,
+            self.redis.create(&record, &quota),
+        )
+        .await
     }
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        within(self.redis.timeout, self.redis.list(account_id)).await
+        within("Redis", self.redis.timeout, self.redis.list(account_id)).await
     }
 
     async fn get(&self, account_id: &str, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        within(self.redis.timeout, self.redis.get(account_id, key_id)).await
+        within(
+            "Redis",
+            self.redis.timeout,
+            self.redis.get(account_id, key_id),
+        )
+        .await
     }
 
     async fn revoke(
@@ -349,7 +359,7 @@ impl WritableKeyStore for RedisKeyStore {
     ) -> Result<Option<KeyRecord>, StoreError> {
         let at = micros(at)?.to_string();
         let revoke = self.redis.change(&REVOKE, account_id, key_id, Some(at));
-        within(self.redis.timeout, revoke).await
+        within("Redis", self.redis.timeout, revoke).await
     }
 
     async fn delete(
@@ -358,7 +368,7 @@ impl WritableKeyStore for RedisKeyStore {
         key_id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
         let delete = self.redis.change(&DELETE, account_id, key_id, None);
-        within(self.redis.timeout, delete).await
+        within("Redis", self.redis.timeout, delete).await
     }
 }
 
@@ -518,7 +528,7 @@ impl Redis {
     /// Sets the key's `last_used_at` to `at` unless it already holds a later time.
     async fn record_last_use(&self, key_id: &KeyId, at: SystemTime) -> Result<(), StoreError> {
         let at = micros(at)?.to_string();
-        within(self.timeout, async {
+        within("Redis", self.timeout, async {
             let Some(lookup_hex) = self.lookup_hex_of(key_id).await? else {
                 return Ok(());
             };
@@ -571,7 +581,7 @@ async fn listen(
 
     /// How long the connection may stay silent before a `PING` checks it.
     const IDLE: Duration = super::changes::FEED_IDLE;
-    let pubsub = within(timeout, async {
+    let pubsub = within("Redis", timeout, async {
         let mut pubsub = client.get_async_pubsub().await.map_err(StoreError::new)?;
         // Returns once Redis has confirmed the subscription.
         pubsub.subscribe(&channel).await.map_err(StoreError::new)?;
@@ -583,7 +593,7 @@ async fn listen(
     // through the store's connection) has arrived: a client for another server or database, or
     // a cluster node cut off from the slot's master, would otherwise listen to silence.
     let nonce = format!("listening:{}", uuid::Uuid::new_v4().simple());
-    within(timeout, async {
+    within("Redis", timeout, async {
         let slot_key = redis.key("feed", "check");
         // The count is of this node's subscribers only, on a cluster: not a check.
         let _: i64 = redis
@@ -625,7 +635,7 @@ async fn listen(
             Ok(None) => return Err(StoreError::new("the Redis pub/sub connection was lost")),
             Err(_idle) => {
                 let ping = async { sink.ping::<Value>().await.map_err(StoreError::new) };
-                within(timeout, ping).await?;
+                within("Redis", timeout, ping).await?;
             }
         }
     }
@@ -639,19 +649,6 @@ fn is_of(record: &KeyRecord, account_id: &str, key_id: &str) -> bool {
 
 fn moved_meanwhile() -> StoreError {
     StoreError::new("the key was deleted and created again in Redis while it was being changed")
-}
-
-/// The outcome of `operation`, or an error once `timeout` has passed.
-async fn within<T, E: From<StoreError>>(
-    timeout: Duration,
-    operation: impl Future<Output = Result<T, E>>,
-) -> Result<T, E> {
-    tokio::time::timeout(timeout, operation)
-        .await
-        .unwrap_or_else(|_| {
-            let message = format!("Redis did not answer within {timeout:?}");
-            Err(StoreError::new(message).into())
-        })
 }
 
 /// The record's fields as `HSET` arguments: name, value, name, value...

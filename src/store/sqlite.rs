@@ -7,7 +7,6 @@
 //! between this one's count and its insert.
 
 use std::fmt;
-use std::future::Future;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +19,7 @@ use sqlx::sqlite::{
 use sqlx::Row;
 
 use super::usage::UsageQueue;
+use super::within;
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
 use crate::identity::{KeyId, KeyIdentity, Tier};
 use crate::key::{KeyDigest, LookupId};
@@ -216,7 +216,7 @@ impl SqliteKeyStore {
     /// `src/store/sqlite.sql` in the crate, to copy into your own migrations instead if you
     /// prefer.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        within(self.timeout, async {
+        within("SQLite", self.timeout, async {
             let mut transaction = self
                 .pool
                 .begin_with("BEGIN IMMEDIATE")
@@ -236,7 +236,7 @@ impl SqliteKeyStore {
             let pool = pool.clone();
             UsageQueue::spawn(move |key_id: KeyId, at: SystemTime| {
                 let pool = pool.clone();
-                within(timeout, async move {
+                within("SQLite", timeout, async move {
                     sqlx::query(TOUCH)
                         .bind(key_id.as_str())
                         .bind(micros(at)?)
@@ -341,7 +341,7 @@ impl SqliteKeyStore {
         &self,
         query: Query<'_, Sqlite, SqliteArguments>,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        within(self.timeout, async {
+        within("SQLite", self.timeout, async {
             let row = query
                 .fetch_optional(&self.pool)
                 .await
@@ -376,11 +376,11 @@ impl KeyStore for SqliteKeyStore {
 #[async_trait]
 impl WritableKeyStore for SqliteKeyStore {
     async fn create(&self, record: KeyRecord, quota: Quota) -> Result<(), CreateError> {
-        within(self.timeout, self.create_locked(&record, &quota)).await
+        within("SQLite", self.timeout, self.create_locked(&record, &quota)).await
     }
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        within(self.timeout, async {
+        within("SQLite", self.timeout, async {
             let rows = sqlx::query(LIST)
                 .bind(account_id)
                 .fetch_all(&self.pool)
@@ -417,19 +417,6 @@ impl WritableKeyStore for SqliteKeyStore {
         let query = sqlx::query(DELETE).bind(account_id).bind(key_id.as_str());
         self.fetch_record(query).await
     }
-}
-
-/// `operation`, or a [`StoreError`] if it takes longer than `timeout`.
-async fn within<T, E: From<StoreError>>(
-    timeout: Duration,
-    operation: impl Future<Output = Result<T, E>>,
-) -> Result<T, E> {
-    tokio::time::timeout(timeout, operation)
-        .await
-        .unwrap_or_else(|_| {
-            let message = format!("SQLite did not answer within {timeout:?}");
-            Err(StoreError::new(message).into())
-        })
 }
 
 /// `value` as JSON text, for the `metadata` and `scopes` columns.

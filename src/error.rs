@@ -12,7 +12,6 @@ use crate::key::KeyFormat;
 use crate::mode::KeyMode;
 use crate::request_id::{request_id, X_REQUEST_ID};
 use bytes::Bytes;
-#[cfg(feature = "rate-limit")]
 use http::header::RETRY_AFTER;
 use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
@@ -34,6 +33,7 @@ use http::{Response, StatusCode};
 /// | `InsufficientScope` | 403    | `insufficient_scope`         | `Bearer error="insufficient_scope", scope="..."` |
 /// | `WrongMode`         | 403    | `live_key_required`, `test_key_required` | (none)               |
 /// | `RateLimited`       | 429    | `rate_limited`               | (none)                           |
+/// | `UsageExceeded`     | 429    | `usage_exceeded`             | (none)                           |
 /// | `MissingIdentity`   | 500    | `internal_error`             | (none)                           |
 ///
 /// A `RateLimited` answer (feature `rate-limit`, from
@@ -93,6 +93,13 @@ pub enum AuthError {
         /// The limit that was reached.
         limit: crate::limit::RateLimit,
     },
+    /// The key's [credits](crate::limit::Credits) cannot pay for the request.
+    UsageExceeded {
+        /// When the balance is refilled, if it is.
+        refills_at: Option<std::time::SystemTime>,
+        /// How long until then.
+        refills_in: Option<std::time::Duration>,
+    },
 }
 
 impl AuthError {
@@ -110,6 +117,7 @@ impl AuthError {
             Self::MissingIdentity => StatusCode::INTERNAL_SERVER_ERROR,
             #[cfg(feature = "rate-limit")]
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UsageExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -130,6 +138,7 @@ impl AuthError {
             Self::MissingIdentity => "internal_error",
             #[cfg(feature = "rate-limit")]
             Self::RateLimited { .. } => "rate_limited",
+            Self::UsageExceeded { .. } => "usage_exceeded",
         }
     }
 
@@ -170,6 +179,7 @@ impl fmt::Display for AuthError {
                 "the rate limit is used up; retry in {} s",
                 crate::limit::retry_after_secs(*retry_after)
             ),
+            Self::UsageExceeded { .. } => f.write_str("the API key's credits are used up"),
         }
     }
 }
@@ -257,6 +267,20 @@ impl Rejection {
                 )
                 .into()
             }
+            AuthError::UsageExceeded {
+                refills_at: Some(at),
+                ..
+            } => format!(
+                "This API key has used its credits. They are refilled at {}; until then, \
+                 top up its credits to go on.",
+                humantime::format_rfc3339_seconds(*at)
+            )
+            .into(),
+            AuthError::UsageExceeded {
+                refills_at: None, ..
+            } => "This API key has used its credits, and they are not refilled: top up its \
+                 credits to go on."
+                .into(),
         };
         Self {
             error,
@@ -310,22 +334,31 @@ impl Rejection {
         response
     }
 
-    /// `Retry-After`, `RateLimit-Policy` and `RateLimit` of a rate limit's refusal, unless the
-    /// response already has them.
-    #[cfg(feature = "rate-limit")]
+    /// `Retry-After` of a rate limit's or a balance's refusal, and `RateLimit-Policy` and
+    /// `RateLimit` of a rate limit's, unless the response already has them.
     fn add_limit_headers(&self, response: &mut Response<Bytes>) {
-        use crate::limit::{retry_after_secs, service_limit_header, RATELIMIT, RATELIMIT_POLICY};
-        if let AuthError::RateLimited { retry_after, limit } = &self.error {
-            let seconds = retry_after_secs(*retry_after);
-            let headers = response.headers_mut();
-            (headers.entry(RETRY_AFTER)).or_insert_with(|| HeaderValue::from(seconds));
-            (headers.entry(RATELIMIT_POLICY)).or_insert_with(|| limit.policy_header());
-            (headers.entry(RATELIMIT)).or_insert_with(|| service_limit_header(0, seconds));
+        let headers = response.headers_mut();
+        match &self.error {
+            #[cfg(feature = "rate-limit")]
+            AuthError::RateLimited { retry_after, limit } => {
+                use crate::limit::{
+                    retry_after_secs, service_limit_header, RATELIMIT, RATELIMIT_POLICY,
+                };
+                let seconds = retry_after_secs(*retry_after);
+                (headers.entry(RETRY_AFTER)).or_insert_with(|| HeaderValue::from(seconds));
+                (headers.entry(RATELIMIT_POLICY)).or_insert_with(|| limit.policy_header());
+                (headers.entry(RATELIMIT)).or_insert_with(|| service_limit_header(0, seconds));
+            }
+            AuthError::UsageExceeded {
+                refills_in: Some(refills_in),
+                ..
+            } => {
+                let seconds = crate::limit::retry_after_secs(*refills_in);
+                (headers.entry(RETRY_AFTER)).or_insert_with(|| HeaderValue::from(seconds));
+            }
+            _ => {}
         }
     }
-
-    #[cfg(not(feature = "rate-limit"))]
-    fn add_limit_headers(&self, _: &mut Response<Bytes>) {}
 
     /// Makes `response` a proper refusal whatever rendered it: the error's status, and
     /// `Cache-Control: no-store`, `X-Request-Id` and its `WWW-Authenticate` challenge unless the

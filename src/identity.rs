@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::AuthError;
+use crate::limit::RateLimit;
 use crate::mode::KeyMode;
 use crate::scope::Scopes;
 
@@ -164,6 +165,8 @@ struct Fields {
     mode: KeyMode,
     #[serde(skip_serializing_if = "Option::is_none")]
     scopes: Option<Scopes>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<RateLimit>,
     // Boxed: most keys have none, and a `Value` would take 32 bytes in every identity.
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<Box<serde_json::Value>>,
@@ -185,6 +188,7 @@ impl KeyIdentity {
             tier,
             mode: KeyMode::Live,
             scopes: None,
+            rate_limit: None,
             metadata: None,
         }))
     }
@@ -204,6 +208,13 @@ impl KeyIdentity {
     /// The same identity, restricted to `scopes`.
     pub fn with_scopes(mut self, scopes: Scopes) -> Self {
         Arc::make_mut(&mut self.0).scopes = Some(scopes);
+        self
+    }
+
+    /// The same identity, limited to `limit` by [`RateLimitLayer`](crate::limit::RateLimitLayer)
+    /// instead of its tier's limit.
+    pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
+        Arc::make_mut(&mut self.0).rate_limit = Some(limit);
         self
     }
 
@@ -246,6 +257,11 @@ impl KeyIdentity {
     /// The scopes a restricted key is limited to; `None` for a key with full access.
     pub fn scopes(&self) -> Option<&Scopes> {
         self.0.scopes.as_ref()
+    }
+
+    /// The key's own rate limit, if it has one; without, its tier's applies.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.0.rate_limit
     }
 
     /// Whether the key may do what `scope` allows: it has full access, or that scope.
@@ -291,6 +307,7 @@ impl fmt::Debug for KeyIdentity {
             .field("tier", &self.0.tier)
             .field("mode", &self.0.mode)
             .field("scopes", &self.scopes())
+            .field("rate_limit", &self.0.rate_limit)
             .field("metadata", &self.metadata())
             .finish()
     }

@@ -325,7 +325,6 @@ mod grpc;
 mod identity;
 pub mod key;
 pub mod layer;
-#[cfg(feature = "rate-limit")]
 pub mod limit;
 pub mod manage;
 mod mode;

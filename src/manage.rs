@@ -32,6 +32,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::identity::{KeyId, KeyIdentity, Tier};
 use crate::key::{ApiKey, KeyFormat};
 use crate::layer::ApiKeyLayer;
+use crate::limit::{Credits, RateLimit};
 use crate::mode::KeyMode;
 use crate::scope::{ScopeError, Scopes};
 use crate::store::{CreateError, KeyRecord, Quota, StoreError, WritableKeyStore};
@@ -43,32 +44,29 @@ pub const MAX_NAME_LEN: usize = 100;
 /// keeps every time representable in every store and in RFC 3339.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
 
-/// How many active keys an account of each tier may hold, and (feature `rate-limit`) how many
-/// requests each key may send.
+/// How many active keys an account of each tier may hold, and how many requests each key may
+/// send.
 ///
 /// The default allows 3 keys on [`Tier::FREE`] and 50 on [`Tier::PRO`]. A tier not listed may
 /// create no key at all, so that a typo in a tier name does not lift the limit.
 ///
-/// With the feature `rate-limit`, the default also limits each free key to 60 requests per
-/// minute and each pro key to 600 ([`RateLimit::per_minute`](crate::limit::RateLimit::per_minute),
+/// The default also limits each free key to 60 requests per minute and each pro key to 600 ([`RateLimit::per_minute`],
 /// a burst of the whole count), enforced by [`RateLimitLayer`](crate::limit::RateLimitLayer).
 /// A tier without a rate limit is not rate limited: unlike the key quota, a rate limit is a
 /// guard against load, not a part of the plan that a typo could lift.
 #[derive(Clone, Debug)]
 pub struct TierLimits {
     keys: HashMap<Tier, usize>,
-    #[cfg(feature = "rate-limit")]
-    rates: HashMap<Tier, crate::limit::RateLimit>,
+    rates: HashMap<Tier, RateLimit>,
 }
 
 impl Default for TierLimits {
     fn default() -> Self {
-        let limits = Self::none().with(Tier::FREE, 3).with(Tier::PRO, 50);
-        #[cfg(feature = "rate-limit")]
-        let limits = limits
-            .with_rate_limit(Tier::FREE, crate::limit::RateLimit::per_minute(60))
-            .with_rate_limit(Tier::PRO, crate::limit::RateLimit::per_minute(600));
-        limits
+        Self::none()
+            .with(Tier::FREE, 3)
+            .with(Tier::PRO, 50)
+            .with_rate_limit(Tier::FREE, RateLimit::per_minute(60))
+            .with_rate_limit(Tier::PRO, RateLimit::per_minute(600))
     }
 }
 
@@ -77,7 +75,6 @@ impl TierLimits {
     pub fn none() -> Self {
         Self {
             keys: HashMap::new(),
-            #[cfg(feature = "rate-limit")]
             rates: HashMap::new(),
         }
     }
@@ -94,28 +91,25 @@ impl TierLimits {
     }
 
     /// The same limits, with each key of `tier` limited to `limit`.
-    #[cfg(feature = "rate-limit")]
-    pub fn with_rate_limit(mut self, tier: Tier, limit: crate::limit::RateLimit) -> Self {
+    pub fn with_rate_limit(mut self, tier: Tier, limit: RateLimit) -> Self {
         self.rates.insert(tier, limit);
         self
     }
 
     /// The same limits, with no rate limit on `tier`.
-    #[cfg(feature = "rate-limit")]
     pub fn without_rate_limit(mut self, tier: &Tier) -> Self {
         self.rates.remove(tier);
         self
     }
 
     /// The rate limit of each key of `tier`, if it has one.
-    #[cfg(feature = "rate-limit")]
-    pub fn rate_limit(&self, tier: &Tier) -> Option<crate::limit::RateLimit> {
+    pub fn rate_limit(&self, tier: &Tier) -> Option<RateLimit> {
         self.rates.get(tier).copied()
     }
 
     /// Every tier's rate limit.
-    #[cfg(feature = "rate-limit")]
-    pub(crate) fn rate_limits(&self) -> impl Iterator<Item = (&Tier, &crate::limit::RateLimit)> {
+    #[cfg_attr(not(feature = "rate-limit"), allow(dead_code))]
+    pub(crate) fn rate_limits(&self) -> impl Iterator<Item = (&Tier, &RateLimit)> {
         self.rates.iter()
     }
 }
@@ -131,6 +125,8 @@ pub struct NewKey {
     metadata: Option<serde_json::Value>,
     scopes: Option<Vec<String>>,
     mode: KeyMode,
+    rate_limit: Option<RateLimit>,
+    credits: Option<Credits>,
     creator: Option<KeyInfo>,
 }
 
@@ -164,6 +160,8 @@ impl NewKey {
             metadata: None,
             scopes: None,
             mode: KeyMode::Live,
+            rate_limit: None,
+            credits: None,
             creator: None,
         }
     }
@@ -196,6 +194,21 @@ impl NewKey {
     /// The key stops working `lifetime` after its creation; `lifetime` must not be zero.
     pub fn expires_in(mut self, lifetime: Duration) -> Self {
         self.expiry = Some(Expiry::After(lifetime));
+        self
+    }
+
+    /// Limits the key to `limit` ([`RateLimitLayer`](crate::limit::RateLimitLayer)) instead of
+    /// its tier's rate limit.
+    pub fn rate_limit(mut self, limit: RateLimit) -> Self {
+        self.rate_limit = Some(limit);
+        self
+    }
+
+    /// Gives the key a balance of `credits` that each request through a
+    /// [`CreditsLayer`](crate::limit::CreditsLayer) spends; a refill in it starts counting
+    /// from the key's creation. Without this call the key's requests are not metered.
+    pub fn credits(mut self, credits: Credits) -> Self {
+        self.credits = Some(credits);
         self
     }
 
@@ -276,6 +289,12 @@ pub struct KeyInfo {
     /// [interval](crate::ApiKeyLayer::last_used_interval).
     #[serde(serialize_with = "rfc3339")]
     pub last_used_at: Option<SystemTime>,
+    /// Its rate limit: its own, or (as [`KeyManager`] shows it) its tier's; `None` (`null`)
+    /// if neither.
+    pub rate_limit: Option<RateLimit>,
+    /// Its balance of credits (as [`KeyManager`] shows it, with any refill that fell due);
+    /// `None` (`null`) if its requests are not metered.
+    pub credits: Option<Credits>,
 }
 
 impl From<&KeyRecord> for KeyInfo {
@@ -290,6 +309,8 @@ impl From<&KeyRecord> for KeyInfo {
             expires_at: record.expires_at,
             revoked_at: record.revoked_at,
             last_used_at: record.last_used_at,
+            rate_limit: record.identity.rate_limit(),
+            credits: record.credits,
         }
     }
 }
@@ -397,7 +418,10 @@ impl fmt::Display for Overreach {
 
 impl std::error::Error for Overreach {}
 
-fn rfc3339<S: Serializer>(time: &Option<SystemTime>, serializer: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn rfc3339<S: Serializer>(
+    time: &Option<SystemTime>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     match time {
         // humantime panics before 1970 and cannot write years past 9999: a store's odd time is
         // a serialization error, never a panic.
@@ -594,8 +618,15 @@ impl<S: WritableKeyStore> KeyManager<S> {
         if let Some(metadata) = new.metadata {
             identity = identity.with_metadata(metadata);
         }
+        if let Some(rate_limit) = new.rate_limit {
+            identity = identity.with_rate_limit(rate_limit);
+        }
+        let credits = new.credits.map(|credits| match credits.refill {
+            Some(refill) => credits.refilled(refill, now),
+            None => credits,
+        });
         let quota = Quota::new(limit, now);
-        self.insert(identity, expires_at, quota, new.creator.as_ref())
+        self.insert(identity, expires_at, credits, quota, new.creator.as_ref())
             .await
     }
 
@@ -605,7 +636,7 @@ impl<S: WritableKeyStore> KeyManager<S> {
         records.sort_by(|a, b| {
             (a.created_at, a.identity.key_id()).cmp(&(b.created_at, b.identity.key_id()))
         });
-        Ok(records.iter().map(KeyInfo::from).collect())
+        Ok(records.iter().map(|record| self.info(record)).collect())
     }
 
     /// One of the account's keys, whatever its state.
@@ -613,8 +644,38 @@ impl<S: WritableKeyStore> KeyManager<S> {
         let record = self.store.get(account_id, key_id).await?;
         record
             .as_ref()
-            .map(KeyInfo::from)
+            .map(|record| self.info(record))
             .ok_or(ManageError::NotFound)
+    }
+
+    /// Adds `amount` credits to a key's balance (see [`Credits::top_up`]); a key whose requests
+    /// were not metered gets a balance of `amount`. A refill later sets the balance back to the
+    /// refill's amount, top-up or not.
+    pub async fn top_up(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        amount: u64,
+    ) -> Result<KeyInfo, ManageError> {
+        let now = self.clock.now();
+        let record = (self.store)
+            .top_up_credits(account_id, key_id, amount, now)
+            .await?;
+        record
+            .as_ref()
+            .map(|record| self.info(record))
+            .ok_or(ManageError::NotFound)
+    }
+
+    /// What listings show of `record`: its tier's rate limit if it has none of its own, and its
+    /// balance with any refill that fell due.
+    fn info(&self, record: &KeyRecord) -> KeyInfo {
+        let mut info = KeyInfo::from(record);
+        let tier = record.identity.tier();
+        info.rate_limit = info.rate_limit.or_else(|| self.limits.rate_limit(tier));
+        let now = self.clock.now();
+        info.credits = info.credits.map(|credits| credits.as_of(now));
+        info
     }
 
     /// Revokes a key: it stops working at once (`expired_api_key`), and its record stays for
@@ -626,7 +687,7 @@ impl<S: WritableKeyStore> KeyManager<S> {
             .await?;
         record
             .as_ref()
-            .map(KeyInfo::from)
+            .map(|record| self.info(record))
             .ok_or(ManageError::NotFound)
     }
 
@@ -660,8 +721,9 @@ impl<S: WritableKeyStore> KeyManager<S> {
         let limit = self.limit(old.identity.tier())?;
         let retire_at = Expiry::After(grace).time_after(now)?;
         let identity = old.identity.with_key_id(KeyId::random());
+        let credits = old.credits.map(|credits| credits.as_of(now));
         let quota = Quota::new(limit, now).retiring(key_id.clone(), retire_at);
-        self.insert(identity, old.expires_at, quota, None).await
+        (self.insert(identity, old.expires_at, credits, quota, None)).await
     }
 
     fn limit(&self, tier: &Tier) -> Result<usize, ManageError> {
@@ -674,6 +736,7 @@ impl<S: WritableKeyStore> KeyManager<S> {
         &self,
         identity: KeyIdentity,
         expires_at: Option<SystemTime>,
+        credits: Option<Credits>,
         quota: Quota,
         creator: Option<&KeyInfo>,
     ) -> Result<CreatedKey, ManageError> {
@@ -690,7 +753,8 @@ impl<S: WritableKeyStore> KeyManager<S> {
             .with_created_at(quota.now)
             .with_hint(hint);
         record.expires_at = expires_at;
-        let info = KeyInfo::from(&record);
+        record.credits = credits;
+        let info = self.info(&record);
         if let Some(creator) = creator {
             creator.may_manage(&info).map_err(ManageError::Overreach)?;
         }

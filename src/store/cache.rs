@@ -12,6 +12,7 @@ use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStor
 use crate::clock::{Clock, SystemClock};
 use crate::identity::KeyId;
 use crate::key::LookupId;
+use crate::limit::Spend;
 
 const DEFAULT_MAX_CAPACITY: u64 = 100_000;
 const DEFAULT_TTL: Duration = Duration::from_secs(10);
@@ -477,6 +478,29 @@ impl<S: WritableKeyStore> WritableKeyStore for CachedKeyStore<S> {
         );
         let write = async move { inner.delete(&account_id, &key_id).await };
         self.write(write, changed_lookup_id).await
+    }
+
+    // Balances are not cached: the layer decides nothing from them, and each spend must reach
+    // the store that all instances share.
+    async fn spend_credits(
+        &self,
+        key_id: &KeyId,
+        cost: u64,
+        now: SystemTime,
+    ) -> Result<Option<Spend>, StoreError> {
+        self.inner.spend_credits(key_id, cost, now).await
+    }
+
+    async fn top_up_credits(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        amount: u64,
+        now: SystemTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        (self.inner)
+            .top_up_credits(account_id, key_id, amount, now)
+            .await
     }
 }
 

@@ -11,6 +11,7 @@ use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStor
 use crate::identity::KeyId;
 use crate::identity::KeyIdentity;
 use crate::key::{KeyDigest, LookupId};
+use crate::limit::{Credits, Spend};
 
 /// An in-process store: the default for tests, demos and single-instance services.
 ///
@@ -123,6 +124,8 @@ struct StoredRecord {
     revoked_at: StoredTime,
     created_at: StoredTime,
     last_used_at: StoredTime,
+    // Boxed: most keys have none.
+    credits: Option<Box<Credits>>,
 }
 
 impl StoredRecord {
@@ -135,6 +138,7 @@ impl StoredRecord {
             revoked_at: StoredTime::new(record.revoked_at),
             created_at: StoredTime::new(record.created_at),
             last_used_at: StoredTime::new(record.last_used_at),
+            credits: record.credits.map(Box::new),
         }
     }
 
@@ -147,6 +151,7 @@ impl StoredRecord {
             revoked_at: self.revoked_at.get(),
             created_at: self.created_at.get(),
             last_used_at: self.last_used_at.get(),
+            credits: self.credits.as_deref().copied(),
         }
     }
 
@@ -593,6 +598,53 @@ impl WritableKeyStore for MemoryKeyStore {
         let mut keys = self.write();
         let index = keys.slot_in_account(account_id, key_id);
         Ok(index.map(|index| keys.remove_slot(index)))
+    }
+
+    async fn spend_credits(
+        &self,
+        key_id: &KeyId,
+        cost: u64,
+        now: SystemTime,
+    ) -> Result<Option<Spend>, StoreError> {
+        let mut keys = self.write();
+        let Some(index) = keys.slot_of_key_id(key_id) else {
+            return Ok(None);
+        };
+        let stored = keys.record_mut(index);
+        let Some(credits) = stored.credits.as_deref_mut() else {
+            return Ok(Some(Spend::Unmetered));
+        };
+        Ok(Some(match credits.spend(cost, now) {
+            Ok(spent) => {
+                *credits = spent;
+                Spend::Spent(spent)
+            }
+            Err(left) => {
+                *credits = left;
+                Spend::Exhausted(left)
+            }
+        }))
+    }
+
+    async fn top_up_credits(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        amount: u64,
+        now: SystemTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let mut keys = self.write();
+        let Some(index) = keys.slot_in_account(account_id, key_id) else {
+            return Ok(None);
+        };
+        let stored = keys.record_mut(index);
+        let credits = stored
+            .credits
+            .as_deref()
+            .copied()
+            .unwrap_or(Credits::new(0));
+        stored.credits = Some(Box::new(credits.top_up(amount, now)));
+        Ok(Some(stored.to_record()))
     }
 }
 

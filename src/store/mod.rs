@@ -60,6 +60,7 @@ pub use self::sqlite::SqliteKeyStore;
 pub use crate::error::StoreError;
 use crate::identity::{KeyId, KeyIdentity};
 use crate::key::{KeyDigest, LookupId};
+use crate::limit::{Credits, Spend};
 
 /// A source of API key records: the read path the layer needs.
 ///
@@ -171,6 +172,38 @@ pub trait WritableKeyStore: KeyStore {
         account_id: &str,
         key_id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Spends `cost` credits of key `key_id`'s balance at `now`, by the rule of
+    /// [`Credits::spend`] (refill first, then take all or nothing), in one atomic step: of N
+    /// concurrent spends on a balance of M, exactly `min(N, M)` succeed. `None` if there is no
+    /// such key.
+    ///
+    /// [`CreditsLayer`](crate::limit::CreditsLayer) calls it for each request. The default
+    /// answers an error: a store that keeps no credits refuses metered requests with `503`.
+    async fn spend_credits(
+        &self,
+        key_id: &KeyId,
+        cost: u64,
+        now: SystemTime,
+    ) -> Result<Option<Spend>, StoreError> {
+        let _ = (key_id, cost, now);
+        Err(StoreError::new("this key store keeps no credits"))
+    }
+
+    /// Adds `amount` credits to key `key_id` of `account_id` at `now`, by the rule of
+    /// [`Credits::top_up`], in one atomic step; a key without a balance gets one of `amount`.
+    /// The record after the change, or `None` if there is no such key. The default answers an
+    /// error.
+    async fn top_up_credits(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        amount: u64,
+        now: SystemTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let _ = (account_id, key_id, amount, now);
+        Err(StoreError::new("this key store keeps no credits"))
+    }
 }
 
 /// The rule that [`WritableKeyStore::create`] checks atomically with the insert.
@@ -262,6 +295,9 @@ pub struct KeyRecord {
     /// A non-secret reminder of the key for its owner: its prefix and last four characters,
     /// `sk_live_...Xy12`.
     pub hint: Option<Arc<str>>,
+    /// The key's balance of credits, if its requests are metered, as of the last change: see
+    /// [`Credits::as_of`].
+    pub credits: Option<Credits>,
 }
 
 impl KeyRecord {
@@ -275,6 +311,7 @@ impl KeyRecord {
             created_at: None,
             last_used_at: None,
             hint: None,
+            credits: None,
         }
     }
 
@@ -299,6 +336,12 @@ impl KeyRecord {
     /// The same record, with a [hint](KeyRecord::hint).
     pub fn with_hint(mut self, hint: impl Into<Arc<str>>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+
+    /// The same record, with a balance of [credits](KeyRecord::credits).
+    pub fn with_credits(mut self, credits: Credits) -> Self {
+        self.credits = Some(credits);
         self
     }
 

@@ -715,6 +715,7 @@ fn parse_record(fields: HashMap<String, String>) -> Result<Option<KeyRecord>, St
         identity = identity.with_metadata(metadata);
     }
     Ok(Some(KeyRecord {
+        credits: None,
         digest,
         identity,
         expires_at: fields.time("expires_at")?,

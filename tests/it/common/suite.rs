@@ -10,6 +10,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
     access::{KeyMode, Scopes},
     clock::{Clock, ManualClock},
+    limit::{Credits, RateLimit, Refill, RefillPeriod, Spend},
     manage::{CreatedKey, ManageError},
     store::{CreateError, Quota, WritableKeyStore},
     ApiKey, KeyId, KeyManager, KeyStore, NewKey, Tier,
@@ -468,6 +469,9 @@ macro_rules! store_suite {
             last_use_is_recorded,
             a_record_whose_mode_is_not_its_key_s_prefix_is_refused,
             quota_stays_exact_across_revocations_deletions_rotations_and_expiry,
+            rate_limits_and_credits_survive_create_find_and_list,
+            credits_are_spent_exactly_across_instances,
+            credits_refill_take_all_or_nothing_and_are_topped_up,
         );
     };
     (@tests $backend:expr; $($name:ident),* $(,)?) => {
@@ -514,4 +518,155 @@ pub async fn quota_stays_exact_across_revocations_deletions_rotations_and_expiry
         matches!(over, Err(ManageError::KeyLimitReached { limit: 3, .. })),
         "{over:?}"
     );
+}
+
+pub async fn rate_limits_and_credits_survive_create_find_and_list(backend: impl Backend) {
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let account = account();
+    let own_limit = RateLimit::per_minute(7).burst(3);
+    let credits = Credits::new(500).refilled(Refill::monthly(1_000), SystemTime::UNIX_EPOCH);
+    let limited = NewKey::new(&account, Tier::FREE, "metered")
+        .rate_limit(own_limit)
+        .credits(credits);
+    let limited = keys.create(limited).await.unwrap();
+    clock.advance(Duration::from_secs(1));
+    let plain = create(&keys, &account).await;
+
+    let found = |key: ApiKey| {
+        let store = keys.store().clone();
+        async move {
+            let lookup_id = key.digest().lookup_id();
+            store.find(&lookup_id).await.unwrap().unwrap()
+        }
+    };
+    let record = found(limited.key.clone()).await;
+    assert_eq!(record.identity.rate_limit(), Some(own_limit));
+    let stored = record.credits.expect("the balance is stored");
+    assert_eq!(stored.remaining, 500);
+    assert_eq!(stored.refill, Some(Refill::monthly(1_000)));
+    // The refill counts from the key's creation.
+    let created_at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+    assert_eq!(stored.refilled_at, Some(created_at));
+    let record = found(plain.key.clone()).await;
+    assert_eq!((record.identity.rate_limit(), record.credits), (None, None));
+
+    let listed = keys.list(&account).await.unwrap();
+    assert_eq!(listed[0].rate_limit, Some(own_limit));
+    assert_eq!(
+        listed[0].credits.map(|credits| credits.remaining),
+        Some(500)
+    );
+    assert_eq!(
+        listed[1].rate_limit,
+        Some(RateLimit::per_minute(60)),
+        "the tier's"
+    );
+    assert_eq!(listed[1].credits, None);
+    let json = serde_json::to_value(&listed[0]).unwrap();
+    assert_eq!(json["rate_limit"]["requests"], 7);
+    assert_eq!(json["credits"]["remaining"], 500);
+    assert_eq!(json["credits"]["refill"]["every"], "month");
+    assert_eq!(json["credits"]["refills_at"], "2027-02-01T00:00:00Z");
+}
+
+pub async fn credits_are_spent_exactly_across_instances(backend: impl Backend) {
+    let clock = clock();
+    let instances: Vec<_> = [
+        backend.instance().await,
+        backend.instance().await,
+        backend.instance().await,
+    ]
+    .into_iter()
+    .map(|store| manager(store, &clock))
+    .collect();
+    let account = account();
+    let new = NewKey::new(&account, Tier::FREE, "metered").credits(Credits::new(50));
+    let key_id = instances[0].create(new).await.unwrap().info.id;
+    let instances = Arc::new(instances);
+    let spends: Vec<_> = (0..150)
+        .map(|index| {
+            let (instances, key_id, now) = (Arc::clone(&instances), key_id.clone(), clock.now());
+            tokio::spawn(async move {
+                let store = instances[index % 3].store();
+                store.spend_credits(&key_id, 1, now).await.unwrap().unwrap()
+            })
+        })
+        .collect();
+    let (mut spent, mut exhausted) = (0, 0);
+    for spend in spends {
+        match spend.await.unwrap() {
+            Spend::Spent(_) => spent += 1,
+            Spend::Exhausted(credits) => {
+                assert_eq!(credits.remaining, 0);
+                exhausted += 1;
+            }
+            Spend::Unmetered => panic!("the key has a balance"),
+        }
+    }
+    assert_eq!(
+        (spent, exhausted),
+        (50, 100),
+        "exactly the balance is spent"
+    );
+    let info = instances[1].get(&account, &key_id).await.unwrap();
+    assert_eq!(info.credits.map(|credits| credits.remaining), Some(0));
+}
+
+pub async fn credits_refill_take_all_or_nothing_and_are_topped_up(backend: impl Backend) {
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let store = keys.store().clone();
+    let account = account();
+    let daily = Credits::new(2).refilled(Refill::daily(3), SystemTime::UNIX_EPOCH);
+    let new = NewKey::new(&account, Tier::FREE, "daily").credits(daily);
+    let key_id = keys.create(new).await.unwrap().info.id;
+    let spend = |cost: u64| {
+        let (store, key_id, now) = (store.clone(), key_id.clone(), clock.now());
+        async move { store.spend_credits(&key_id, cost, now).await.unwrap() }
+    };
+    let remaining = |spend: Option<Spend>| match spend {
+        Some(Spend::Spent(credits)) => Ok(credits.remaining),
+        Some(Spend::Exhausted(credits)) => Err(credits.remaining),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        remaining(spend(3).await),
+        Err(2),
+        "more than the balance takes nothing"
+    );
+    assert_eq!(remaining(spend(2).await), Ok(0));
+    assert_eq!(remaining(spend(1).await), Err(0));
+
+    // A top-up adds; the refill at midnight UTC sets the balance back to its amount.
+    let topped = keys.top_up(&account, &key_id, 4).await.unwrap();
+    assert_eq!(topped.credits.map(|credits| credits.remaining), Some(4));
+    assert_eq!(remaining(spend(1).await), Ok(3));
+    let midnight = RefillPeriod::Day.next_after(clock.now());
+    clock.set(midnight);
+    assert_eq!(
+        remaining(spend(1).await),
+        Ok(2),
+        "refilled to 3, then spent 1"
+    );
+    let listed = keys.get(&account, &key_id).await.unwrap().credits.unwrap();
+    assert_eq!(
+        listed.refills_at(),
+        Some(midnight + Duration::from_secs(86_400))
+    );
+
+    // Another account's key is not topped up; a key without a balance gets one.
+    let other = keys.top_up(&self::account(), &key_id, 1).await;
+    assert!(matches!(other, Err(ManageError::NotFound)), "{other:?}");
+    let plain = create(&keys, &account).await.info.id;
+    let plain_spend = store.spend_credits(&plain, 1, clock.now()).await.unwrap();
+    assert_eq!(plain_spend, Some(Spend::Unmetered));
+    let topped = keys.top_up(&account, &plain, 5).await.unwrap();
+    assert_eq!(topped.credits.map(|credits| credits.remaining), Some(5));
+    assert_eq!(
+        remaining(store.spend_credits(&plain, 5, clock.now()).await.unwrap()),
+        Ok(0)
+    );
+    let unknown = store.spend_credits(&KeyId::random(), 1, clock.now()).await;
+    assert_eq!(unknown.unwrap(), None);
 }

@@ -267,3 +267,26 @@ async fn rate_limit_outside_the_api_key_layer_is_500_internal_error() {
     let answer = send(misordered, &with_key(&key)).await;
     assert_envelope(&answer, StatusCode::INTERNAL_SERVER_ERROR, "internal_error");
 }
+
+#[tokio::test]
+async fn a_key_s_own_limit_overrides_its_tier_s() {
+    let keys = manager();
+    let own = NewKey::new(ACCOUNT, Tier::FREE, "own").rate_limit(RateLimit::per_minute(1));
+    let own = keys.create(own).await.unwrap().key;
+    let tiered = create(&keys, ACCOUNT, Tier::FREE).await;
+    let clock = clock();
+    let layer = three_per_minute(&clock);
+    assert!(call(&keys, &layer, &own).await.reached_inner_service());
+    assert_rate_limited(&call(&keys, &layer, &own).await, 60, 1);
+    for _ in 0..3 {
+        assert!(call(&keys, &layer, &tiered).await.reached_inner_service());
+    }
+    assert_rate_limited(&call(&keys, &layer, &tiered).await, 20, 3);
+    // A key's own limit applies even on a tier without one.
+    let unlimited = RateLimitLayer::new(TierLimits::none()).clock(clock.clone());
+    assert!(call(&keys, &unlimited, &own).await.reached_inner_service());
+    assert_eq!(
+        call(&keys, &unlimited, &own).await.status,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}

@@ -13,6 +13,7 @@
 
 mod common;
 
+mod credits;
 mod demo;
 mod failed_attempts;
 mod faults_under_load;

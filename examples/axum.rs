@@ -55,6 +55,17 @@
 //! With `STORE=sqlite` the keys are in `tower-api-key-demo.db` in the working directory, created
 //! if missing; `SQLITE_URL` names another file (`sqlite:///tmp/keys.db?mode=rwc`).
 //!
+//! Each free-tier key may send 60 requests per minute (`RATE_LIMIT_PER_MINUTE` sets another
+//! number), counted in this process, or in Redis with `STORE=redis`, one limit for every
+//! instance; pro keys 600. Every answer under `/api` carries `RateLimit-Policy` and
+//! `RateLimit`; past the limit the answer is `429 rate_limited` with `Retry-After`, and
+//! `GET /api/v1/keys` shows each key's `rate_limit`:
+//!
+//! ```text
+//! for i in $(seq 100); do curl -s -o /dev/null -w "%{http_code} " -H "X-API-Key: $K" http://127.0.0.1:3000/api/v1/iocs; done
+//! curl -i -H "X-API-Key: $K" http://127.0.0.1:3000/api/v1/iocs
+//! ```
+//!
 //! [`KeyInfo::may_manage`]: tower_api_key::manage::KeyInfo::may_manage
 
 use std::net::Ipv4Addr;
@@ -76,7 +87,8 @@ use tokio::net::TcpListener;
 use tower_api_key::{
     access::{KeyMode, RequireModeLayer, RequireScopeLayer},
     extract::{RequiredScope, Scoped},
-    manage::{CreatedKey, KeyInfo, ManageError, Overreach, MAX_LIFETIME},
+    limit::{RateLimit, RateLimitLayer},
+    manage::{CreatedKey, KeyInfo, ManageError, Overreach, TierLimits, MAX_LIFETIME},
     store::WritableKeyStore,
     ApiKey, KeyId, KeyIdentity, KeyManager, MemoryKeyStore, NewKey, Tier,
 };
@@ -129,7 +141,9 @@ impl RequiredScope for KeysRead {
 /// The whole service: `/health` is open, everything under `/api` needs a key from `keys`'s
 /// store, and `/api/v1/keys` manages them. Reads check their scope with the `Scoped`
 /// extractor, writes with `RequireScopeLayer` (and `RequireModeLayer`): both ways work.
-pub fn app<S: WritableKeyStore + Clone>(keys: KeyManager<S>) -> Router {
+///
+/// `rate_limit` limits each key's requests under `/api`, after authentication.
+pub fn app<S: WritableKeyStore + Clone>(keys: KeyManager<S>, rate_limit: RateLimitLayer) -> Router {
     let keys_write = || RequireScopeLayer::new("keys:write");
     // The last layer runs first: a test key hears that it is the wrong mode.
     let submit = submit_ioc
@@ -149,6 +163,7 @@ pub fn app<S: WritableKeyStore + Clone>(keys: KeyManager<S>) -> Router {
         .fallback(|| async { StatusCode::NOT_FOUND })
         .layer(map_response(no_store))
         .with_state(keys.clone())
+        .layer(rate_limit)
         .layer(keys.layer());
     Router::new()
         .route("/health", get(health))
@@ -488,16 +503,21 @@ async fn health() -> &'static str {
 #[tokio::main]
 async fn main() {
     let port = port_from_env();
+    let limits = tier_limits(rate_limit_per_minute());
+    let rate_limit = RateLimitLayer::new(limits.clone()).headers_on_success();
     let store = std::env::var("STORE").unwrap_or_else(|_| "memory".to_owned());
     match store.as_str() {
-        "memory" => serve(KeyManager::new(MemoryKeyStore::new()), port).await,
+        "memory" => {
+            let keys = KeyManager::new(MemoryKeyStore::new()).tier_limits(limits);
+            serve(keys, rate_limit, port).await;
+        }
         #[cfg(feature = "postgres")]
         "postgres" => {
             let url = required_env("DATABASE_URL");
             let store = cached_postgres(&url, cache_ttl())
                 .await
                 .unwrap_or_else(|error| exit_with(1, &format!("cannot use PostgreSQL: {error}")));
-            serve(KeyManager::new(store), port).await;
+            serve(KeyManager::new(store).tier_limits(limits), rate_limit, port).await;
         }
         #[cfg(feature = "sqlite")]
         "sqlite" => {
@@ -509,7 +529,7 @@ async fn main() {
                 .migrate()
                 .await
                 .unwrap_or_else(|error| exit_with(1, &format!("cannot apply the schema: {error}")));
-            serve(KeyManager::new(store), port).await;
+            serve(KeyManager::new(store).tier_limits(limits), rate_limit, port).await;
         }
         #[cfg(feature = "redis")]
         "redis" => {
@@ -517,7 +537,9 @@ async fn main() {
             let store = cached_redis(&url, cache_ttl())
                 .await
                 .unwrap_or_else(|error| exit_with(1, &format!("cannot use Redis: {error}")));
-            serve(KeyManager::new(store), port).await;
+            // One limit for every instance: counted in the Redis that holds the keys.
+            let rate_limit = rate_limit.global(store.get_ref().clone());
+            serve(KeyManager::new(store).tier_limits(limits), rate_limit, port).await;
         }
         other => exit_with(
             2,
@@ -527,6 +549,24 @@ async fn main() {
                  not {other:?}"
             ),
         ),
+    }
+}
+
+/// The demo's tiers: the crate's defaults (free: 3 keys, 60 requests per minute; pro: 50 keys,
+/// 600 per minute), with `per_minute` requests per minute on the free tier.
+pub fn tier_limits(per_minute: u32) -> TierLimits {
+    TierLimits::default().with_rate_limit(Tier::FREE, RateLimit::per_minute(per_minute))
+}
+
+/// `RATE_LIMIT_PER_MINUTE`, or 60.
+fn rate_limit_per_minute() -> u32 {
+    match std::env::var("RATE_LIMIT_PER_MINUTE") {
+        Err(_) => 60,
+        Ok(requests) => requests
+            .parse()
+            .ok()
+            .filter(|requests| *requests > 0)
+            .unwrap_or_else(|| exit_with(2, "RATE_LIMIT_PER_MINUTE must be a whole number from 1")),
     }
 }
 
@@ -586,7 +626,11 @@ pub async fn cached_redis(
 }
 
 /// Creates the demo keys, prints them, and serves until Ctrl-C.
-async fn serve<S: WritableKeyStore + Clone>(keys: KeyManager<S>, port: u16) {
+async fn serve<S: WritableKeyStore + Clone>(
+    keys: KeyManager<S>,
+    rate_limit: RateLimitLayer,
+    port: u16,
+) {
     // A fresh free-tier account per start, so a persistent store never fills its quota of 3;
     // the printed keys are the first 2 of its 3.
     let account = format!(
@@ -611,7 +655,7 @@ async fn serve<S: WritableKeyStore + Clone>(keys: KeyManager<S>, port: u16) {
         banner(&address.to_string(), &account, &key, &test.key)
     );
 
-    axum::serve(listener, app(keys))
+    axum::serve(listener, app(keys, rate_limit))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .unwrap_or_else(|error| exit_with(1, &format!("server error: {error}")));

@@ -38,7 +38,9 @@ use http::{Response, StatusCode};
 ///
 /// A `RateLimited` answer (feature `rate-limit`, from
 /// [`RateLimitLayer`](crate::limit::RateLimitLayer)) also carries `Retry-After` and the
-/// `RateLimit-Policy` and `RateLimit` headers (see [`limit`](crate::limit)).
+/// `RateLimit-Policy` and `RateLimit` headers (see [`limit`](crate::limit)); a
+/// `UsageExceeded` answer (from [`CreditsLayer`](crate::limit::CreditsLayer)) carries
+/// `Retry-After` when the balance is refilled.
 ///
 /// Each response also has `Cache-Control: no-store` (and, in JSON, `Content-Type:
 /// application/json`), and the

@@ -114,7 +114,8 @@
 //! | 503    | `authentication_unavailable` | the store failed: the request is refused, never let through |
 //! | 403    | `insufficient_scope`         | the key lacks the scope of a [`RequireScopeLayer`](access::RequireScopeLayer) |
 //! | 403    | `live_key_required`, `test_key_required` | the key's mode is refused by a [`RequireModeLayer`](access::RequireModeLayer) |
-//! | 429    | `rate_limited`               | the key has used its tier's rate limit (`limit::RateLimitLayer`, feature `rate-limit`) |
+//! | 429    | `rate_limited`               | the key has used its rate limit (`limit::RateLimitLayer`, feature `rate-limit`) |
+//! | 429    | `usage_exceeded`             | the key's credits cannot pay for the request (`limit::CreditsLayer`) |
 //! | 500    | `internal_error`             | a scope, mode or rate-limit check, or an extractor, runs without the layer before it |
 //!
 //! A key in the URL query string is refused too (`invalid_api_key`, [`AuthError::KeyInQuery`]):
@@ -281,9 +282,12 @@
 //!   crate; turns on `cache`.
 //! - `cache`: `CachedKeyStore`, an in-process cache in front of any store, with push
 //!   invalidation from a shared store.
-//! - `rate-limit`: the `limit` module, `RateLimitLayer`: each key (or account) limited to its
-//!   tier's requests per period (free 60, pro 600 per minute by default), in this process, with
-//!   the `429`, `Retry-After` and `RateLimit` headers; through `governor`.
+//! - `rate-limit`: `limit::RateLimitLayer`: each key (or account) limited to its own or its
+//!   tier's requests per period (free 60, pro 600 per minute by default), with the `429`,
+//!   `Retry-After` and `RateLimit` headers; counted in this process (GCRA), or with `redis` in
+//!   Redis, one limit across instances.
+//!
+//! Balances of credits (`limit::CreditsLayer`) need no feature: every shipped store keeps them.
 //!
 //! Minimum Rust: 1.85; the `postgres` and `sqlite` features need 1.94 (sqlx 0.9).
 

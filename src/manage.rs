@@ -841,8 +841,12 @@ mod tests {
             expires_at: None,
             revoked_at: None,
             last_used_at: None,
+            rate_limit: Some(RateLimit::per_minute(60)),
+            credits: None,
         };
         let json = serde_json::to_value(&info).unwrap();
+        assert_eq!(json["rate_limit"]["requests"], 60);
+        assert_eq!(json["credits"], serde_json::Value::Null);
         assert_eq!(json["created_at"], "2023-11-14T22:13:20Z");
         assert_eq!(json["expires_at"], serde_json::Value::Null);
     }
@@ -860,6 +864,8 @@ mod tests {
             expires_at: expires_at.map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
             revoked_at: None,
             last_used_at: None,
+            rate_limit: None,
+            credits: None,
         }
     }
 

@@ -1,52 +1,21 @@
-//! Rate limits per key (feature `rate-limit`): [`RateLimitLayer`] answers `429` with code
-//! `rate_limited` once a key has used its tier's [`RateLimit`].
+//! Usage limits per key: rate limits ([`RateLimitLayer`], feature `rate-limit`) and balances of
+//! credits ([`CreditsLayer`]), each answered with `429` in the crate's envelope.
 //!
-//! Put it inside [`ApiKeyLayer`](crate::ApiKeyLayer), so that only authenticated requests reach
-//! a counter: a wrong key is refused with `401` before it could use up anyone's limit. Each key's
-//! limit comes from its tier, in [`TierLimits`] (free 60 requests per minute, pro 600 by
-//! default); a tier without a rate limit is not limited. By default every key has its own
-//! counter; [`RateLimitLayer::per_account`] makes all keys of an account share one.
+//! Put these layers inside [`ApiKeyLayer`](crate::ApiKeyLayer), so that only authenticated
+//! requests reach a counter: a wrong key is refused with `401` before it could use up anyone's
+//! limit.
 //!
-//! ```
-//! use std::convert::Infallible;
+//! # Rate limits
 //!
-//! use http::{Request, Response, StatusCode};
-//! use tower::{Service, ServiceBuilder, ServiceExt};
-//! use tower_api_key::limit::{RateLimit, RateLimitLayer};
-//! use tower_api_key::manage::TierLimits;
-//! use tower_api_key::{KeyManager, MemoryKeyStore, NewKey, Tier};
+//! Each key's limit is its own ([`NewKey::rate_limit`](crate::NewKey::rate_limit)) or else its
+//! tier's, in [`TierLimits`](crate::manage::TierLimits) (free 60 requests per minute, pro 600 by
+//! default); a key with neither is not limited. By default every key has its own counter;
+//! [`RateLimitLayer::per_account`] makes all keys of an account share one. Listings
+//! ([`KeyInfo::rate_limit`](crate::manage::KeyInfo::rate_limit)) show each key's limit.
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let keys = KeyManager::new(MemoryKeyStore::new());
-//! let created = keys.create(NewKey::new("acct_42", Tier::FREE, "ci")).await.unwrap();
+//! See [`RateLimitLayer`] for an example.
 //!
-//! // The free tier gets 2 requests per minute here (60 by default).
-//! let limits = TierLimits::default().with_rate_limit(Tier::FREE, RateLimit::per_minute(2));
-//! let mut service = ServiceBuilder::new()
-//!     .layer(keys.layer()) // outside: authenticates
-//!     .layer(RateLimitLayer::new(limits)) // inside: counts authenticated requests only
-//!     .service_fn(|_: Request<String>| async { Ok::<_, Infallible>(Response::new(String::new())) });
-//!
-//! let request = || {
-//!     Request::builder()
-//!         .header("x-api-key", created.key.expose_secret())
-//!         .body(String::new())
-//!         .unwrap()
-//! };
-//! for _ in 0..2 {
-//!     let response = service.ready().await.unwrap().call(request()).await.unwrap();
-//!     assert_eq!(response.status(), StatusCode::OK);
-//! }
-//! let response = service.ready().await.unwrap().call(request()).await.unwrap();
-//! assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS); // code `rate_limited`
-//! assert_eq!(response.headers()["retry-after"], "30");
-//! assert_eq!(response.headers()["ratelimit-policy"], r#""default";q=2;w=60"#);
-//! assert_eq!(response.headers()["ratelimit"], r#""default";r=0;t=30"#);
-//! # }
-//! ```
-//!
-//! # The answer
+//! ## The answer
 //!
 //! A refused request gets `429` in the crate's envelope (or the layer's
 //! [`error_response`](crate::ApiKeyLayer::error_response) hook's body, or `grpc-status` 8
@@ -65,23 +34,49 @@
 //! and `RateLimit` too, where `r` is what is left of the burst and `t` the limit's interval
 //! between requests, rounded up to whole seconds: one more request is added back within it.
 //!
-//! # The algorithm, and memory
+//! ## Local limits
 //!
-//! Limits are enforced in this process with GCRA ([`governor`](https://docs.rs/governor)): a
-//! key may send its burst (by default, the limit's whole count) at once, then one request
-//! every `period / requests`. The policy header advertises the sustained rate. A layer's clones
-//! and the services it builds share its counters; another `RateLimitLayer::new` starts its own,
-//! and each instance of a service counts alone, so that N instances allow N times the limit.
-//! Limits shared by instances (Redis, PostgreSQL) and limits stored on a key are not part of
-//! this module yet.
+//! By default limits are counted in this process with GCRA: a key may send its burst (by
+//! default, the limit's whole count) at once, then one request every `period / requests`. The
+//! policy header advertises the sustained rate. A layer's clones and the services it builds
+//! share its counters; another `RateLimitLayer::new` starts its own, and each instance of a
+//! service counts alone, so that N instances allow N times the limit.
 //!
 //! Memory is bounded by the keys (or accounts) of the store, since only authenticated requests
-//! reach a counter: one entry per key seen (its id and a 64-bit time). Entries of keys whose burst
-//! has refilled are dropped, which changes no answer, by a sweep that runs on the request that
-//! finds the 1,024th full burst since the last one (or more: as many as the last sweep left), so
-//! that each request pays for its share only; keys that are deleted or go quiet do not stay.
+//! reach a counter: one entry per key seen. Entries of keys whose burst has refilled are
+//! dropped, which changes no answer, by a sweep whose cost each request pays only its share of;
+//! keys that are deleted or go quiet do not stay.
+//!
+//! ## Global limits
+//!
+//! With the feature `redis`, [`RateLimitLayer::global`] counts in Redis instead: every
+//! instance of a service that counts in the same Redis (and [prefix](crate::store::RedisKeyStore::prefix))
+//! shares one limit per key. Each request is one atomic script (GCRA on the Redis server's
+//! clock, so that instances whose clocks differ agree), one round trip.
+//! [`RateLimitLayer::leases`] takes several requests per round trip and spends them in this
+//! process: most requests then make no round trip, and the instances together still never
+//! accept more than the limit (requests taken and not spent within the limit's interval are
+//! lost, so they may accept fewer).
+//!
+//! When Redis cannot be asked, a request is refused with `503` (`authentication_unavailable`)
+//! and the failure logged: limits fail closed. [`RateLimitLayer::fail_open`] lets requests pass
+//! instead, for a service that would rather serve unlimited than not at all.
+//!
+//! # Credits
+//!
+//! A key may carry a balance of [`Credits`] ([`NewKey::credits`](crate::NewKey::credits)),
+//! optionally [refilled](Refill) every day or month. [`CreditsLayer`] makes each request spend
+//! its cost (1, or what the route sets: put one layer per route with its own
+//! [`cost`](CreditsLayer::cost)), atomically in the store that holds the keys, so that instances
+//! sharing a store never accept more requests than there were credits. A request the balance
+//! cannot pay gets `429` with code `usage_exceeded`, a message that says when the balance is
+//! refilled, and `Retry-After` until then if it is. Listings show the balance;
+//! [`KeyManager::top_up`](crate::KeyManager::top_up) adds to it. When the store fails, the
+//! request is refused with `503`: credits always fail closed.
 
 mod credits;
+#[cfg(all(feature = "rate-limit", feature = "redis"))]
+mod global;
 #[cfg(feature = "rate-limit")]
 mod local;
 #[cfg(feature = "rate-limit")]

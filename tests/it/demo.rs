@@ -1,6 +1,6 @@
 //! The demo service (`examples/axum.rs`) over real HTTP on 127.0.0.1: the key-management flow a
 //! user would follow with curl.
-#![cfg(feature = "axum")]
+#![cfg(all(feature = "axum", feature = "rate-limit"))]
 
 #[allow(dead_code)] // The demo's `main` is not called here.
 #[path = "../../examples/axum.rs"]
@@ -13,6 +13,8 @@ use std::time::{Duration, SystemTime};
 
 use common::{assert_envelope, Answer};
 use http::{Method, StatusCode};
+use tower_api_key::limit::RateLimitLayer;
+use tower_api_key::manage::TierLimits;
 use tower_api_key::{
     clock::ManualClock, manage::CreatedKey, store::WritableKeyStore, ApiKey, KeyId, KeyManager,
     MemoryKeyStore, NewKey, Tier,
@@ -46,7 +48,10 @@ impl<S: WritableKeyStore + Clone> Demo<S> {
         let (live, test) = example::demo_keys(&keys, &account).await.unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let app = example::app(KeyManager::new(store.clone()).clock(clock.clone()));
+        let app = example::app(
+            KeyManager::new(store.clone()).clock(clock.clone()),
+            RateLimitLayer::new(TierLimits::default()),
+        );
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self {
             address,
@@ -627,7 +632,10 @@ async fn expiring_key_creates_and_revokes_keys_that_expire_no_later() {
 async fn serve_demo<S: WritableKeyStore + Clone>(store: S) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    let app = example::app(KeyManager::new(store));
+    let app = example::app(
+        KeyManager::new(store),
+        RateLimitLayer::new(TierLimits::default()),
+    );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     address
 }

@@ -17,6 +17,7 @@ mod credits;
 mod demo;
 mod failed_attempts;
 mod faults_under_load;
+mod global_limits;
 mod hostile_headers;
 mod http;
 mod layer;

@@ -19,14 +19,24 @@
 //! A record's fields are `digest` (hex), `key_id`, `account_id`, `name`, `tier`, `mode` (`live`
 //! or `test`; a record without it, written by an earlier version, is live) and, when set,
 //! `scopes` (space-separated), `metadata` (JSON), `hint`, `created_at`, `expires_at`,
-//! `revoked_at` and `last_used_at` (integer microseconds since the Unix epoch). Fields rather
-//! than one JSON document let the scripts change a time in place: re-encoding the record with
+//! `revoked_at` and `last_used_at` (integer microseconds since the Unix epoch), `rate_limit`
+//! (the key's own limit, JSON: `{"requests":60,"period_secs":60,"burst":60}`), and for a key
+//! with a balance of credits `credits_remaining` (a decimal `u64`), `credits_refill_amount`
+//! and `credits_refill_every` (`day` or `month`) if it is refilled, and `credits_refilled_at`
+//! (microseconds) once it has been. A record written by an earlier version, without these
+//! fields, is a key with no limit of its own and no balance. Fields rather than one JSON
+//! document let the scripts change a time or a balance in place: re-encoding the record with
 //! Lua's cjson would alter metadata (`[]` becomes `{}`, integers are rounded to 14 digits).
 //!
 //! Every write is one Lua script, which Redis runs atomically with respect to every other
-//! client: so `create` counts and inserts in one step for all application instances. Each
-//! script also publishes the lookup id (hex) of every key it changes on the channel
-//! `{<prefix>}:changes`, for [`RedisKeyStore::changes`]; recording a last use publishes nothing.
+//! client: so `create` counts and inserts in one step for all application instances, and a
+//! spend of credits refills, compares and takes in one step, so that of N concurrent spends
+//! on a balance of M exactly `min(N, M)` succeed. Lua's numbers are doubles, exact only below
+//! 2^53, so the scripts keep balances as decimal strings and do their arithmetic digit by
+//! digit: exact over the whole `u64` range. Each script also publishes the lookup id (hex) of
+//! every key it changes on the channel `{<prefix>}:changes`, for [`RedisKeyStore::changes`];
+//! recording a last use, spending credits and topping them up publish nothing, as no cache
+//! decides by them.
 //!
 //! Redis Cluster runs a script only when every key it touches is in one hash slot, and routes
 //! it by the keys it declares: `{<prefix>}` is a hash tag, so all of a store's keys are in one
@@ -50,6 +60,7 @@ use super::within;
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
 use crate::identity::{KeyId, KeyIdentity, Tier};
 use crate::key::{KeyDigest, LookupId};
+use crate::limit::{Credits, Refill, RefillPeriod, Spend};
 use crate::mode::KeyMode;
 use crate::scope::Scopes;
 
@@ -74,9 +85,10 @@ const ATTEMPTS: usize = 3;
 /// [prefix](RedisKeyStore::prefix) (`tower-api-key` by default). Give each application sharing
 /// a Redis its own prefix.
 ///
-/// Creates, revocations, deletions and last-used updates are Lua scripts, each atomic across
-/// every instance: of N concurrent creates for an account one below its quota, exactly one
-/// succeeds. An operation that times out may still be applied once Redis gets to it.
+/// Creates, revocations, deletions, last-used updates, and spends and top-ups of credits are
+/// Lua scripts, each atomic across every instance: of N concurrent creates for an account one
+/// below its quota, exactly one succeeds; of N concurrent spends on a balance of M, exactly
+/// `min(N, M)` do. An operation that times out may still be applied once Redis gets to it.
 /// [`changes`](RedisKeyStore::changes) tells every instance's cache which keys changed.
 ///
 /// Clones are cheap and share the connection. Its `Debug` shows the prefix and the timeout,
@@ -357,8 +369,8 @@ impl WritableKeyStore for RedisKeyStore {
         key_id: &KeyId,
         at: SystemTime,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let at = micros(at)?.to_string();
-        let revoke = self.redis.change(&REVOKE, account_id, key_id, Some(at));
+        let at = [micros(at)?.to_string()];
+        let revoke = self.redis.change(&REVOKE, account_id, key_id, &at);
         within("Redis", self.redis.timeout, revoke).await
     }
 
@@ -367,8 +379,31 @@ impl WritableKeyStore for RedisKeyStore {
         account_id: &str,
         key_id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let delete = self.redis.change(&DELETE, account_id, key_id, None);
+        let delete = self.redis.change(&DELETE, account_id, key_id, &[]);
         within("Redis", self.redis.timeout, delete).await
+    }
+
+    async fn spend_credits(
+        &self,
+        key_id: &KeyId,
+        cost: u64,
+        now: SystemTime,
+    ) -> Result<Option<Spend>, StoreError> {
+        let spend = self.redis.spend(key_id, cost, now);
+        within("Redis", self.redis.timeout, spend).await
+    }
+
+    async fn top_up_credits(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        amount: u64,
+        now: SystemTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let [day, month] = period_starts(now)?;
+        let args = [amount.to_string(), day, month];
+        let top_up = self.redis.change(&TOP_UP, account_id, key_id, &args);
+        within("Redis", self.redis.timeout, top_up).await
     }
 }
 
@@ -490,14 +525,14 @@ impl Redis {
         Ok(record.filter(|record| is_of(record, account_id, key_id.as_str())))
     }
 
-    /// Runs `script` (revoke or delete) on key `key_id` of `account_id`, with `extra` as its
-    /// last argument: the record after the change, or `None` if there is no such key.
+    /// Runs `script` (revoke, delete or top up) on key `key_id` of `account_id`, with `extra` as
+    /// its last arguments: the record after the change, or `None` if there is no such key.
     async fn change(
         &self,
         script: &Script,
         account_id: &str,
         key_id: &KeyId,
-        extra: Option<String>,
+        extra: &[String],
     ) -> Result<Option<KeyRecord>, StoreError> {
         for _ in 0..ATTEMPTS {
             let Some(lookup_hex) = self.lookup_hex_of(key_id).await? else {
@@ -515,11 +550,37 @@ impl Redis {
                 account_id.to_owned(),
                 key_id.to_string(),
             ];
-            args.extend(extra.clone());
+            args.extend_from_slice(extra);
             // `None`: the key's lookup id changed between the two round trips.
             let fields: Option<HashMap<String, String>> = self.run(script, &keys, &args).await?;
             if let Some(fields) = fields {
                 return parse_record(fields);
+            }
+        }
+        Err(moved_meanwhile())
+    }
+
+    /// Spends `cost` of key `key_id`'s credits at `now`: see [`SPEND_LUA`].
+    async fn spend(
+        &self,
+        key_id: &KeyId,
+        cost: u64,
+        now: SystemTime,
+    ) -> Result<Option<Spend>, StoreError> {
+        let [day, month] = period_starts(now)?;
+        for _ in 0..ATTEMPTS {
+            let Some(lookup_hex) = self.lookup_hex_of(key_id).await? else {
+                return Ok(None);
+            };
+            let keys = [
+                self.key("id", key_id.as_str()),
+                self.key("lookup", &lookup_hex),
+            ];
+            let args = [lookup_hex, cost.to_string(), day.clone(), month.clone()];
+            // `None`: the key's lookup id changed between the two round trips.
+            let answer: Option<Vec<Option<String>>> = self.run(&SPEND, &keys, &args).await?;
+            if let Some(answer) = answer {
+                return parse_spend(answer).map(Some);
             }
         }
         Err(moved_meanwhile())
@@ -671,11 +732,26 @@ fn record_fields(record: &KeyRecord) -> Result<Vec<String>, StoreError> {
     if let Some(hint) = &record.hint {
         fields.push(("hint", hint.to_string()));
     }
+    if let Some(limit) = identity.rate_limit() {
+        let json = serde_json::to_string(&limit).map_err(StoreError::new)?;
+        fields.push(("rate_limit", json));
+    }
+    if let Some(credits) = &record.credits {
+        fields.push(("credits_remaining", credits.remaining.to_string()));
+        if let Some(refill) = credits.refill {
+            fields.push(("credits_refill_amount", refill.amount.to_string()));
+            fields.push(("credits_refill_every", period_name(refill.every).to_owned()));
+        }
+    }
     let times = [
         ("created_at", record.created_at),
         ("expires_at", record.expires_at),
         ("revoked_at", record.revoked_at),
         ("last_used_at", record.last_used_at),
+        (
+            "credits_refilled_at",
+            record.credits.and_then(|credits| credits.refilled_at),
+        ),
     ];
     for (name, time) in times {
         if let Some(time) = time {
@@ -714,8 +790,12 @@ fn parse_record(fields: HashMap<String, String>) -> Result<Option<KeyRecord>, St
         let metadata = serde_json::from_str(&metadata).map_err(|_| malformed("metadata"))?;
         identity = identity.with_metadata(metadata);
     }
+    if let Some(limit) = fields.optional("rate_limit") {
+        let limit = serde_json::from_str(&limit).map_err(|_| malformed("rate_limit"))?;
+        identity = identity.with_rate_limit(limit);
+    }
     Ok(Some(KeyRecord {
-        credits: None,
+        credits: fields.credits()?,
         digest,
         identity,
         expires_at: fields.time("expires_at")?,
@@ -724,6 +804,41 @@ fn parse_record(fields: HashMap<String, String>) -> Result<Option<KeyRecord>, St
         last_used_at: fields.time("last_used_at")?,
         hint: fields.optional("hint").map(Into::into),
     }))
+}
+
+/// The spend script's answer: its outcome, then the balance's fields in the order it reads them.
+fn parse_spend(answer: Vec<Option<String>>) -> Result<Spend, StoreError> {
+    const FIELDS: [&str; 4] = [
+        "credits_remaining",
+        "credits_refill_amount",
+        "credits_refill_every",
+        "credits_refilled_at",
+    ];
+    let unexpected = || StoreError::new("the Redis spend script gave an unknown answer");
+    let mut answer = answer.into_iter();
+    let outcome = answer.next().flatten().ok_or_else(unexpected)?;
+    if outcome == "unmetered" {
+        return Ok(Spend::Unmetered);
+    }
+    let fields = FIELDS
+        .iter()
+        .zip(answer)
+        .filter_map(|(name, value)| Some(((*name).to_owned(), value?)))
+        .collect();
+    let credits = Fields(fields).credits()?.ok_or_else(unexpected)?;
+    match outcome.as_str() {
+        "spent" => Ok(Spend::Spent(credits)),
+        "exhausted" => Ok(Spend::Exhausted(credits)),
+        _ => Err(unexpected()),
+    }
+}
+
+/// The starts of the day and of the month that `now` falls in (UTC), in microseconds: when a
+/// daily or a monthly refill last fell due, for the credit scripts.
+fn period_starts(now: SystemTime) -> Result<[String; 2], StoreError> {
+    let day = micros(RefillPeriod::Day.start_of(now))?;
+    let month = micros(RefillPeriod::Month.start_of(now))?;
+    Ok([day.to_string(), month.to_string()])
 }
 
 /// A record's fields as Redis returned them, taken out one by one.
@@ -738,6 +853,44 @@ impl Fields {
         self.optional(name).ok_or_else(|| malformed(name))
     }
 
+    /// A count of credits: a decimal `u64`, as the scripts keep it.
+    fn count(&mut self, name: &str) -> Result<Option<u64>, StoreError> {
+        self.optional(name)
+            .map(|value| value.parse().map_err(|_| malformed(name)))
+            .transpose()
+    }
+
+    /// The balance of credits, if the key has one: `credits_remaining`, with a refill if
+    /// `credits_refill_amount` and `credits_refill_every` are set (both or neither).
+    fn credits(&mut self) -> Result<Option<Credits>, StoreError> {
+        let remaining = self.count("credits_remaining")?;
+        let amount = self.count("credits_refill_amount")?;
+        let every = self.optional("credits_refill_every");
+        let refilled_at = self.time("credits_refilled_at")?;
+        let Some(remaining) = remaining else {
+            // Parts of a balance without the balance: not what this store writes.
+            return match (amount, every, refilled_at) {
+                (None, None, None) => Ok(None),
+                _ => Err(malformed("credits_remaining")),
+            };
+        };
+        let refill = match (amount, every) {
+            (None, None) => None,
+            (Some(amount), Some(every)) => {
+                let every =
+                    parse_period(&every).ok_or_else(|| malformed("credits_refill_every"))?;
+                Some(Refill { amount, every })
+            }
+            (None, Some(_)) => return Err(malformed("credits_refill_amount")),
+            (Some(_), None) => return Err(malformed("credits_refill_every")),
+        };
+        Ok(Some(Credits {
+            remaining,
+            refill,
+            refilled_at,
+        }))
+    }
+
     fn time(&mut self, name: &str) -> Result<Option<SystemTime>, StoreError> {
         self.optional(name)
             .map(|value| {
@@ -749,6 +902,20 @@ impl Fields {
             })
             .transpose()
     }
+}
+
+/// How `credits_refill_every` names a refill period (as `RefillPeriod` serializes).
+fn period_name(period: RefillPeriod) -> &'static str {
+    match period {
+        RefillPeriod::Day => "day",
+        RefillPeriod::Month => "month",
+    }
+}
+
+fn parse_period(name: &str) -> Option<RefillPeriod> {
+    [RefillPeriod::Day, RefillPeriod::Month]
+        .into_iter()
+        .find(|period| period_name(*period) == name)
 }
 
 /// The error for a record that is not what this store writes. It names the field only: the
@@ -882,14 +1049,132 @@ end
 return 1
 "#;
 
+/// Lua shared by the credit scripts. A count of credits is a `u64`, kept in Redis as its decimal
+/// string and handled as one: Lua's numbers are doubles, exact only below 2^53, so counts are
+/// compared, subtracted and added digit by digit, exact over the whole `u64` range (a top-up
+/// saturates at `u64::MAX`, as [`Credits::top_up`] does). Times are microseconds, as above.
+const CREDITS_LUA: &str = r#"
+local U64_MAX = '18446744073709551615'
+
+local function count(value, field)
+  local canonical = value == '0' or (type(value) == 'string' and value:match('^[1-9]%d*$'))
+  if not canonical or #value > #U64_MAX or (#value == #U64_MAX and value > U64_MAX) then
+    error('an API key record in Redis has a malformed ' .. field)
+  end
+  return value
+end
+
+-- -1, 0 or 1 as count a is below, equal to or above count b; byte by byte, so that no locale
+-- has a say.
+local function compare(a, b)
+  if #a ~= #b then return #a < #b and -1 or 1 end
+  for i = 1, #a do
+    local x, y = a:byte(i), b:byte(i)
+    if x ~= y then return x < y and -1 or 1 end
+  end
+  return 0
+end
+
+-- a - b, for a >= b.
+local function subtract(a, b)
+  local digits, borrow = {}, 0
+  for i = 0, #a - 1 do
+    local digit = a:byte(#a - i) - 48 - borrow
+    if i < #b then digit = digit - (b:byte(#b - i) - 48) end
+    if digit < 0 then digit, borrow = digit + 10, 1 else borrow = 0 end
+    digits[#a - i] = digit
+  end
+  local difference = table.concat(digits):gsub('^0+', '')
+  if difference == '' then return '0' end
+  return difference
+end
+
+-- a + b, or U64_MAX if the sum is larger.
+local function add(a, b)
+  local digits, carry, width = {}, 0, math.max(#a, #b)
+  for i = 0, width - 1 do
+    local digit = carry
+    if i < #a then digit = digit + a:byte(#a - i) - 48 end
+    if i < #b then digit = digit + b:byte(#b - i) - 48 end
+    if digit >= 10 then digit, carry = digit - 10, 1 else carry = 0 end
+    digits[width - i] = digit
+  end
+  local sum = table.concat(digits)
+  if carry == 1 then sum = '1' .. sum end
+  if compare(sum, U64_MAX) > 0 then return U64_MAX end
+  return sum
+end
+
+-- The record's balance as {remaining, refill amount, refill period, refilled at} (false for
+-- each field it lacks), refilled first if a refill fell due: a refill period began (day_start
+-- or month_start) after refilled_at, or refilled_at is unset. Nil if the key has no balance.
+local function balance(record, day_start, month_start)
+  local credits = redis.call('HMGET', record, 'credits_remaining', 'credits_refill_amount',
+    'credits_refill_every', 'credits_refilled_at')
+  if not credits[1] then return nil end
+  count(credits[1], 'credits_remaining')
+  if credits[2] then
+    count(credits[2], 'credits_refill_amount')
+    local start
+    if credits[3] == 'day' then start = day_start
+    elseif credits[3] == 'month' then start = month_start
+    else error('an API key record in Redis has a malformed credits_refill_every') end
+    if not credits[4] or micros(credits[4]) < micros(start) then
+      redis.call('HSET', record, 'credits_remaining', credits[2], 'credits_refilled_at', start)
+      credits[1], credits[4] = credits[2], start
+    end
+  end
+  return credits
+end
+"#;
+
+/// KEYS: the key's id entry and record. ARGV: the key's lookup id in hex, the cost, the starts
+/// of the current day and month (microseconds). Nil if the id entry no longer points at that
+/// record, else the outcome (`spent`, `exhausted` or `unmetered`) and the balance's four
+/// fields after it. Publishes nothing: no cache decides by a balance.
+const SPEND_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local credits = balance(KEYS[2], ARGV[3], ARGV[4])
+if not credits then return {'unmetered'} end
+local cost = count(ARGV[2], 'cost')
+local outcome = 'exhausted'
+if compare(credits[1], cost) >= 0 then
+  credits[1] = subtract(credits[1], cost)
+  redis.call('HSET', KEYS[2], 'credits_remaining', credits[1])
+  outcome = 'spent'
+end
+return {outcome, credits[1], credits[2], credits[3], credits[4]}
+"#;
+
+/// KEYS as for revoking. ARGV: the channel (unused), the key's lookup id in hex, account id,
+/// key id, amount, the starts of the current day and month. As revoking answers. A key without
+/// a balance gets one of `amount`, never refilled. Publishes nothing, as spending.
+const TOP_UP_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then return false end
+local owner = redis.call('HMGET', KEYS[2], 'key_id', 'account_id')
+if owner[1] ~= ARGV[4] or owner[2] ~= ARGV[3] then return {} end
+local amount = count(ARGV[5], 'amount')
+local credits = balance(KEYS[2], ARGV[6], ARGV[7])
+local remaining = amount
+if credits then remaining = add(credits[1], amount) end
+redis.call('HSET', KEYS[2], 'credits_remaining', remaining)
+return redis.call('HGETALL', KEYS[2])
+"#;
+
 fn script(body: &str) -> Script {
     Script::new(&format!("{LUA_HELPERS}{body}"))
+}
+
+fn credits_script(body: &str) -> Script {
+    Script::new(&format!("{LUA_HELPERS}{CREDITS_LUA}{body}"))
 }
 
 static CREATE: LazyLock<Script> = LazyLock::new(|| script(CREATE_LUA));
 static REVOKE: LazyLock<Script> = LazyLock::new(|| script(REVOKE_LUA));
 static DELETE: LazyLock<Script> = LazyLock::new(|| script(DELETE_LUA));
 static RECORD_USE: LazyLock<Script> = LazyLock::new(|| script(RECORD_USE_LUA));
+static SPEND: LazyLock<Script> = LazyLock::new(|| credits_script(SPEND_LUA));
+static TOP_UP: LazyLock<Script> = LazyLock::new(|| credits_script(TOP_UP_LUA));
 /// KEYS: any key of the store's slot (so that a cluster runs it there); ARGV: channel, message.
 static PUBLISH: LazyLock<Script> =
     LazyLock::new(|| Script::new("return redis.call('PUBLISH', ARGV[1], ARGV[2])"));
@@ -950,6 +1235,87 @@ mod tests {
         let parsed = parse_record(fields).unwrap().unwrap();
         assert_eq!(parsed.identity.mode(), KeyMode::Live);
         assert!(parsed.identity.scopes().is_none());
+    }
+
+    #[test]
+    fn rate_limit_and_credits_round_trip_through_their_fields() {
+        let refilled_at = UNIX_EPOCH + Duration::from_secs(1_764_547_200);
+        let credits = Credits::new(u64::MAX).refilled(Refill::monthly(1_000), refilled_at);
+        let limit = crate::limit::RateLimit::per_minute(7).burst(3);
+        let mut record = record().with_credits(credits);
+        record.identity = record.identity.with_rate_limit(limit);
+        let fields = stored(&record);
+        assert_eq!(fields["credits_remaining"], "18446744073709551615");
+        assert_eq!(fields["credits_refill_every"], "month");
+        assert_eq!(
+            fields["rate_limit"],
+            r#"{"requests":7,"period_secs":60,"burst":3}"#
+        );
+        let parsed = parse_record(fields).unwrap().unwrap();
+        assert_eq!(parsed.credits, Some(credits));
+        assert_eq!(parsed.identity.rate_limit(), Some(limit));
+
+        let never_refilled = record.with_credits(Credits::new(0));
+        let parsed = parse_record(stored(&never_refilled)).unwrap().unwrap();
+        assert_eq!(parsed.credits, Some(Credits::new(0)));
+    }
+
+    #[test]
+    fn record_of_an_earlier_version_has_no_rate_limit_and_no_credits() {
+        let fields = stored(&record());
+        assert!(!fields.keys().any(|name| name.starts_with("credits_")));
+        let parsed = parse_record(fields).unwrap().unwrap();
+        assert_eq!(parsed.identity.rate_limit(), None);
+        assert_eq!(parsed.credits, None);
+    }
+
+    #[test]
+    fn malformed_or_partial_credits_are_an_error_that_names_the_field() {
+        let refill = Credits::new(5).refilled(Refill::daily(9), UNIX_EPOCH);
+        let record = record().with_credits(refill);
+        for (field, junk) in [
+            ("credits_remaining", "-1"),
+            ("credits_remaining", "18446744073709551616"),
+            ("credits_refill_amount", "1e3"),
+            ("credits_refill_every", "week"),
+            ("credits_refilled_at", "soon"),
+            ("rate_limit", r#"{"requests":0,"period_secs":60}"#),
+        ] {
+            let mut fields = stored(&record);
+            fields.insert(field.to_owned(), junk.to_owned());
+            let error = parse_record(fields).unwrap_err().to_string();
+            assert!(error.contains(field), "{field}: {error}");
+        }
+        for (missing, named) in [
+            ("credits_remaining", "credits_remaining"),
+            ("credits_refill_every", "credits_refill_every"),
+            ("credits_refill_amount", "credits_refill_amount"),
+        ] {
+            let mut fields = stored(&record);
+            fields.remove(missing);
+            let error = parse_record(fields).unwrap_err().to_string();
+            assert!(error.contains(named), "{missing}: {error}");
+        }
+    }
+
+    #[test]
+    fn spend_answers_are_read_with_their_balance() {
+        let some = |value: &str| Some(value.to_owned());
+        let answer = vec![some("spent"), some("4"), some("9"), some("day"), some("0")];
+        let credits = Credits::new(4).refilled(Refill::daily(9), UNIX_EPOCH);
+        assert_eq!(parse_spend(answer).unwrap(), Spend::Spent(credits));
+        let answer = vec![some("exhausted"), some("0"), None, None, None];
+        assert_eq!(
+            parse_spend(answer).unwrap(),
+            Spend::Exhausted(Credits::new(0))
+        );
+        assert_eq!(
+            parse_spend(vec![some("unmetered")]).unwrap(),
+            Spend::Unmetered
+        );
+        assert!(parse_spend(vec![some("spent")]).is_err());
+        assert!(parse_spend(vec![some("maybe"), some("1")]).is_err());
+        assert!(parse_spend(Vec::new()).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! | `{<prefix>}:id:<key id>`               | string     | the key's lookup id in hex             |
 //! | `{<prefix>}:account:<account id>`      | set        | all the account's key ids, for `list`  |
 //! | `{<prefix>}:active:<account id>`       | sorted set | its active key ids, scored by expiry   |
+//! | `{<prefix>}:rate:<subject>`            | string     | a shared rate limit's counter          |
 //!
 //! The active set scores each key id by its expiry in microseconds (`+inf` for none). A key
 //! leaves it when it is revoked or deleted, and once expired at the next `create` of its
@@ -38,6 +39,10 @@
 //! recording a last use, spending credits and topping them up publish nothing, as no cache
 //! decides by them.
 //!
+//! The `rate` counters are for rate limits shared by every instance: each holds the
+//! theoretical arrival time of a GCRA counter, in microseconds by the Redis server's clock, and
+//! expires once its burst would be full again.
+//!
 //! Redis Cluster runs a script only when every key it touches is in one hash slot, and routes
 //! it by the keys it declares: `{<prefix>}` is a hash tag, so all of a store's keys are in one
 //! slot (`RedisKeyStore`'s docs say why one), and every script declares in `KEYS` each key it
@@ -60,6 +65,8 @@ use super::within;
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
 use crate::identity::{KeyId, KeyIdentity, Tier};
 use crate::key::{KeyDigest, LookupId};
+#[cfg(feature = "rate-limit")]
+use crate::limit::RateLimit;
 use crate::limit::{Credits, Refill, RefillPeriod, Spend};
 use crate::mode::KeyMode;
 use crate::scope::Scopes;
@@ -404,6 +411,67 @@ impl WritableKeyStore for RedisKeyStore {
         let args = [amount.to_string(), day, month];
         let top_up = self.redis.change(&TOP_UP, account_id, key_id, &args);
         within("Redis", self.redis.timeout, top_up).await
+    }
+}
+
+/// What [`RedisKeyStore::take_rate`] took.
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(not(test), allow(dead_code))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Taken {
+    /// How many requests were taken: at least 1, at most the number wanted.
+    pub(crate) granted: u32,
+    /// How many more could be taken at once right after.
+    pub(crate) remaining: u32,
+}
+
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(not(test), allow(dead_code))]
+impl RedisKeyStore {
+    /// The longest interval and tolerance a rate counter keeps, in microseconds (about 142
+    /// years): so that every number of its script stays below 2^53, exact in Lua's doubles.
+    const RATE_MICROS_MAX: u64 = 1 << 52;
+
+    /// Takes up to `want` requests (>= 1; 0 counts as 1) from `subject`'s GCRA counter under
+    /// `limit`, in one atomic step, by the Redis server's clock (`TIME`), so that instances
+    /// whose clocks differ share one limit.
+    ///
+    /// `Ok(Ok(Taken { granted, remaining }))` with `1 <= granted <= want`, or
+    /// `Ok(Err(retry_after))` when not even one request is available. The counter is the
+    /// Redis key `{<prefix>}:rate:<subject>`: subjects of different kinds (key ids, account
+    /// ids) must not collide. Times are whole microseconds: the interval between requests,
+    /// `limit`'s period divided by its requests, is rounded up to one, so that no more than
+    /// the limit ever passes (beyond a million requests per second, a million per second
+    /// do). One round trip (`EVALSHA`), bounded by the store's timeout.
+    pub(crate) async fn take_rate(
+        &self,
+        subject: &str,
+        limit: RateLimit,
+        want: u32,
+    ) -> Result<Result<Taken, Duration>, StoreError> {
+        let interval = limit.interval().as_nanos().div_ceil(1_000).max(1);
+        let interval = u64::try_from(interval)
+            .unwrap_or(u64::MAX)
+            .min(Self::RATE_MICROS_MAX);
+        let tolerance =
+            (interval.saturating_mul(limit.burst_size().into())).min(Self::RATE_MICROS_MAX);
+        let keys = [self.redis.key("rate", subject)];
+        let args = [
+            interval.to_string(),
+            tolerance.to_string(),
+            want.max(1).to_string(),
+        ];
+        let take = self.redis.run::<(i64, i64)>(&TAKE_RATE, &keys, &args);
+        let (granted, other) = within("Redis", self.redis.timeout, take).await?;
+        let unexpected = || StoreError::new("the Redis rate limit script gave an unknown answer");
+        if granted < 1 {
+            let retry_after = u64::try_from(other).map_err(|_| unexpected())?;
+            return Ok(Err(Duration::from_micros(retry_after)));
+        }
+        Ok(Ok(Taken {
+            granted: u32::try_from(granted).map_err(|_| unexpected())?,
+            remaining: u32::try_from(other).map_err(|_| unexpected())?,
+        }))
     }
 }
 
@@ -1161,6 +1229,41 @@ redis.call('HSET', KEYS[2], 'credits_remaining', remaining)
 return redis.call('HGETALL', KEYS[2])
 "#;
 
+/// KEYS: the subject's counter: its theoretical arrival time (TAT), integer microseconds by
+/// the Redis server's clock. ARGV: the interval between requests, the tolerance (interval ×
+/// burst), both in microseconds, and how many requests are wanted. `{granted, remaining}`, or
+/// `{0, microseconds until one request is available}`.
+///
+/// Every number stays below 2^53 (the store caps interval and tolerance at 2^52 µs), so Lua's
+/// doubles hold them exactly; the TAT is written with `%d`, never in exponent form. The
+/// counter expires when the burst would be full again, when it no longer says anything.
+#[cfg(feature = "rate-limit")]
+const TAKE_RATE_LUA: &str = r#"
+-- TIME before a write needs effects replication, the default since Redis 5.
+if redis.replicate_commands then redis.replicate_commands() end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local interval, tolerance, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+if not tat then error('a rate counter in Redis is malformed') end
+if tat < now then tat = now end
+
+-- floor(span / interval), checked against the rounding of the division.
+local span, available = now + tolerance - tat, 0
+if span >= interval then
+  available = math.floor(span / interval)
+  if available * interval > span then available = available - 1 end
+  if (available + 1) * interval <= span then available = available + 1 end
+end
+if available < 1 then return {0, tat + interval - tolerance - now} end
+
+local granted = math.min(want, available)
+tat = tat + granted * interval
+local ttl = math.ceil((tat - now) / 1000)
+redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', string.format('%d', ttl))
+return {granted, available - granted}
+"#;
+
 fn script(body: &str) -> Script {
     Script::new(&format!("{LUA_HELPERS}{body}"))
 }
@@ -1175,6 +1278,8 @@ static DELETE: LazyLock<Script> = LazyLock::new(|| script(DELETE_LUA));
 static RECORD_USE: LazyLock<Script> = LazyLock::new(|| script(RECORD_USE_LUA));
 static SPEND: LazyLock<Script> = LazyLock::new(|| credits_script(SPEND_LUA));
 static TOP_UP: LazyLock<Script> = LazyLock::new(|| credits_script(TOP_UP_LUA));
+#[cfg(feature = "rate-limit")]
+static TAKE_RATE: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_RATE_LUA));
 /// KEYS: any key of the store's slot (so that a cluster runs it there); ARGV: channel, message.
 static PUBLISH: LazyLock<Script> =
     LazyLock::new(|| Script::new("return redis.call('PUBLISH', ARGV[1], ARGV[2])"));
@@ -1342,5 +1447,147 @@ mod tests {
         let mut fields = stored(&record);
         fields.remove("account_id");
         assert!(parse_record(fields).is_err());
+    }
+}
+
+/// [`RedisKeyStore::take_rate`] on the Redis at `REDIS_URL`: crate-internal, so tested here
+/// rather than in `tests/it`.
+#[cfg(all(test, feature = "rate-limit"))]
+mod rate_tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A store on the Redis at `REDIS_URL`, on a connection of its own, under a prefix no
+    /// other run uses. Unset, the tests fail: a backend test that cannot reach its server
+    /// must not pass.
+    async fn store(prefix: &str) -> RedisKeyStore {
+        let url = std::env::var("REDIS_URL").unwrap_or_default();
+        assert!(
+            !url.is_empty(),
+            "REDIS_URL is not set: the `redis` feature's rate limit tests need a Redis server, \
+             e.g. REDIS_URL=redis://127.0.0.1:6379 cargo test --all-features --lib redis"
+        );
+        let client = ::redis::Client::open(url.as_str())
+            .unwrap_or_else(|error| panic!("REDIS_URL is not a Redis URL: {error}"));
+        let connection = ConnectionManager::new(client)
+            .await
+            .unwrap_or_else(|error| panic!("cannot reach the Redis at REDIS_URL: {error}"));
+        RedisKeyStore::new(connection).prefix(prefix)
+    }
+
+    fn unique(kind: &str) -> String {
+        format!(
+            "tower-api-key-test-{kind}-{}",
+            uuid::Uuid::new_v4().simple()
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_share_one_limit_of_exactly_the_burst() {
+        let prefix = unique("rate");
+        let stores = Arc::new([
+            store(&prefix).await,
+            store(&prefix).await,
+            store(&prefix).await,
+        ]);
+        let subject = unique("key");
+        let limit = RateLimit::per_minute(100);
+        let takes: Vec<_> = (0..1_000)
+            .map(|index| {
+                let (stores, subject) = (Arc::clone(&stores), subject.clone());
+                tokio::spawn(async move { stores[index % 3].take_rate(&subject, limit, 1).await })
+            })
+            .collect();
+        let (mut remaining, mut refused) = (Vec::new(), 0);
+        for take in takes {
+            match take.await.unwrap().unwrap() {
+                Ok(taken) => {
+                    assert_eq!(taken.granted, 1);
+                    remaining.push(taken.remaining);
+                }
+                Err(retry_after) => {
+                    assert!(retry_after > Duration::ZERO, "{retry_after:?}");
+                    // One interval (600 ms), with slack for a clock read between calls.
+                    assert!(retry_after <= Duration::from_millis(650), "{retry_after:?}");
+                    refused += 1;
+                }
+            }
+        }
+        remaining.sort_unstable();
+        assert_eq!(
+            remaining,
+            (0..100).collect::<Vec<u32>>(),
+            "each of the burst's requests was granted once, in one order"
+        );
+        assert_eq!(refused, 900);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_take_of_several_gets_at_most_what_is_left() {
+        let store = store(&unique("rate")).await;
+        let subject = unique("account");
+        let limit = RateLimit::per_minute(100);
+        let taken = store.take_rate(&subject, limit, 95).await.unwrap().unwrap();
+        assert_eq!(
+            taken,
+            Taken {
+                granted: 95,
+                remaining: 5
+            }
+        );
+        let taken = store.take_rate(&subject, limit, 10).await.unwrap().unwrap();
+        assert_eq!(
+            taken,
+            Taken {
+                granted: 5,
+                remaining: 0
+            }
+        );
+        let refused = store.take_rate(&subject, limit, 10).await.unwrap();
+        assert!(
+            matches!(refused, Err(retry_after) if retry_after <= Duration::from_millis(600)),
+            "{refused:?}"
+        );
+        // Another subject has a counter of its own.
+        let other = store.take_rate(&unique("key"), limit, 1).await.unwrap();
+        assert_eq!(
+            other,
+            Ok(Taken {
+                granted: 1,
+                remaining: 99
+            })
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_request_passes_after_its_retry_after_and_the_counter_expires() {
+        let prefix = unique("rate");
+        let store = store(&prefix).await;
+        let subject = unique("key");
+        let limit = RateLimit::per_second(10).burst(2);
+        let taken = store.take_rate(&subject, limit, 5).await.unwrap().unwrap();
+        assert_eq!(taken.granted, 2, "the burst");
+        let retry_after = store
+            .take_rate(&subject, limit, 1)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            retry_after > Duration::ZERO && retry_after <= Duration::from_millis(100),
+            "{retry_after:?}"
+        );
+        tokio::time::sleep(retry_after + Duration::from_millis(5)).await;
+        let taken = store.take_rate(&subject, limit, 5).await.unwrap().unwrap();
+        assert_eq!(taken.granted, 1, "one interval later, one request");
+
+        let mut connection = store.redis.connection.clone();
+        let mut command = ::redis::cmd("PTTL");
+        command.arg(format!("{{{prefix}}}:rate:{subject}"));
+        let ttl: i64 = command.query_async(&mut connection).await.unwrap();
+        assert!(
+            (1..=200).contains(&ttl),
+            "the burst is full again within 200 ms: {ttl}"
+        );
     }
 }

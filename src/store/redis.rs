@@ -1476,6 +1476,24 @@ mod rate_tests {
         RedisKeyStore::new(connection).prefix(prefix)
     }
 
+    /// A store on the Redis Cluster whose nodes `REDIS_CLUSTER_URLS` lists (comma-separated),
+    /// on a connection of its own. Unset, the tests fail, as above.
+    async fn cluster_store(prefix: &str) -> RedisKeyStore {
+        let urls = std::env::var("REDIS_CLUSTER_URLS").unwrap_or_default();
+        assert!(
+            !urls.is_empty(),
+            "REDIS_CLUSTER_URLS is not set: the `redis` feature's cluster tests need a Redis \
+             Cluster; `bash .ci/redis-cluster.sh start` starts one on 127.0.0.1"
+        );
+        let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+        let connection = ::redis::cluster::ClusterClient::new(nodes)
+            .unwrap_or_else(|error| panic!("REDIS_CLUSTER_URLS are not Redis URLs: {error}"))
+            .get_async_connection()
+            .await
+            .unwrap_or_else(|error| panic!("cannot reach the cluster: {error}"));
+        RedisKeyStore::cluster(connection).prefix(prefix)
+    }
+
     fn unique(kind: &str) -> String {
         format!(
             "tower-api-key-test-{kind}-{}",
@@ -1486,11 +1504,29 @@ mod rate_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn instances_share_one_limit_of_exactly_the_burst() {
         let prefix = unique("rate");
-        let stores = Arc::new([
+        let stores = [
             store(&prefix).await,
             store(&prefix).await,
             store(&prefix).await,
-        ]);
+        ];
+        assert_instances_share_one_limit(stores).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_share_one_limit_of_exactly_the_burst_on_a_cluster() {
+        let prefix = unique("rate");
+        let stores = [
+            cluster_store(&prefix).await,
+            cluster_store(&prefix).await,
+            cluster_store(&prefix).await,
+        ];
+        assert_instances_share_one_limit(stores).await;
+    }
+
+    /// 1,000 concurrent takes of one request each, spread over `stores`, under 100 per minute:
+    /// exactly the burst passes, and the rest are told to retry within one interval.
+    async fn assert_instances_share_one_limit(stores: [RedisKeyStore; 3]) {
+        let stores = Arc::new(stores);
         let subject = unique("key");
         let limit = RateLimit::per_minute(100);
         let takes: Vec<_> = (0..1_000)

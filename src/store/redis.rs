@@ -11,6 +11,7 @@
 //! | `{<prefix>}:id:<key id>`               | string     | the key's lookup id in hex             |
 //! | `{<prefix>}:account:<account id>`      | set        | all the account's key ids, for `list`  |
 //! | `{<prefix>}:active:<account id>`       | sorted set | its active key ids, scored by expiry   |
+//! | `{<prefix>}:rate:<subject>`            | string     | a shared rate limit's counter          |
 //!
 //! The active set scores each key id by its expiry in microseconds (`+inf` for none). A key
 //! leaves it when it is revoked or deleted, and once expired at the next `create` of its
@@ -19,14 +20,28 @@
 //! A record's fields are `digest` (hex), `key_id`, `account_id`, `name`, `tier`, `mode` (`live`
 //! or `test`; a record without it, written by an earlier version, is live) and, when set,
 //! `scopes` (space-separated), `metadata` (JSON), `hint`, `created_at`, `expires_at`,
-//! `revoked_at` and `last_used_at` (integer microseconds since the Unix epoch). Fields rather
-//! than one JSON document let the scripts change a time in place: re-encoding the record with
+//! `revoked_at` and `last_used_at` (integer microseconds since the Unix epoch), `rate_limit`
+//! (the key's own limit, JSON: `{"requests":60,"period_secs":60,"burst":60}`), and for a key
+//! with a balance of credits `credits_remaining` (a decimal `u64`), `credits_refill_amount`
+//! and `credits_refill_every` (`day` or `month`) if it is refilled, and `credits_refilled_at`
+//! (microseconds) once it has been. A record written by an earlier version, without these
+//! fields, is a key with no limit of its own and no balance. Fields rather than one JSON
+//! document let the scripts change a time or a balance in place: re-encoding the record with
 //! Lua's cjson would alter metadata (`[]` becomes `{}`, integers are rounded to 14 digits).
 //!
 //! Every write is one Lua script, which Redis runs atomically with respect to every other
-//! client: so `create` counts and inserts in one step for all application instances. Each
-//! script also publishes the lookup id (hex) of every key it changes on the channel
-//! `{<prefix>}:changes`, for [`RedisKeyStore::changes`]; recording a last use publishes nothing.
+//! client: so `create` counts and inserts in one step for all application instances, and a
+//! spend of credits refills, compares and takes in one step, so that of N concurrent spends
+//! on a balance of M exactly `min(N, M)` succeed. Lua's numbers are doubles, exact only below
+//! 2^53, so the scripts keep balances as decimal strings and do their arithmetic digit by
+//! digit: exact over the whole `u64` range. Each script also publishes the lookup id (hex) of
+//! every key it changes on the channel `{<prefix>}:changes`, for [`RedisKeyStore::changes`];
+//! recording a last use, spending credits and topping them up publish nothing, as no cache
+//! decides by them.
+//!
+//! The `rate` counters are for rate limits shared by every instance: each holds the
+//! theoretical arrival time of a GCRA counter, in microseconds by the Redis server's clock, and
+//! expires once its burst would be full again.
 //!
 //! Redis Cluster runs a script only when every key it touches is in one hash slot, and routes
 //! it by the keys it declares: `{<prefix>}` is a hash tag, so all of a store's keys are in one
@@ -50,6 +65,9 @@ use super::within;
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
 use crate::identity::{KeyId, KeyIdentity, Tier};
 use crate::key::{KeyDigest, LookupId};
+#[cfg(feature = "rate-limit")]
+use crate::limit::RateLimit;
+use crate::limit::{Credits, Refill, RefillPeriod, Spend};
 use crate::mode::KeyMode;
 use crate::scope::Scopes;
 
@@ -74,9 +92,10 @@ const ATTEMPTS: usize = 3;
 /// [prefix](RedisKeyStore::prefix) (`tower-api-key` by default). Give each application sharing
 /// a Redis its own prefix.
 ///
-/// Creates, revocations, deletions and last-used updates are Lua scripts, each atomic across
-/// every instance: of N concurrent creates for an account one below its quota, exactly one
-/// succeeds. An operation that times out may still be applied once Redis gets to it.
+/// Creates, revocations, deletions, last-used updates, and spends and top-ups of credits are
+/// Lua scripts, each atomic across every instance: of N concurrent creates for an account one
+/// below its quota, exactly one succeeds; of N concurrent spends on a balance of M, exactly
+/// `min(N, M)` do. An operation that times out may still be applied once Redis gets to it.
 /// [`changes`](RedisKeyStore::changes) tells every instance's cache which keys changed.
 ///
 /// Clones are cheap and share the connection. Its `Debug` shows the prefix and the timeout,
@@ -357,8 +376,8 @@ impl WritableKeyStore for RedisKeyStore {
         key_id: &KeyId,
         at: SystemTime,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let at = micros(at)?.to_string();
-        let revoke = self.redis.change(&REVOKE, account_id, key_id, Some(at));
+        let at = [micros(at)?.to_string()];
+        let revoke = self.redis.change(&REVOKE, account_id, key_id, &at);
         within("Redis", self.redis.timeout, revoke).await
     }
 
@@ -367,8 +386,92 @@ impl WritableKeyStore for RedisKeyStore {
         account_id: &str,
         key_id: &KeyId,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        let delete = self.redis.change(&DELETE, account_id, key_id, None);
+        let delete = self.redis.change(&DELETE, account_id, key_id, &[]);
         within("Redis", self.redis.timeout, delete).await
+    }
+
+    async fn spend_credits(
+        &self,
+        key_id: &KeyId,
+        cost: u64,
+        now: SystemTime,
+    ) -> Result<Option<Spend>, StoreError> {
+        let spend = self.redis.spend(key_id, cost, now);
+        within("Redis", self.redis.timeout, spend).await
+    }
+
+    async fn top_up_credits(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        amount: u64,
+        now: SystemTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let [day, month] = period_starts(now)?;
+        let args = [amount.to_string(), day, month];
+        let top_up = self.redis.change(&TOP_UP, account_id, key_id, &args);
+        within("Redis", self.redis.timeout, top_up).await
+    }
+}
+
+/// What [`RedisKeyStore::take_rate`] took.
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(not(test), allow(dead_code))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Taken {
+    /// How many requests were taken: at least 1, at most the number wanted.
+    pub(crate) granted: u32,
+    /// How many more could be taken at once right after.
+    pub(crate) remaining: u32,
+}
+
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(not(test), allow(dead_code))]
+impl RedisKeyStore {
+    /// The longest interval and tolerance a rate counter keeps, in microseconds (about 142
+    /// years): so that every number of its script stays below 2^53, exact in Lua's doubles.
+    const RATE_MICROS_MAX: u64 = 1 << 52;
+
+    /// Takes up to `want` requests (>= 1; 0 counts as 1) from `subject`'s GCRA counter under
+    /// `limit`, in one atomic step, by the Redis server's clock (`TIME`), so that instances
+    /// whose clocks differ share one limit.
+    ///
+    /// `Ok(Ok(Taken { granted, remaining }))` with `1 <= granted <= want`, or
+    /// `Ok(Err(retry_after))` when not even one request is available. The counter is the
+    /// Redis key `{<prefix>}:rate:<subject>`: subjects of different kinds (key ids, account
+    /// ids) must not collide. Times are whole microseconds: the interval between requests,
+    /// `limit`'s period divided by its requests, is rounded up to one, so that no more than
+    /// the limit ever passes (beyond a million requests per second, a million per second
+    /// do). One round trip (`EVALSHA`), bounded by the store's timeout.
+    pub(crate) async fn take_rate(
+        &self,
+        subject: &str,
+        limit: RateLimit,
+        want: u32,
+    ) -> Result<Result<Taken, Duration>, StoreError> {
+        let interval = limit.interval().as_nanos().div_ceil(1_000).max(1);
+        let interval = u64::try_from(interval)
+            .unwrap_or(u64::MAX)
+            .min(Self::RATE_MICROS_MAX);
+        let tolerance =
+            (interval.saturating_mul(limit.burst_size().into())).min(Self::RATE_MICROS_MAX);
+        let keys = [self.redis.key("rate", subject)];
+        let args = [
+            interval.to_string(),
+            tolerance.to_string(),
+            want.max(1).to_string(),
+        ];
+        let take = self.redis.run::<(i64, i64)>(&TAKE_RATE, &keys, &args);
+        let (granted, other) = within("Redis", self.redis.timeout, take).await?;
+        let unexpected = || StoreError::new("the Redis rate limit script gave an unknown answer");
+        if granted < 1 {
+            let retry_after = u64::try_from(other).map_err(|_| unexpected())?;
+            return Ok(Err(Duration::from_micros(retry_after)));
+        }
+        Ok(Ok(Taken {
+            granted: u32::try_from(granted).map_err(|_| unexpected())?,
+            remaining: u32::try_from(other).map_err(|_| unexpected())?,
+        }))
     }
 }
 
@@ -490,14 +593,14 @@ impl Redis {
         Ok(record.filter(|record| is_of(record, account_id, key_id.as_str())))
     }
 
-    /// Runs `script` (revoke or delete) on key `key_id` of `account_id`, with `extra` as its
-    /// last argument: the record after the change, or `None` if there is no such key.
+    /// Runs `script` (revoke, delete or top up) on key `key_id` of `account_id`, with `extra` as
+    /// its last arguments: the record after the change, or `None` if there is no such key.
     async fn change(
         &self,
         script: &Script,
         account_id: &str,
         key_id: &KeyId,
-        extra: Option<String>,
+        extra: &[String],
     ) -> Result<Option<KeyRecord>, StoreError> {
         for _ in 0..ATTEMPTS {
             let Some(lookup_hex) = self.lookup_hex_of(key_id).await? else {
@@ -515,11 +618,37 @@ impl Redis {
                 account_id.to_owned(),
                 key_id.to_string(),
             ];
-            args.extend(extra.clone());
+            args.extend_from_slice(extra);
             // `None`: the key's lookup id changed between the two round trips.
             let fields: Option<HashMap<String, String>> = self.run(script, &keys, &args).await?;
             if let Some(fields) = fields {
                 return parse_record(fields);
+            }
+        }
+        Err(moved_meanwhile())
+    }
+
+    /// Spends `cost` of key `key_id`'s credits at `now`: see [`SPEND_LUA`].
+    async fn spend(
+        &self,
+        key_id: &KeyId,
+        cost: u64,
+        now: SystemTime,
+    ) -> Result<Option<Spend>, StoreError> {
+        let [day, month] = period_starts(now)?;
+        for _ in 0..ATTEMPTS {
+            let Some(lookup_hex) = self.lookup_hex_of(key_id).await? else {
+                return Ok(None);
+            };
+            let keys = [
+                self.key("id", key_id.as_str()),
+                self.key("lookup", &lookup_hex),
+            ];
+            let args = [lookup_hex, cost.to_string(), day.clone(), month.clone()];
+            // `None`: the key's lookup id changed between the two round trips.
+            let answer: Option<Vec<Option<String>>> = self.run(&SPEND, &keys, &args).await?;
+            if let Some(answer) = answer {
+                return parse_spend(answer).map(Some);
             }
         }
         Err(moved_meanwhile())
@@ -671,11 +800,26 @@ fn record_fields(record: &KeyRecord) -> Result<Vec<String>, StoreError> {
     if let Some(hint) = &record.hint {
         fields.push(("hint", hint.to_string()));
     }
+    if let Some(limit) = identity.rate_limit() {
+        let json = serde_json::to_string(&limit).map_err(StoreError::new)?;
+        fields.push(("rate_limit", json));
+    }
+    if let Some(credits) = &record.credits {
+        fields.push(("credits_remaining", credits.remaining.to_string()));
+        if let Some(refill) = credits.refill {
+            fields.push(("credits_refill_amount", refill.amount.to_string()));
+            fields.push(("credits_refill_every", period_name(refill.every).to_owned()));
+        }
+    }
     let times = [
         ("created_at", record.created_at),
         ("expires_at", record.expires_at),
         ("revoked_at", record.revoked_at),
         ("last_used_at", record.last_used_at),
+        (
+            "credits_refilled_at",
+            record.credits.and_then(|credits| credits.refilled_at),
+        ),
     ];
     for (name, time) in times {
         if let Some(time) = time {
@@ -714,8 +858,12 @@ fn parse_record(fields: HashMap<String, String>) -> Result<Option<KeyRecord>, St
         let metadata = serde_json::from_str(&metadata).map_err(|_| malformed("metadata"))?;
         identity = identity.with_metadata(metadata);
     }
+    if let Some(limit) = fields.optional("rate_limit") {
+        let limit = serde_json::from_str(&limit).map_err(|_| malformed("rate_limit"))?;
+        identity = identity.with_rate_limit(limit);
+    }
     Ok(Some(KeyRecord {
-        credits: None,
+        credits: fields.credits()?,
         digest,
         identity,
         expires_at: fields.time("expires_at")?,
@@ -724,6 +872,41 @@ fn parse_record(fields: HashMap<String, String>) -> Result<Option<KeyRecord>, St
         last_used_at: fields.time("last_used_at")?,
         hint: fields.optional("hint").map(Into::into),
     }))
+}
+
+/// The spend script's answer: its outcome, then the balance's fields in the order it reads them.
+fn parse_spend(answer: Vec<Option<String>>) -> Result<Spend, StoreError> {
+    const FIELDS: [&str; 4] = [
+        "credits_remaining",
+        "credits_refill_amount",
+        "credits_refill_every",
+        "credits_refilled_at",
+    ];
+    let unexpected = || StoreError::new("the Redis spend script gave an unknown answer");
+    let mut answer = answer.into_iter();
+    let outcome = answer.next().flatten().ok_or_else(unexpected)?;
+    if outcome == "unmetered" {
+        return Ok(Spend::Unmetered);
+    }
+    let fields = FIELDS
+        .iter()
+        .zip(answer)
+        .filter_map(|(name, value)| Some(((*name).to_owned(), value?)))
+        .collect();
+    let credits = Fields(fields).credits()?.ok_or_else(unexpected)?;
+    match outcome.as_str() {
+        "spent" => Ok(Spend::Spent(credits)),
+        "exhausted" => Ok(Spend::Exhausted(credits)),
+        _ => Err(unexpected()),
+    }
+}
+
+/// The starts of the day and of the month that `now` falls in (UTC), in microseconds: when a
+/// daily or a monthly refill last fell due, for the credit scripts.
+fn period_starts(now: SystemTime) -> Result<[String; 2], StoreError> {
+    let day = micros(RefillPeriod::Day.start_of(now))?;
+    let month = micros(RefillPeriod::Month.start_of(now))?;
+    Ok([day.to_string(), month.to_string()])
 }
 
 /// A record's fields as Redis returned them, taken out one by one.
@@ -738,6 +921,44 @@ impl Fields {
         self.optional(name).ok_or_else(|| malformed(name))
     }
 
+    /// A count of credits: a decimal `u64`, as the scripts keep it.
+    fn count(&mut self, name: &str) -> Result<Option<u64>, StoreError> {
+        self.optional(name)
+            .map(|value| value.parse().map_err(|_| malformed(name)))
+            .transpose()
+    }
+
+    /// The balance of credits, if the key has one: `credits_remaining`, with a refill if
+    /// `credits_refill_amount` and `credits_refill_every` are set (both or neither).
+    fn credits(&mut self) -> Result<Option<Credits>, StoreError> {
+        let remaining = self.count("credits_remaining")?;
+        let amount = self.count("credits_refill_amount")?;
+        let every = self.optional("credits_refill_every");
+        let refilled_at = self.time("credits_refilled_at")?;
+        let Some(remaining) = remaining else {
+            // Parts of a balance without the balance: not what this store writes.
+            return match (amount, every, refilled_at) {
+                (None, None, None) => Ok(None),
+                _ => Err(malformed("credits_remaining")),
+            };
+        };
+        let refill = match (amount, every) {
+            (None, None) => None,
+            (Some(amount), Some(every)) => {
+                let every =
+                    parse_period(&every).ok_or_else(|| malformed("credits_refill_every"))?;
+                Some(Refill { amount, every })
+            }
+            (None, Some(_)) => return Err(malformed("credits_refill_amount")),
+            (Some(_), None) => return Err(malformed("credits_refill_every")),
+        };
+        Ok(Some(Credits {
+            remaining,
+            refill,
+            refilled_at,
+        }))
+    }
+
     fn time(&mut self, name: &str) -> Result<Option<SystemTime>, StoreError> {
         self.optional(name)
             .map(|value| {
@@ -749,6 +970,20 @@ impl Fields {
             })
             .transpose()
     }
+}
+
+/// How `credits_refill_every` names a refill period (as `RefillPeriod` serializes).
+fn period_name(period: RefillPeriod) -> &'static str {
+    match period {
+        RefillPeriod::Day => "day",
+        RefillPeriod::Month => "month",
+    }
+}
+
+fn parse_period(name: &str) -> Option<RefillPeriod> {
+    [RefillPeriod::Day, RefillPeriod::Month]
+        .into_iter()
+        .find(|period| period_name(*period) == name)
 }
 
 /// The error for a record that is not what this store writes. It names the field only: the
@@ -882,14 +1117,169 @@ end
 return 1
 "#;
 
+/// Lua shared by the credit scripts. A count of credits is a `u64`, kept in Redis as its decimal
+/// string and handled as one: Lua's numbers are doubles, exact only below 2^53, so counts are
+/// compared, subtracted and added digit by digit, exact over the whole `u64` range (a top-up
+/// saturates at `u64::MAX`, as [`Credits::top_up`] does). Times are microseconds, as above.
+const CREDITS_LUA: &str = r#"
+local U64_MAX = '18446744073709551615'
+
+local function count(value, field)
+  local canonical = value == '0' or (type(value) == 'string' and value:match('^[1-9]%d*$'))
+  if not canonical or #value > #U64_MAX or (#value == #U64_MAX and value > U64_MAX) then
+    error('an API key record in Redis has a malformed ' .. field)
+  end
+  return value
+end
+
+-- -1, 0 or 1 as count a is below, equal to or above count b; byte by byte, so that no locale
+-- has a say.
+local function compare(a, b)
+  if #a ~= #b then return #a < #b and -1 or 1 end
+  for i = 1, #a do
+    local x, y = a:byte(i), b:byte(i)
+    if x ~= y then return x < y and -1 or 1 end
+  end
+  return 0
+end
+
+-- a - b, for a >= b.
+local function subtract(a, b)
+  local digits, borrow = {}, 0
+  for i = 0, #a - 1 do
+    local digit = a:byte(#a - i) - 48 - borrow
+    if i < #b then digit = digit - (b:byte(#b - i) - 48) end
+    if digit < 0 then digit, borrow = digit + 10, 1 else borrow = 0 end
+    digits[#a - i] = digit
+  end
+  local difference = table.concat(digits):gsub('^0+', '')
+  if difference == '' then return '0' end
+  return difference
+end
+
+-- a + b, or U64_MAX if the sum is larger.
+local function add(a, b)
+  local digits, carry, width = {}, 0, math.max(#a, #b)
+  for i = 0, width - 1 do
+    local digit = carry
+    if i < #a then digit = digit + a:byte(#a - i) - 48 end
+    if i < #b then digit = digit + b:byte(#b - i) - 48 end
+    if digit >= 10 then digit, carry = digit - 10, 1 else carry = 0 end
+    digits[width - i] = digit
+  end
+  local sum = table.concat(digits)
+  if carry == 1 then sum = '1' .. sum end
+  if compare(sum, U64_MAX) > 0 then return U64_MAX end
+  return sum
+end
+
+-- The record's balance as {remaining, refill amount, refill period, refilled at} (false for
+-- each field it lacks), refilled first if a refill fell due: a refill period began (day_start
+-- or month_start) after refilled_at, or refilled_at is unset. Nil if the key has no balance.
+local function balance(record, day_start, month_start)
+  local credits = redis.call('HMGET', record, 'credits_remaining', 'credits_refill_amount',
+    'credits_refill_every', 'credits_refilled_at')
+  if not credits[1] then return nil end
+  count(credits[1], 'credits_remaining')
+  if credits[2] then
+    count(credits[2], 'credits_refill_amount')
+    local start
+    if credits[3] == 'day' then start = day_start
+    elseif credits[3] == 'month' then start = month_start
+    else error('an API key record in Redis has a malformed credits_refill_every') end
+    if not credits[4] or micros(credits[4]) < micros(start) then
+      redis.call('HSET', record, 'credits_remaining', credits[2], 'credits_refilled_at', start)
+      credits[1], credits[4] = credits[2], start
+    end
+  end
+  return credits
+end
+"#;
+
+/// KEYS: the key's id entry and record. ARGV: the key's lookup id in hex, the cost, the starts
+/// of the current day and month (microseconds). Nil if the id entry no longer points at that
+/// record, else the outcome (`spent`, `exhausted` or `unmetered`) and the balance's four
+/// fields after it. Publishes nothing: no cache decides by a balance.
+const SPEND_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return false end
+local credits = balance(KEYS[2], ARGV[3], ARGV[4])
+if not credits then return {'unmetered'} end
+local cost = count(ARGV[2], 'cost')
+local outcome = 'exhausted'
+if compare(credits[1], cost) >= 0 then
+  credits[1] = subtract(credits[1], cost)
+  redis.call('HSET', KEYS[2], 'credits_remaining', credits[1])
+  outcome = 'spent'
+end
+return {outcome, credits[1], credits[2], credits[3], credits[4]}
+"#;
+
+/// KEYS as for revoking. ARGV: the channel (unused), the key's lookup id in hex, account id,
+/// key id, amount, the starts of the current day and month. As revoking answers. A key without
+/// a balance gets one of `amount`, never refilled. Publishes nothing, as spending.
+const TOP_UP_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then return false end
+local owner = redis.call('HMGET', KEYS[2], 'key_id', 'account_id')
+if owner[1] ~= ARGV[4] or owner[2] ~= ARGV[3] then return {} end
+local amount = count(ARGV[5], 'amount')
+local credits = balance(KEYS[2], ARGV[6], ARGV[7])
+local remaining = amount
+if credits then remaining = add(credits[1], amount) end
+redis.call('HSET', KEYS[2], 'credits_remaining', remaining)
+return redis.call('HGETALL', KEYS[2])
+"#;
+
+/// KEYS: the subject's counter: its theoretical arrival time (TAT), integer microseconds by
+/// the Redis server's clock. ARGV: the interval between requests, the tolerance (interval ×
+/// burst), both in microseconds, and how many requests are wanted. `{granted, remaining}`, or
+/// `{0, microseconds until one request is available}`.
+///
+/// Every number stays below 2^53 (the store caps interval and tolerance at 2^52 µs), so Lua's
+/// doubles hold them exactly; the TAT is written with `%d`, never in exponent form. The
+/// counter expires when the burst would be full again, when it no longer says anything.
+#[cfg(feature = "rate-limit")]
+const TAKE_RATE_LUA: &str = r#"
+-- TIME before a write needs effects replication, the default since Redis 5.
+if redis.replicate_commands then redis.replicate_commands() end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local interval, tolerance, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1]) or 0)
+if not tat then error('a rate counter in Redis is malformed') end
+if tat < now then tat = now end
+
+-- floor(span / interval), checked against the rounding of the division.
+local span, available = now + tolerance - tat, 0
+if span >= interval then
+  available = math.floor(span / interval)
+  if available * interval > span then available = available - 1 end
+  if (available + 1) * interval <= span then available = available + 1 end
+end
+if available < 1 then return {0, tat + interval - tolerance - now} end
+
+local granted = math.min(want, available)
+tat = tat + granted * interval
+local ttl = math.ceil((tat - now) / 1000)
+redis.call('SET', KEYS[1], string.format('%d', tat), 'PX', string.format('%d', ttl))
+return {granted, available - granted}
+"#;
+
 fn script(body: &str) -> Script {
     Script::new(&format!("{LUA_HELPERS}{body}"))
+}
+
+fn credits_script(body: &str) -> Script {
+    Script::new(&format!("{LUA_HELPERS}{CREDITS_LUA}{body}"))
 }
 
 static CREATE: LazyLock<Script> = LazyLock::new(|| script(CREATE_LUA));
 static REVOKE: LazyLock<Script> = LazyLock::new(|| script(REVOKE_LUA));
 static DELETE: LazyLock<Script> = LazyLock::new(|| script(DELETE_LUA));
 static RECORD_USE: LazyLock<Script> = LazyLock::new(|| script(RECORD_USE_LUA));
+static SPEND: LazyLock<Script> = LazyLock::new(|| credits_script(SPEND_LUA));
+static TOP_UP: LazyLock<Script> = LazyLock::new(|| credits_script(TOP_UP_LUA));
+#[cfg(feature = "rate-limit")]
+static TAKE_RATE: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_RATE_LUA));
 /// KEYS: any key of the store's slot (so that a cluster runs it there); ARGV: channel, message.
 static PUBLISH: LazyLock<Script> =
     LazyLock::new(|| Script::new("return redis.call('PUBLISH', ARGV[1], ARGV[2])"));
@@ -953,6 +1343,87 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_and_credits_round_trip_through_their_fields() {
+        let refilled_at = UNIX_EPOCH + Duration::from_secs(1_764_547_200);
+        let credits = Credits::new(u64::MAX).refilled(Refill::monthly(1_000), refilled_at);
+        let limit = crate::limit::RateLimit::per_minute(7).burst(3);
+        let mut record = record().with_credits(credits);
+        record.identity = record.identity.with_rate_limit(limit);
+        let fields = stored(&record);
+        assert_eq!(fields["credits_remaining"], "18446744073709551615");
+        assert_eq!(fields["credits_refill_every"], "month");
+        assert_eq!(
+            fields["rate_limit"],
+            r#"{"requests":7,"period_secs":60,"burst":3}"#
+        );
+        let parsed = parse_record(fields).unwrap().unwrap();
+        assert_eq!(parsed.credits, Some(credits));
+        assert_eq!(parsed.identity.rate_limit(), Some(limit));
+
+        let never_refilled = record.with_credits(Credits::new(0));
+        let parsed = parse_record(stored(&never_refilled)).unwrap().unwrap();
+        assert_eq!(parsed.credits, Some(Credits::new(0)));
+    }
+
+    #[test]
+    fn record_of_an_earlier_version_has_no_rate_limit_and_no_credits() {
+        let fields = stored(&record());
+        assert!(!fields.keys().any(|name| name.starts_with("credits_")));
+        let parsed = parse_record(fields).unwrap().unwrap();
+        assert_eq!(parsed.identity.rate_limit(), None);
+        assert_eq!(parsed.credits, None);
+    }
+
+    #[test]
+    fn malformed_or_partial_credits_are_an_error_that_names_the_field() {
+        let refill = Credits::new(5).refilled(Refill::daily(9), UNIX_EPOCH);
+        let record = record().with_credits(refill);
+        for (field, junk) in [
+            ("credits_remaining", "-1"),
+            ("credits_remaining", "18446744073709551616"),
+            ("credits_refill_amount", "1e3"),
+            ("credits_refill_every", "week"),
+            ("credits_refilled_at", "soon"),
+            ("rate_limit", r#"{"requests":0,"period_secs":60}"#),
+        ] {
+            let mut fields = stored(&record);
+            fields.insert(field.to_owned(), junk.to_owned());
+            let error = parse_record(fields).unwrap_err().to_string();
+            assert!(error.contains(field), "{field}: {error}");
+        }
+        for (missing, named) in [
+            ("credits_remaining", "credits_remaining"),
+            ("credits_refill_every", "credits_refill_every"),
+            ("credits_refill_amount", "credits_refill_amount"),
+        ] {
+            let mut fields = stored(&record);
+            fields.remove(missing);
+            let error = parse_record(fields).unwrap_err().to_string();
+            assert!(error.contains(named), "{missing}: {error}");
+        }
+    }
+
+    #[test]
+    fn spend_answers_are_read_with_their_balance() {
+        let some = |value: &str| Some(value.to_owned());
+        let answer = vec![some("spent"), some("4"), some("9"), some("day"), some("0")];
+        let credits = Credits::new(4).refilled(Refill::daily(9), UNIX_EPOCH);
+        assert_eq!(parse_spend(answer).unwrap(), Spend::Spent(credits));
+        let answer = vec![some("exhausted"), some("0"), None, None, None];
+        assert_eq!(
+            parse_spend(answer).unwrap(),
+            Spend::Exhausted(Credits::new(0))
+        );
+        assert_eq!(
+            parse_spend(vec![some("unmetered")]).unwrap(),
+            Spend::Unmetered
+        );
+        assert!(parse_spend(vec![some("spent")]).is_err());
+        assert!(parse_spend(vec![some("maybe"), some("1")]).is_err());
+        assert!(parse_spend(Vec::new()).is_err());
+    }
+
+    #[test]
     fn no_fields_is_no_record() {
         assert!(parse_record(HashMap::new()).unwrap().is_none());
     }
@@ -976,5 +1447,183 @@ mod tests {
         let mut fields = stored(&record);
         fields.remove("account_id");
         assert!(parse_record(fields).is_err());
+    }
+}
+
+/// [`RedisKeyStore::take_rate`] on the Redis at `REDIS_URL`: crate-internal, so tested here
+/// rather than in `tests/it`.
+#[cfg(all(test, feature = "rate-limit"))]
+mod rate_tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// A store on the Redis at `REDIS_URL`, on a connection of its own, under a prefix no
+    /// other run uses. Unset, the tests fail: a backend test that cannot reach its server
+    /// must not pass.
+    async fn store(prefix: &str) -> RedisKeyStore {
+        let url = std::env::var("REDIS_URL").unwrap_or_default();
+        assert!(
+            !url.is_empty(),
+            "REDIS_URL is not set: the `redis` feature's rate limit tests need a Redis server, \
+             e.g. REDIS_URL=redis://127.0.0.1:6379 cargo test --all-features --lib redis"
+        );
+        let client = ::redis::Client::open(url.as_str())
+            .unwrap_or_else(|error| panic!("REDIS_URL is not a Redis URL: {error}"));
+        let connection = ConnectionManager::new(client)
+            .await
+            .unwrap_or_else(|error| panic!("cannot reach the Redis at REDIS_URL: {error}"));
+        RedisKeyStore::new(connection).prefix(prefix)
+    }
+
+    /// A store on the Redis Cluster whose nodes `REDIS_CLUSTER_URLS` lists (comma-separated),
+    /// on a connection of its own. Unset, the tests fail, as above.
+    async fn cluster_store(prefix: &str) -> RedisKeyStore {
+        let urls = std::env::var("REDIS_CLUSTER_URLS").unwrap_or_default();
+        assert!(
+            !urls.is_empty(),
+            "REDIS_CLUSTER_URLS is not set: the `redis` feature's cluster tests need a Redis \
+             Cluster; `bash .ci/redis-cluster.sh start` starts one on 127.0.0.1"
+        );
+        let nodes: Vec<&str> = urls.split(',').map(str::trim).collect();
+        let connection = ::redis::cluster::ClusterClient::new(nodes)
+            .unwrap_or_else(|error| panic!("REDIS_CLUSTER_URLS are not Redis URLs: {error}"))
+            .get_async_connection()
+            .await
+            .unwrap_or_else(|error| panic!("cannot reach the cluster: {error}"));
+        RedisKeyStore::cluster(connection).prefix(prefix)
+    }
+
+    fn unique(kind: &str) -> String {
+        format!(
+            "tower-api-key-test-{kind}-{}",
+            uuid::Uuid::new_v4().simple()
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_share_one_limit_of_exactly_the_burst() {
+        let prefix = unique("rate");
+        let stores = [
+            store(&prefix).await,
+            store(&prefix).await,
+            store(&prefix).await,
+        ];
+        assert_instances_share_one_limit(stores).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn instances_share_one_limit_of_exactly_the_burst_on_a_cluster() {
+        let prefix = unique("rate");
+        let stores = [
+            cluster_store(&prefix).await,
+            cluster_store(&prefix).await,
+            cluster_store(&prefix).await,
+        ];
+        assert_instances_share_one_limit(stores).await;
+    }
+
+    /// 1,000 concurrent takes of one request each, spread over `stores`, under 100 per minute:
+    /// exactly the burst passes, and the rest are told to retry within one interval.
+    async fn assert_instances_share_one_limit(stores: [RedisKeyStore; 3]) {
+        let stores = Arc::new(stores);
+        let subject = unique("key");
+        let limit = RateLimit::per_minute(100);
+        let takes: Vec<_> = (0..1_000)
+            .map(|index| {
+                let (stores, subject) = (Arc::clone(&stores), subject.clone());
+                tokio::spawn(async move { stores[index % 3].take_rate(&subject, limit, 1).await })
+            })
+            .collect();
+        let (mut remaining, mut refused) = (Vec::new(), 0);
+        for take in takes {
+            match take.await.unwrap().unwrap() {
+                Ok(taken) => {
+                    assert_eq!(taken.granted, 1);
+                    remaining.push(taken.remaining);
+                }
+                Err(retry_after) => {
+                    assert!(retry_after > Duration::ZERO, "{retry_after:?}");
+                    // One interval (600 ms), with slack for a clock read between calls.
+                    assert!(retry_after <= Duration::from_millis(650), "{retry_after:?}");
+                    refused += 1;
+                }
+            }
+        }
+        remaining.sort_unstable();
+        assert_eq!(
+            remaining,
+            (0..100).collect::<Vec<u32>>(),
+            "each of the burst's requests was granted once, in one order"
+        );
+        assert_eq!(refused, 900);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_take_of_several_gets_at_most_what_is_left() {
+        let store = store(&unique("rate")).await;
+        let subject = unique("account");
+        let limit = RateLimit::per_minute(100);
+        let taken = store.take_rate(&subject, limit, 95).await.unwrap().unwrap();
+        assert_eq!(
+            taken,
+            Taken {
+                granted: 95,
+                remaining: 5
+            }
+        );
+        let taken = store.take_rate(&subject, limit, 10).await.unwrap().unwrap();
+        assert_eq!(
+            taken,
+            Taken {
+                granted: 5,
+                remaining: 0
+            }
+        );
+        let refused = store.take_rate(&subject, limit, 10).await.unwrap();
+        assert!(
+            matches!(refused, Err(retry_after) if retry_after <= Duration::from_millis(600)),
+            "{refused:?}"
+        );
+        // Another subject has a counter of its own.
+        let other = store.take_rate(&unique("key"), limit, 1).await.unwrap();
+        assert_eq!(
+            other,
+            Ok(Taken {
+                granted: 1,
+                remaining: 99
+            })
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_request_passes_after_its_retry_after_and_the_counter_expires() {
+        let prefix = unique("rate");
+        let store = store(&prefix).await;
+        let subject = unique("key");
+        let limit = RateLimit::per_second(10).burst(2);
+        let taken = store.take_rate(&subject, limit, 5).await.unwrap().unwrap();
+        assert_eq!(taken.granted, 2, "the burst");
+        let retry_after = store
+            .take_rate(&subject, limit, 1)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            retry_after > Duration::ZERO && retry_after <= Duration::from_millis(100),
+            "{retry_after:?}"
+        );
+        tokio::time::sleep(retry_after + Duration::from_millis(5)).await;
+        let taken = store.take_rate(&subject, limit, 5).await.unwrap().unwrap();
+        assert_eq!(taken.granted, 1, "one interval later, one request");
+
+        let mut connection = store.redis.connection.clone();
+        let mut command = ::redis::cmd("PTTL");
+        command.arg(format!("{{{prefix}}}:rate:{subject}"));
+        let ttl: i64 = command.query_async(&mut connection).await.unwrap();
+        assert!(
+            (1..=200).contains(&ttl),
+            "the burst is full again within 200 ms: {ttl}"
+        );
     }
 }

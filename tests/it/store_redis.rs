@@ -23,6 +23,7 @@ use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::{
     clock::{Clock, ManualClock},
     key::{KeyDigest, KeyFormat},
+    limit::{Credits, Refill, RefillPeriod, Spend},
     store::{Quota, RedisKeyStore, WritableKeyStore},
     ApiKey, ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, KeyStore, NewKey, Tier,
 };
@@ -322,6 +323,150 @@ async fn times_round_trip_to_the_microsecond_and_metadata_exactly() {
     );
     assert_eq!(found.identity.metadata(), Some(&metadata));
     assert_eq!(found.identity.tier(), &Tier::new("gold"));
+}
+
+/// A record as an earlier version wrote it: no mode, scopes, rate limit or credits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_of_an_earlier_version_has_no_limit_and_no_balance_until_topped_up() {
+    let clock = clock();
+    let keys = manager(Redis::shared().instance().await, &clock);
+    let (account, key_id, key) = (account(), KeyId::random(), KeyFormat::default().generate());
+    let mut raw = connect().await;
+    let _: () = redis::cmd("HSET")
+        .arg(record_key(&PREFIX, &key))
+        .arg(&[
+            ("digest", key.digest().to_hex()),
+            ("key_id", key_id.to_string()),
+            ("account_id", account.clone()),
+            ("name", "old".to_owned()),
+            ("tier", "free".to_owned()),
+        ])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(redis_key(&PREFIX, "id", key_id.as_str()))
+        .arg(key.digest().lookup_id().to_hex())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("SADD")
+        .arg(redis_key(&PREFIX, "account", &account))
+        .arg(key_id.as_str())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    let store = keys.store();
+    let found = store
+        .find(&key.digest().lookup_id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((found.identity.rate_limit(), found.credits), (None, None));
+    assert_eq!(verdict(&keys, &key).await, "ok");
+    let spend = store.spend_credits(&key_id, 1, clock.now()).await.unwrap();
+    assert_eq!(spend, Some(Spend::Unmetered));
+    let topped = keys.top_up(&account, &key_id, 2).await.unwrap();
+    assert_eq!(topped.credits, Some(Credits::new(2)));
+    assert_eq!(
+        keys.list(&account).await.unwrap()[0].credits,
+        Some(Credits::new(2))
+    );
+}
+
+/// Balances are decimal strings in Redis and in the scripts: exact beyond 2^53 (where Lua's
+/// doubles stop being) and up to `u64::MAX`, where a top-up saturates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credits_stay_exact_over_the_whole_u64_range() {
+    let clock = clock();
+    let keys = manager(Redis::shared().instance().await, &clock);
+    let store = keys.store().clone();
+    let account = account();
+    let beyond_doubles = (1_u64 << 53) + 1;
+    let new = NewKey::new(&account, Tier::FREE, "big").credits(Credits::new(beyond_doubles));
+    let created = keys.create(new).await.unwrap();
+    let key_id = created.info.id;
+    let spend = |cost: u64| {
+        let (store, key_id, now) = (store.clone(), key_id.clone(), clock.now());
+        async move {
+            match store.spend_credits(&key_id, cost, now).await.unwrap() {
+                Some(Spend::Spent(credits)) => Ok(credits.remaining),
+                Some(Spend::Exhausted(credits)) => Err(credits.remaining),
+                other => panic!("{other:?}"),
+            }
+        }
+    };
+    assert_eq!(spend(1).await, Ok(1 << 53));
+    assert_eq!(spend((1 << 53) + 1).await, Err(1 << 53));
+    let topped = keys.top_up(&account, &key_id, u64::MAX - 10).await.unwrap();
+    assert_eq!(topped.credits.unwrap().remaining, u64::MAX, "saturated");
+    assert_eq!(spend(u64::MAX - 1).await, Ok(1));
+    assert_eq!(spend(2).await, Err(1));
+    let topped = keys.top_up(&account, &key_id, u64::MAX - 1).await.unwrap();
+    assert_eq!(topped.credits.unwrap().remaining, u64::MAX, "exactly full");
+    assert_eq!(spend(999).await, Ok(u64::MAX - 999));
+    let mut raw = connect().await;
+    let stored: String = redis::cmd("HGET")
+        .arg(record_key(&PREFIX, &created.key))
+        .arg("credits_remaining")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(stored, (u64::MAX - 999).to_string());
+
+    // A refill of u64::MAX, due on the 1st of the next month.
+    let refill = Credits::new(0).refilled(Refill::monthly(u64::MAX), UNIX_EPOCH);
+    let new = NewKey::new(&account, Tier::FREE, "refilled").credits(refill);
+    let refilled = keys.create(new).await.unwrap().info.id;
+    let spent = store
+        .spend_credits(&refilled, 3, clock.now())
+        .await
+        .unwrap();
+    assert!(matches!(spent, Some(Spend::Exhausted(_))), "{spent:?}");
+    clock.set(RefillPeriod::Month.next_after(clock.now()));
+    let spent = store
+        .spend_credits(&refilled, 3, clock.now())
+        .await
+        .unwrap();
+    let Some(Spend::Spent(credits)) = spent else {
+        panic!("{spent:?}");
+    };
+    assert_eq!(credits.remaining, u64::MAX - 3);
+    assert_eq!(
+        credits.refilled_at,
+        Some(RefillPeriod::Month.start_of(clock.now()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_balance_gives_an_error_and_is_left_alone() {
+    let clock = clock();
+    let keys = manager(Redis::shared().instance().await, &clock);
+    let account = account();
+    let new = NewKey::new(&account, Tier::FREE, "metered").credits(Credits::new(5));
+    let created = keys.create(new).await.unwrap();
+    let mut raw = connect().await;
+    for junk in ["lots", "-1", "05", "18446744073709551616"] {
+        let _: () = redis::cmd("HSET")
+            .arg(record_key(&PREFIX, &created.key))
+            .arg("credits_remaining")
+            .arg(junk)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let spend = keys.store().spend_credits(&created.info.id, 1, clock.now());
+        assert!(spend.await.is_err(), "{junk}");
+        let top_up = keys.top_up(&account, &created.info.id, 1).await;
+        assert!(top_up.is_err(), "{junk}");
+        let stored: String = redis::cmd("HGET")
+            .arg(record_key(&PREFIX, &created.key))
+            .arg("credits_remaining")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(stored, junk);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -897,6 +1042,34 @@ pub mod changes {
         ];
         assert_eq!(heard, [lookup_hex(&used.key), lookup_hex(&after.key)]);
     }
+
+    pub async fn spending_and_topping_up_credits_publish_nothing(deployment: impl Deployment) {
+        let (prefix, clock) = (unique_prefix(), clock());
+        let node = deployment.feed_node(&prefix).await;
+        let mut messages = subscribe(&node, &channel(&prefix)).await;
+        let keys = manager(deployment.store(&prefix).await, &clock);
+        let account = account();
+        let new = NewKey::new(&account, Tier::FREE, "metered").credits(Credits::new(1));
+        let metered = keys.create(new).await.unwrap();
+        let store = keys.store();
+        for expected in ["spent", "exhausted"] {
+            let spend = store.spend_credits(&metered.info.id, 1, clock.now()).await;
+            let outcome = match spend.unwrap() {
+                Some(Spend::Spent(_)) => "spent",
+                Some(Spend::Exhausted(_)) => "exhausted",
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(outcome, expected);
+        }
+        keys.top_up(&account, &metered.info.id, 5).await.unwrap();
+        // Another key's create: its message comes right after anything those published.
+        let after = create(&keys, &account).await;
+        let heard = [
+            next_message(&mut messages).await,
+            next_message(&mut messages).await,
+        ];
+        assert_eq!(heard, [lookup_hex(&metered.key), lookup_hex(&after.key)]);
+    }
 }
 
 /// One `#[tokio::test]` per push-invalidation test of [`changes`], on `$deployment`.
@@ -911,6 +1084,7 @@ macro_rules! redis_changes_suite {
             malformed_message_makes_the_cache_forget_everything,
             idle_feed_checks_its_connection_and_stays_listening,
             recording_a_use_publishes_nothing,
+            spending_and_topping_up_credits_publish_nothing,
         );
     };
     (@tests $deployment:expr; $($name:ident),* $(,)?) => {

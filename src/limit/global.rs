@@ -51,7 +51,6 @@ impl GlobalCounters {
     pub(crate) fn with_lease_size(&self, size: u32) -> Self {
         Self {
             lease_size: size,
-            leases: Arc::default(),
             ..self.fresh()
         }
     }
@@ -92,32 +91,48 @@ impl GlobalCounters {
         if let Some(remaining) = self.spend_lease(subject, limit) {
             return Ok(Ok(remaining));
         }
-        let taken = match self
+        match self
             .store
             .take_rate(subject, limit, self.lease_size)
             .await?
         {
-            Ok(taken) => taken,
-            Err(retry_after) => return Ok(Err(retry_after)),
-        };
-        // One of the requests taken is this one's; the others wait here for the next.
-        let left = taken.granted - 1;
-        if left > 0 {
-            let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
-            let lease = Lease {
-                left,
-                remaining: taken.remaining,
-                until: Instant::now() + limit.interval(),
-            };
-            leases.by_subject.insert((subject.to_owned(), limit), lease);
-            leases.added += 1;
-            if leases.added >= SWEEP_AFTER {
-                let now = Instant::now();
-                leases.by_subject.retain(|_, lease| lease.until > now);
-                leases.added = 0;
+            Ok(taken) => {
+                // One of the requests taken is this one's; the others wait here for the next.
+                let left = taken.granted - 1;
+                self.add_lease(subject, limit, left, taken.remaining);
+                Ok(Ok(left + taken.remaining))
             }
+            // Requests that other round trips of this process took meanwhile may be left.
+            Err(retry_after) => Ok(self.spend_lease(subject, limit).ok_or(retry_after)),
         }
-        Ok(Ok(left + taken.remaining))
+    }
+
+    /// Keeps `left` requests taken for `subject`, to spend within the limit's interval. Added
+    /// to a lease still running, they expire with it: a request is never kept longer.
+    fn add_lease(&self, subject: &str, limit: RateLimit, left: u32, remaining: u32) {
+        if left == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+        let lease = (leases.by_subject)
+            .entry((subject.to_owned(), limit))
+            .or_insert(Lease {
+                left: 0,
+                remaining,
+                until: now + limit.interval(),
+            });
+        if lease.until <= now {
+            lease.until = now + limit.interval();
+            lease.left = 0;
+        }
+        lease.left += left;
+        lease.remaining = remaining;
+        leases.added += 1;
+        if leases.added >= SWEEP_AFTER {
+            leases.by_subject.retain(|_, lease| lease.until > now);
+            leases.added = 0;
+        }
     }
 
     /// Spends a request of a lease of `subject`'s, if one is left and not expired.

@@ -416,7 +416,6 @@ impl WritableKeyStore for RedisKeyStore {
 
 /// What [`RedisKeyStore::take_rate`] took.
 #[cfg(feature = "rate-limit")]
-#[cfg_attr(not(test), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Taken {
     /// How many requests were taken: at least 1, at most the number wanted.
@@ -426,7 +425,6 @@ pub(crate) struct Taken {
 }
 
 #[cfg(feature = "rate-limit")]
-#[cfg_attr(not(test), allow(dead_code))]
 impl RedisKeyStore {
     /// The longest interval and tolerance a rate counter keeps, in microseconds (about 142
     /// years): so that every number of its script stays below 2^53, exact in Lua's doubles.

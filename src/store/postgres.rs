@@ -66,6 +66,15 @@ const SPEND_ATTEMPTS: usize = 8;
 /// (`pg_advisory_xact_lock(1953194241, hashtext(account_id))`), so that the quota holds across
 /// processes, including for an account that has no key yet.
 ///
+/// A key's own rate limit is kept as JSONB (`rate_limit`), its balance of credits in four
+/// columns (`credits_remaining`, `credits_refill_amount`, `credits_refill_every`,
+/// `credits_refilled_at`; amounts above `i64::MAX` are kept as `i64::MAX`, as good as
+/// unlimited). [`spend_credits`](WritableKeyStore::spend_credits) is one `UPDATE` that refills
+/// and spends, or changes nothing if the balance cannot pay: concurrent spends from any number
+/// of instances queue on the row's lock, so they never take more than the balance.
+/// [`top_up_credits`](WritableKeyStore::top_up_credits) is one `UPDATE` too. Neither notifies
+/// the [change feed](PgKeyStore::changes): a balance decides no authentication.
+///
 /// Every operation fails with a [`StoreError`] after the [timeout](PgKeyStore::timeout) (2 s by
 /// default), so that a database that is down or hung makes the layer answer `503`; the pool
 /// reconnects by itself once the database is back. Last-used times are written by a background
@@ -144,7 +153,8 @@ impl PgKeyStore {
         Self::build(self.pool, self.statements, timeout)
     }
 
-    /// Creates the table and its indexes unless they exist.
+    /// Creates the table and its indexes unless they exist, and adds the columns a table created
+    /// by an earlier version lacks (modes and scopes, rate limits and credits).
     ///
     /// Safe to run at every start, from any number of instances at once: migrations of one
     /// table are serialized by an advisory lock. The schema is `src/store/postgres.sql` in the

@@ -19,6 +19,7 @@ use super::within;
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
 use crate::identity::{KeyId, KeyIdentity, Tier};
 use crate::key::{KeyDigest, LookupId};
+use crate::limit::{Credits, RateLimit, Refill, RefillPeriod, Spend};
 use crate::mode::KeyMode;
 use crate::scope::Scopes;
 
@@ -44,7 +45,17 @@ const MAX_IDENTIFIER_LEN: usize = 63 - "_account_id_idx".len();
 
 /// The columns of a record, in the order every query selects them.
 const COLUMNS: &str = "key_id, digest, account_id, name, tier, metadata, hint, \
-                       created_at, expires_at, revoked_at, last_used_at, mode, scopes";
+                       created_at, expires_at, revoked_at, last_used_at, mode, scopes, \
+                       rate_limit, credits_remaining, credits_refill_amount, \
+                       credits_refill_every, credits_refilled_at";
+
+/// The columns of a balance of credits, in the order [`credits_from_row`] reads them.
+const CREDIT_COLUMNS: &str =
+    "credits_remaining, credits_refill_amount, credits_refill_every, credits_refilled_at";
+
+/// How many times [`WritableKeyStore::spend_credits`] tries again when the balance it found
+/// too low to pay was topped up in between.
+const SPEND_ATTEMPTS: usize = 8;
 
 /// A store that keeps keys in PostgreSQL, through your [`sqlx`] pool, so that every instance
 /// of a service sees the same keys, revocations and quotas.
@@ -54,6 +65,15 @@ const COLUMNS: &str = "key_id, digest, account_id, name, tier, metadata, hint, \
 /// transaction, under a transaction-scoped advisory lock on the account
 /// (`pg_advisory_xact_lock(1953194241, hashtext(account_id))`), so that the quota holds across
 /// processes, including for an account that has no key yet.
+///
+/// A key's own rate limit is kept as JSONB (`rate_limit`), its balance of credits in four
+/// columns (`credits_remaining`, `credits_refill_amount`, `credits_refill_every`,
+/// `credits_refilled_at`; amounts above `i64::MAX` are kept as `i64::MAX`, as good as
+/// unlimited). [`spend_credits`](WritableKeyStore::spend_credits) is one `UPDATE` that refills
+/// and spends, or changes nothing if the balance cannot pay: concurrent spends from any number
+/// of instances queue on the row's lock, so they never take more than the balance.
+/// [`top_up_credits`](WritableKeyStore::top_up_credits) is one `UPDATE` too. Neither notifies
+/// the [change feed](PgKeyStore::changes): a balance decides no authentication.
 ///
 /// Every operation fails with a [`StoreError`] after the [timeout](PgKeyStore::timeout) (2 s by
 /// default), so that a database that is down or hung makes the layer answer `503`; the pool
@@ -133,7 +153,8 @@ impl PgKeyStore {
         Self::build(self.pool, self.statements, timeout)
     }
 
-    /// Creates the table and its indexes unless they exist.
+    /// Creates the table and its indexes unless they exist, and adds the columns a table created
+    /// by an earlier version lacks (modes and scopes, rate limits and credits).
     ///
     /// Safe to run at every start, from any number of instances at once: migrations of one
     /// table are serialized by an advisory lock. The schema is `src/store/postgres.sql` in the
@@ -262,6 +283,12 @@ impl PgKeyStore {
                 .map_err(StoreError::new)?;
         }
         let identity = &record.identity;
+        let rate_limit = identity
+            .rate_limit()
+            .map(serde_json::to_value)
+            .transpose()
+            .map_err(StoreError::new)?;
+        let credits = CreditColumns::of(record.credits.as_ref());
         let inserted = sqlx::query(sql(&self.statements.insert))
             .bind(identity.key_id().as_str())
             .bind(&record.digest.lookup_id().as_bytes()[..])
@@ -281,6 +308,11 @@ impl PgKeyStore {
                     .scopes()
                     .map(|scopes| scopes.iter().collect::<Vec<_>>()),
             )
+            .bind(rate_limit)
+            .bind(credits.remaining)
+            .bind(credits.refill_amount)
+            .bind(credits.refill_every)
+            .bind(credits.refilled_at.map(PgTime))
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::new)?;
@@ -383,6 +415,83 @@ impl WritableKeyStore for PgKeyStore {
             .bind(key_id.as_str());
         self.fetch_record(query).await
     }
+
+    /// One `UPDATE` that refills and spends, or changes nothing if the balance cannot pay:
+    /// concurrent spends on one balance, from any number of instances, queue on the row's lock
+    /// and each sees the balance the one before left. When nothing was spent, a read tells a
+    /// missing key from one without a balance or one that cannot pay; should that read find a
+    /// balance that can pay after all (topped up in between), the spend is tried again. A
+    /// refill that fell due is written with the next spend, not by a refused one: the balance
+    /// reads the same either way ([`Credits::as_of`]).
+    ///
+    /// A cost above `i64::MAX` is more than any stored balance, so never paid.
+    async fn spend_credits(
+        &self,
+        key_id: &KeyId,
+        cost: u64,
+        now: SystemTime,
+    ) -> Result<Option<Spend>, StoreError> {
+        let day_start = PgTime(RefillPeriod::Day.start_of(now));
+        let month_start = PgTime(RefillPeriod::Month.start_of(now));
+        within("PostgreSQL", self.timeout, async {
+            for _ in 0..SPEND_ATTEMPTS {
+                if let Ok(cost) = i64::try_from(cost) {
+                    let spent = sqlx::query(sql(&self.statements.spend))
+                        .bind(key_id.as_str())
+                        .bind(cost)
+                        .bind(day_start)
+                        .bind(month_start)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(StoreError::new)?;
+                    if let Some(row) = spent {
+                        let credits = credits_from_row(&row)?
+                            .ok_or_else(|| StoreError::new("a spent balance vanished"))?;
+                        return Ok(Some(Spend::Spent(credits)));
+                    }
+                }
+                let row = sqlx::query(sql(&self.statements.credits))
+                    .bind(key_id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StoreError::new)?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                match credits_from_row(&row)? {
+                    None => return Ok(Some(Spend::Unmetered)),
+                    Some(credits) => {
+                        let credits = credits.as_of(now);
+                        if credits.remaining < cost {
+                            return Ok(Some(Spend::Exhausted(credits)));
+                        }
+                    }
+                }
+            }
+            Err(StoreError::new(
+                "a key's balance kept changing while credits were spent",
+            ))
+        })
+        .await
+    }
+
+    /// One `UPDATE` that refills and adds, saturating at `i64::MAX` (as does an `amount` above
+    /// it).
+    async fn top_up_credits(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        amount: u64,
+        now: SystemTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let query = sqlx::query(sql(&self.statements.top_up))
+            .bind(account_id)
+            .bind(key_id.as_str())
+            .bind(i64::try_from(amount).unwrap_or(i64::MAX))
+            .bind(PgTime(RefillPeriod::Day.start_of(now)))
+            .bind(PgTime(RefillPeriod::Month.start_of(now)));
+        self.fetch_record(query).await
+    }
 }
 
 /// The SQL of every operation, written once for the store's table.
@@ -398,6 +507,9 @@ struct Statements {
     revoke: Arc<str>,
     delete: Arc<str>,
     touch: Arc<str>,
+    spend: Arc<str>,
+    credits: Arc<str>,
+    top_up: Arc<str>,
 }
 
 impl Statements {
@@ -426,7 +538,8 @@ impl Statements {
             // Either unique column (key_id, lookup_id) taken: nothing is inserted.
             insert: statement(format!(
                 "INSERT INTO \"{table}\" (key_id, lookup_id, {columns}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                         $16, $17, $18, $19) \
                  ON CONFLICT DO NOTHING",
                 columns = COLUMNS.trim_start_matches("key_id, "),
             )),
@@ -451,8 +564,63 @@ impl Statements {
                 "UPDATE \"{table}\" SET last_used_at = $2 \
                  WHERE key_id = $1 AND (last_used_at IS NULL OR last_used_at < $2)"
             )),
+            // The rule of `Credits::spend`, in one statement: the balance refilled if a refill
+            // fell due, less $2 if it can pay $2; no row is changed when it cannot (nor for a
+            // key without a balance, whose `balance` is NULL). PostgreSQL evaluates the `SET`
+            // and the `WHERE` against the row's latest version once it holds the row's lock.
+            spend: statement(format!(
+                "UPDATE \"{table}\" SET credits_remaining = {balance} - $2, \
+                        credits_refilled_at = {refilled_at} \
+                 WHERE key_id = $1 AND {balance} >= $2 RETURNING {CREDIT_COLUMNS}",
+                balance = balance("$3", "$4"),
+                refilled_at = refilled_at("$3", "$4"),
+            )),
+            credits: statement(format!(
+                "SELECT {CREDIT_COLUMNS} FROM \"{table}\" WHERE key_id = $1"
+            )),
+            // The rule of `Credits::top_up`: refilled if due, then $3 added, saturating at the
+            // largest BIGINT; a key without a balance gets one of $3.
+            top_up: statement(format!(
+                "UPDATE \"{table}\" SET credits_remaining = CASE \
+                     WHEN credits_remaining IS NULL THEN $3 \
+                     WHEN {balance} > {max} - $3 THEN {max} \
+                     ELSE {balance} + $3 END, \
+                   credits_refilled_at = {refilled_at} \
+                 WHERE account_id = $1 AND key_id = $2 RETURNING {COLUMNS}",
+                balance = balance("$4", "$5"),
+                refilled_at = refilled_at("$4", "$5"),
+                max = i64::MAX,
+            )),
         })
     }
+}
+
+/// Whether a refill fell due: the key has one, and was last refilled before the start of the
+/// current period, `day_start` or `month_start` as its refill is daily or monthly (both
+/// computed by `RefillPeriod::start_of`, so that the database and the other stores agree).
+fn refill_due(day_start: &str, month_start: &str) -> String {
+    format!(
+        "(credits_refill_every IS NOT NULL AND (credits_refilled_at IS NULL OR \
+          credits_refilled_at < CASE credits_refill_every \
+                                WHEN 'day' THEN {day_start} ELSE {month_start} END))"
+    )
+}
+
+/// The balance as of now: the refill's amount if one fell due, else what is left.
+fn balance(day_start: &str, month_start: &str) -> String {
+    let due = refill_due(day_start, month_start);
+    format!("(CASE WHEN {due} THEN credits_refill_amount ELSE credits_remaining END)")
+}
+
+/// When the balance was last refilled, as of now: the start of the current period if a refill
+/// fell due.
+fn refilled_at(day_start: &str, month_start: &str) -> String {
+    let due = refill_due(day_start, month_start);
+    format!(
+        "(CASE WHEN {due} THEN CASE credits_refill_every \
+                               WHEN 'day' THEN {day_start} ELSE {month_start} END \
+          ELSE credits_refilled_at END)"
+    )
 }
 
 /// A statement for sqlx, which asks that SQL built at run time be marked as audited: the only
@@ -576,7 +744,13 @@ fn record_from_row(row: &PgRow) -> Result<KeyRecord, StoreError> {
     if let Some(metadata) = metadata {
         identity = identity.with_metadata(metadata);
     }
+    let rate_limit: Option<serde_json::Value> =
+        row.try_get("rate_limit").map_err(StoreError::new)?;
+    if let Some(rate_limit) = rate_limit {
+        identity = identity.with_rate_limit(rate_limit_from_json(rate_limit)?);
+    }
     let mut record = KeyRecord::new(KeyDigest::from_bytes(digest), identity);
+    record.credits = credits_from_row(row)?;
     let hint: Option<String> = row.try_get("hint").map_err(StoreError::new)?;
     record.hint = hint.map(Into::into);
     record.created_at = time("created_at")?;
@@ -586,10 +760,93 @@ fn record_from_row(row: &PgRow) -> Result<KeyRecord, StoreError> {
     Ok(record)
 }
 
+/// A rate limit from its JSON form in the `rate_limit` column.
+fn rate_limit_from_json(json: serde_json::Value) -> Result<RateLimit, StoreError> {
+    serde_json::from_value(json)
+        .map_err(|_| StoreError::new("a stored key's rate limit is not a rate limit"))
+}
+
+/// A balance of credits from a row of [`CREDIT_COLUMNS`] (among others).
+fn credits_from_row(row: &PgRow) -> Result<Option<Credits>, StoreError> {
+    let column = |name: &str| row.try_get::<Option<i64>, _>(name).map_err(StoreError::new);
+    let every: Option<String> = row
+        .try_get("credits_refill_every")
+        .map_err(StoreError::new)?;
+    let refilled_at: Option<PgTime> = row
+        .try_get("credits_refilled_at")
+        .map_err(StoreError::new)?;
+    CreditColumns {
+        remaining: column("credits_remaining")?,
+        refill_amount: column("credits_refill_amount")?,
+        refill_every: every.as_deref(),
+        refilled_at: refilled_at.map(|PgTime(time)| time),
+    }
+    .credits()
+}
+
+/// A balance of credits as the schema keeps it, in four columns. Amounts above `i64::MAX` are
+/// kept as `i64::MAX`: a balance that large is as good as unlimited.
+#[derive(Debug, PartialEq, Eq)]
+struct CreditColumns<'a> {
+    remaining: Option<i64>,
+    refill_amount: Option<i64>,
+    refill_every: Option<&'a str>,
+    refilled_at: Option<SystemTime>,
+}
+
+impl CreditColumns<'static> {
+    /// The columns of `credits`, all NULL for none.
+    fn of(credits: Option<&Credits>) -> Self {
+        let clamp = |amount: u64| i64::try_from(amount).unwrap_or(i64::MAX);
+        let refill = credits.and_then(|credits| credits.refill);
+        Self {
+            remaining: credits.map(|credits| clamp(credits.remaining)),
+            refill_amount: refill.map(|refill| clamp(refill.amount)),
+            refill_every: refill.map(|refill| match refill.every {
+                RefillPeriod::Day => "day",
+                RefillPeriod::Month => "month",
+            }),
+            refilled_at: credits.and_then(|credits| credits.refilled_at),
+        }
+    }
+}
+
+impl CreditColumns<'_> {
+    /// The balance the columns hold, or an error for columns the store would not have written.
+    fn credits(&self) -> Result<Option<Credits>, StoreError> {
+        let invalid = || StoreError::new("a stored key's balance of credits is not a balance");
+        let amount = |value: i64| u64::try_from(value).map_err(|_| invalid());
+        let Some(remaining) = self.remaining else {
+            let empty = self.refill_amount.is_none()
+                && self.refill_every.is_none()
+                && self.refilled_at.is_none();
+            return if empty { Ok(None) } else { Err(invalid()) };
+        };
+        let refill = match (self.refill_amount, self.refill_every) {
+            (None, None) => None,
+            (Some(refill_amount), Some(every)) => Some(Refill {
+                amount: amount(refill_amount)?,
+                every: match every {
+                    "day" => RefillPeriod::Day,
+                    "month" => RefillPeriod::Month,
+                    _ => return Err(invalid()),
+                },
+            }),
+            _ => return Err(invalid()),
+        };
+        Ok(Some(Credits {
+            remaining: amount(remaining)?,
+            refill,
+            refilled_at: self.refilled_at,
+        }))
+    }
+}
+
 /// A `TIMESTAMPTZ` as a [`SystemTime`], exact to the microsecond.
 ///
 /// Not through sqlx's `OffsetDateTime`, whose decoding panics on values it cannot represent
 /// (past year 9999, or `infinity`); here such a value is a decoding error, so a `503`.
+#[derive(Clone, Copy)]
 struct PgTime(SystemTime);
 
 /// Microseconds from the Unix epoch to PostgreSQL's, 2000-01-01 UTC.
@@ -700,8 +957,117 @@ mod tests {
     #[test]
     fn insert_binds_every_column_and_replaces_nothing() {
         let insert = &Statements::new("api_keys").insert;
-        assert!(insert.contains("$14)"));
-        assert!(!insert.contains("$15"));
+        assert!(insert.contains("$19)"));
+        assert!(!insert.contains("$20"));
         assert!(insert.ends_with("ON CONFLICT DO NOTHING"));
+    }
+
+    fn at_secs(seconds: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+    }
+
+    #[test]
+    fn credits_round_trip_through_their_columns() {
+        let balances = [
+            Credits::new(0),
+            Credits::new(42),
+            Credits::new(7).refilled(Refill::daily(10), at_secs(86_400)),
+            Credits::new(7).refilled(Refill::monthly(1_000), at_secs(1_764_547_200)),
+            Credits {
+                refilled_at: None,
+                ..Credits::new(1).refilled(Refill::monthly(5), at_secs(0))
+            },
+        ];
+        for credits in balances {
+            let columns = CreditColumns::of(Some(&credits));
+            assert_eq!(columns.credits().unwrap(), Some(credits), "{columns:?}");
+        }
+        let none = CreditColumns::of(None);
+        assert_eq!(none.credits().unwrap(), None);
+    }
+
+    #[test]
+    fn amounts_above_the_largest_integer_are_kept_as_it() {
+        let credits = Credits::new(u64::MAX).refilled(Refill::daily(u64::MAX), at_secs(0));
+        let columns = CreditColumns::of(Some(&credits));
+        assert_eq!(columns.remaining, Some(i64::MAX));
+        assert_eq!(columns.refill_amount, Some(i64::MAX));
+        let read = columns.credits().unwrap().unwrap();
+        assert_eq!(read.remaining, i64::MAX.unsigned_abs());
+    }
+
+    #[test]
+    fn columns_the_store_would_not_have_written_are_refused() {
+        let valid = || CreditColumns {
+            remaining: Some(1),
+            refill_amount: Some(5),
+            refill_every: Some("day"),
+            refilled_at: None,
+        };
+        assert!(valid().credits().is_ok());
+        for columns in [
+            CreditColumns {
+                remaining: Some(-1),
+                ..valid()
+            },
+            CreditColumns {
+                refill_amount: Some(-1),
+                ..valid()
+            },
+            CreditColumns {
+                refill_every: Some("week"),
+                ..valid()
+            },
+            CreditColumns {
+                refill_every: Some("Day"),
+                ..valid()
+            },
+            CreditColumns {
+                refill_every: None,
+                ..valid()
+            },
+            CreditColumns {
+                refill_amount: None,
+                ..valid()
+            },
+            CreditColumns {
+                remaining: None,
+                ..valid()
+            },
+            CreditColumns {
+                remaining: None,
+                refill_amount: None,
+                refill_every: None,
+                refilled_at: Some(at_secs(0)),
+            },
+        ] {
+            assert!(columns.credits().is_err(), "{columns:?}");
+        }
+    }
+
+    #[test]
+    fn rate_limits_are_read_from_their_json_form_only() {
+        let limit = RateLimit::per_minute(7).burst(3);
+        let json = serde_json::to_string(&limit).unwrap();
+        assert_eq!(
+            rate_limit_from_json(serde_json::from_str(&json).unwrap()).unwrap(),
+            limit
+        );
+        let no_burst = r#"{"requests":5,"period_secs":1}"#;
+        assert_eq!(
+            rate_limit_from_json(serde_json::from_str(no_burst).unwrap()).unwrap(),
+            RateLimit::per_second(5)
+        );
+        for invalid in [
+            r#"{"requests":0,"period_secs":1}"#,
+            r#"{"requests":5}"#,
+            r#"{"requests":-1,"period_secs":1}"#,
+            r#""5/s""#,
+        ] {
+            assert!(
+                rate_limit_from_json(serde_json::from_str(invalid).unwrap()).is_err(),
+                "{invalid}"
+            );
+        }
     }
 }

@@ -23,22 +23,46 @@ CREATE TABLE IF NOT EXISTS "api_keys" (
     -- 'live' or 'test' (`KeyMode`).
     mode TEXT NOT NULL DEFAULT 'live' CHECK (mode IN ('live', 'test')),
     -- The scopes of a restricted key, sorted; NULL for a key with full access.
-    scopes TEXT[]
+    scopes TEXT[],
+    -- The key's own rate limit, `{"requests": 60, "period_secs": 60, "burst": 60}`; NULL for
+    -- its tier's.
+    rate_limit JSONB,
+    -- The key's balance of credits (`Credits`); NULL if its requests are not metered. Amounts
+    -- above the largest BIGINT are kept as the largest BIGINT.
+    credits_remaining BIGINT CHECK (credits_remaining >= 0),
+    -- Its refill: the balance is set back to the amount at the start of every 'day' or 'month'
+    -- (UTC); both NULL without one.
+    credits_refill_amount BIGINT CHECK (credits_refill_amount >= 0),
+    credits_refill_every TEXT CHECK (credits_refill_every IN ('day', 'month')),
+    -- The start of the period of the last refill (or the key's creation).
+    credits_refilled_at TIMESTAMPTZ
 );
 
--- Tables created before keys had modes and scopes get both columns: their keys are live, with
--- full access. Looked up first, because ALTER TABLE would lock out every key lookup, at every
--- start, even when there is nothing to add.
+-- Tables created before keys had modes, scopes, rate limits and credits get those columns:
+-- their keys are live, with full access, their tier's rate limit and no balance. Looked up
+-- first, because ALTER TABLE would lock out every key lookup, at every start, even when there
+-- is nothing to add.
 DO $$
 BEGIN
     IF (SELECT count(*) FROM pg_attribute
         WHERE attrelid = '"api_keys"'::regclass
-          AND attname IN ('mode', 'scopes') AND NOT attisdropped) < 2
+          AND attname IN ('mode', 'scopes', 'rate_limit', 'credits_remaining',
+                          'credits_refill_amount', 'credits_refill_every',
+                          'credits_refilled_at')
+          AND NOT attisdropped) < 7
     THEN
         ALTER TABLE "api_keys"
             ADD COLUMN IF NOT EXISTS mode TEXT NOT NULL DEFAULT 'live'
                 CHECK (mode IN ('live', 'test')),
-            ADD COLUMN IF NOT EXISTS scopes TEXT[];
+            ADD COLUMN IF NOT EXISTS scopes TEXT[],
+            ADD COLUMN IF NOT EXISTS rate_limit JSONB,
+            ADD COLUMN IF NOT EXISTS credits_remaining BIGINT
+                CHECK (credits_remaining >= 0),
+            ADD COLUMN IF NOT EXISTS credits_refill_amount BIGINT
+                CHECK (credits_refill_amount >= 0),
+            ADD COLUMN IF NOT EXISTS credits_refill_every TEXT
+                CHECK (credits_refill_every IN ('day', 'month')),
+            ADD COLUMN IF NOT EXISTS credits_refilled_at TIMESTAMPTZ;
     END IF;
 END
 $$;
@@ -52,8 +76,9 @@ CREATE INDEX IF NOT EXISTS "api_keys_active_idx" ON "api_keys"
     (account_id, (coalesce(expires_at, 'infinity')))
     WHERE revoked_at IS NULL;
 
--- Push invalidation (`PgKeyStore::changes`): every change to a key's record but its last use,
--- made through the crate or with plain SQL, notifies the channel "api_keys_changes" with the
+-- Push invalidation (`PgKeyStore::changes`): every change to a key's record but its last use
+-- and its balance (what requests write: spends, and top-ups and refills with them, decide no
+-- authentication), made through the crate or with plain SQL, notifies the channel "api_keys_changes" with the
 -- key's lookup id in hex, and each instance's cache evicts that key. Created unless it exists,
 -- so that a start takes no lock that would hold up writes.
 CREATE OR REPLACE FUNCTION "api_keys_notify"() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -64,7 +89,9 @@ BEGIN
         RETURN NULL;
     END IF;
     IF TG_OP = 'UPDATE'
-        AND (to_jsonb(OLD) - 'last_used_at') = (to_jsonb(NEW) - 'last_used_at') THEN
+        AND (to_jsonb(OLD) - '{last_used_at,credits_remaining,credits_refilled_at}'::text[])
+          = (to_jsonb(NEW) - '{last_used_at,credits_remaining,credits_refilled_at}'::text[])
+    THEN
         RETURN NULL;
     END IF;
     IF TG_OP <> 'INSERT' THEN

@@ -23,6 +23,7 @@ use super::within;
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
 use crate::identity::{KeyId, KeyIdentity, Tier};
 use crate::key::{KeyDigest, LookupId};
+use crate::limit::{Credits, RateLimit, Refill, RefillPeriod, Spend};
 use crate::mode::KeyMode;
 use crate::scope::Scopes;
 
@@ -41,9 +42,124 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 macro_rules! columns {
     () => {
         "key_id, digest, account_id, name, tier, metadata, hint, \
-         created_at, expires_at, revoked_at, last_used_at, mode, scopes"
+         created_at, expires_at, revoked_at, last_used_at, mode, scopes, \
+         rate_limit, credits_remaining, credits_refill_amount, credits_refill_every, \
+         credits_refilled_at"
     };
 }
+
+/// The columns of a balance of credits, in the order [`credits_from_row`] reads them.
+macro_rules! credit_columns {
+    () => {
+        "credits_remaining, credits_refill_amount, credits_refill_every, credits_refilled_at"
+    };
+}
+
+/// The columns added since the first schema, with their definitions as `sqlite.sql` writes
+/// them: [`SqliteKeyStore::migrate`] adds those a table lacks, as SQLite has no
+/// `ADD COLUMN IF NOT EXISTS`.
+const ADDED_COLUMNS: [(&str, &str); 5] = [
+    ("rate_limit", "TEXT"),
+    (
+        "credits_remaining",
+        "INTEGER CHECK (credits_remaining >= 0)",
+    ),
+    (
+        "credits_refill_amount",
+        "INTEGER CHECK (credits_refill_amount >= 0)",
+    ),
+    (
+        "credits_refill_every",
+        "TEXT CHECK (credits_refill_every IN ('day', 'month'))",
+    ),
+    ("credits_refilled_at", "INTEGER"),
+];
+
+/// How many times [`WritableKeyStore::spend_credits`] tries again when the balance it found
+/// too low to pay was topped up in between.
+const SPEND_ATTEMPTS: usize = 8;
+
+/// Whether a refill fell due: the key has one, and was last refilled before the start of the
+/// current period, `$day` or `$month` (parameters) as its refill is daily or monthly; both are
+/// computed by `RefillPeriod::start_of`, so that the database and the other stores agree.
+macro_rules! refill_due {
+    ($day:literal, $month:literal) => {
+        concat!(
+            "(credits_refill_every IS NOT NULL AND (credits_refilled_at IS NULL OR \
+              credits_refilled_at < CASE credits_refill_every \
+                                    WHEN 'day' THEN ",
+            $day,
+            " ELSE ",
+            $month,
+            " END))"
+        )
+    };
+}
+
+/// The balance as of now: the refill's amount if one fell due, else what is left.
+macro_rules! balance {
+    ($day:literal, $month:literal) => {
+        concat!(
+            "(CASE WHEN ",
+            refill_due!($day, $month),
+            " THEN credits_refill_amount ELSE credits_remaining END)"
+        )
+    };
+}
+
+/// When the balance was last refilled, as of now: the start of the current period if a refill
+/// fell due.
+macro_rules! refilled_at {
+    ($day:literal, $month:literal) => {
+        concat!(
+            "(CASE WHEN ",
+            refill_due!($day, $month),
+            " THEN CASE credits_refill_every WHEN 'day' THEN ",
+            $day,
+            " ELSE ",
+            $month,
+            " END ELSE credits_refilled_at END)"
+        )
+    };
+}
+
+/// The rule of `Credits::spend` for key ?1, cost ?2, at a time in the day starting at ?3 and
+/// the month starting at ?4: the balance refilled if a refill fell due, less ?2 if it can pay
+/// ?2. No row is changed when it cannot, nor for a key without a balance (whose balance is
+/// NULL). One statement, so one write under SQLite's single writer lock.
+const SPEND: &str = concat!(
+    "UPDATE api_keys SET credits_remaining = ",
+    balance!("?3", "?4"),
+    " - ?2, credits_refilled_at = ",
+    refilled_at!("?3", "?4"),
+    " WHERE key_id = ?1 AND ",
+    balance!("?3", "?4"),
+    " >= ?2 RETURNING ",
+    credit_columns!()
+);
+
+const CREDITS: &str = concat!(
+    "SELECT ",
+    credit_columns!(),
+    " FROM api_keys WHERE key_id = ?1"
+);
+
+/// The rule of `Credits::top_up` for key ?2 of account ?1, amount ?3, day and month starting at
+/// ?4 and ?5: refilled if due, then ?3 added, saturating at the largest INTEGER (SQLite would
+/// otherwise turn an overflowing sum into a REAL); a key without a balance gets one of ?3.
+const TOP_UP: &str = concat!(
+    "UPDATE api_keys SET credits_remaining = CASE \
+         WHEN credits_remaining IS NULL THEN ?3 \
+         WHEN ",
+    balance!("?4", "?5"),
+    " > 9223372036854775807 - ?3 THEN 9223372036854775807 \
+         ELSE ",
+    balance!("?4", "?5"),
+    " + ?3 END, credits_refilled_at = ",
+    refilled_at!("?4", "?5"),
+    " WHERE account_id = ?1 AND key_id = ?2 RETURNING ",
+    columns!()
+);
 
 const FIND: &str = concat!("SELECT ", columns!(), " FROM api_keys WHERE lookup_id = ?1");
 
@@ -65,7 +181,8 @@ const RETIRE: &str = "UPDATE api_keys SET expires_at = min(coalesce(expires_at, 
 const INSERT: &str = concat!(
     "INSERT INTO api_keys (lookup_id, ",
     columns!(),
-    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+       ?18, ?19) \
      ON CONFLICT DO NOTHING"
 );
 
@@ -154,8 +271,20 @@ const TOUCH: &str = "UPDATE api_keys SET last_used_at = ?2 \
 /// | `created_at`, `expires_at`, `revoked_at`, `last_used_at` | `INTEGER` | microseconds since the Unix epoch (negative before 1970), or `NULL` |
 /// | `mode` | `TEXT` | `live` or `test` |
 /// | `scopes` | `TEXT` | a sorted JSON array of strings, or `NULL` for full access |
+/// | `rate_limit` | `TEXT` | the key's own [`RateLimit`] as JSON, `{"requests":60,"period_secs":60,"burst":60}`, or `NULL` for its tier's |
+/// | `credits_remaining` | `INTEGER` | the balance of [`Credits`], or `NULL` if the key is not metered |
+/// | `credits_refill_amount`, `credits_refill_every` | `INTEGER`, `TEXT` | its [`Refill`]: the amount, and `day` or `month`; `NULL` without one |
+/// | `credits_refilled_at` | `INTEGER` | the start of the period of the last refill, in microseconds, or `NULL` |
 ///
-/// Times keep microseconds, as PostgreSQL does: a finer part is dropped towards the past. Two
+/// Times keep microseconds, as PostgreSQL does: a finer part is dropped towards the past.
+/// Amounts of credits above `i64::MAX` are kept as `i64::MAX` (a balance that large is as good
+/// as unlimited). [`SqliteKeyStore::migrate`] adds the columns from `rate_limit` on to a table
+/// created before them.
+///
+/// [`spend_credits`](WritableKeyStore::spend_credits) is one `UPDATE` that refills and spends,
+/// or changes nothing if the balance cannot pay, so that spends from any number of connections
+/// and processes never take more than the balance; [`top_up_credits`](WritableKeyStore::top_up_credits)
+/// is one `UPDATE` too. Two
 /// indexes serve listing (`account_id`) and the quota count (the account's unrevoked keys by
 /// expiry, so the count reads none of its revoked or expired ones).
 #[derive(Clone)]
@@ -210,7 +339,8 @@ impl SqliteKeyStore {
         Self::build(self.pool, timeout)
     }
 
-    /// Creates the table and its indexes unless they exist, in one transaction.
+    /// Creates the table and its indexes unless they exist, and adds the columns a table created
+    /// by an earlier version lacks, in one transaction.
     ///
     /// Safe to run at every start, from any number of processes at once. The schema is
     /// `src/store/sqlite.sql` in the crate, to copy into your own migrations instead if you
@@ -226,6 +356,20 @@ impl SqliteKeyStore {
                 .execute(&mut *transaction)
                 .await
                 .map_err(StoreError::new)?;
+            let present: Vec<String> =
+                sqlx::query_scalar("SELECT name FROM pragma_table_info('api_keys')")
+                    .fetch_all(&mut *transaction)
+                    .await
+                    .map_err(StoreError::new)?;
+            for (name, definition) in ADDED_COLUMNS {
+                if !present.iter().any(|present| present == name) {
+                    let add = format!("ALTER TABLE api_keys ADD COLUMN {name} {definition}");
+                    sqlx::query(sqlx::AssertSqlSafe(add))
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(StoreError::new)?;
+                }
+            }
             transaction.commit().await.map_err(StoreError::new)
         })
         .await
@@ -269,6 +413,8 @@ impl SqliteKeyStore {
             .transpose()?;
         let metadata = identity.metadata().map(json).transpose()?;
         let scopes = identity.scopes().map(json).transpose()?;
+        let rate_limit = identity.rate_limit().as_ref().map(json).transpose()?;
+        let credits = CreditColumns::of(record.credits.as_ref())?;
         let encode = |time: Option<SystemTime>| time.map(micros).transpose();
         let created_at = encode(record.created_at)?;
         let expires_at = encode(record.expires_at)?;
@@ -324,6 +470,11 @@ impl SqliteKeyStore {
             .bind(last_used_at)
             .bind(identity.mode().as_str())
             .bind(scopes)
+            .bind(rate_limit)
+            .bind(credits.remaining)
+            .bind(credits.refill_amount)
+            .bind(credits.refill_every)
+            .bind(credits.refilled_at)
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::new)?;
@@ -417,6 +568,81 @@ impl WritableKeyStore for SqliteKeyStore {
         let query = sqlx::query(DELETE).bind(account_id).bind(key_id.as_str());
         self.fetch_record(query).await
     }
+
+    /// One `UPDATE` that refills and spends, or changes nothing if the balance cannot pay.
+    /// When nothing was spent, a read tells a missing key from one without a balance or one
+    /// that cannot pay; should that read find a balance that can pay after all (topped up in
+    /// between), the spend is tried again. A refill that fell due is written with the next
+    /// spend, not by a refused one: the balance reads the same either way ([`Credits::as_of`]).
+    ///
+    /// A cost above `i64::MAX` is more than any stored balance, so never paid.
+    async fn spend_credits(
+        &self,
+        key_id: &KeyId,
+        cost: u64,
+        now: SystemTime,
+    ) -> Result<Option<Spend>, StoreError> {
+        let day_start = micros(RefillPeriod::Day.start_of(now))?;
+        let month_start = micros(RefillPeriod::Month.start_of(now))?;
+        within("SQLite", self.timeout, async {
+            for _ in 0..SPEND_ATTEMPTS {
+                if let Ok(cost) = i64::try_from(cost) {
+                    let spent = sqlx::query(SPEND)
+                        .bind(key_id.as_str())
+                        .bind(cost)
+                        .bind(day_start)
+                        .bind(month_start)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(StoreError::new)?;
+                    if let Some(row) = spent {
+                        let credits = credits_from_row(&row)?
+                            .ok_or_else(|| StoreError::new("a spent balance vanished"))?;
+                        return Ok(Some(Spend::Spent(credits)));
+                    }
+                }
+                let row = sqlx::query(CREDITS)
+                    .bind(key_id.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StoreError::new)?;
+                let Some(row) = row else {
+                    return Ok(None);
+                };
+                match credits_from_row(&row)? {
+                    None => return Ok(Some(Spend::Unmetered)),
+                    Some(credits) => {
+                        let credits = credits.as_of(now);
+                        if credits.remaining < cost {
+                            return Ok(Some(Spend::Exhausted(credits)));
+                        }
+                    }
+                }
+            }
+            Err(StoreError::new(
+                "a key's balance kept changing while credits were spent",
+            ))
+        })
+        .await
+    }
+
+    /// One `UPDATE` that refills and adds, saturating at `i64::MAX` (as does an `amount` above
+    /// it).
+    async fn top_up_credits(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        amount: u64,
+        now: SystemTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let query = sqlx::query(TOP_UP)
+            .bind(account_id)
+            .bind(key_id.as_str())
+            .bind(i64::try_from(amount).unwrap_or(i64::MAX))
+            .bind(micros(RefillPeriod::Day.start_of(now))?)
+            .bind(micros(RefillPeriod::Month.start_of(now))?);
+        self.fetch_record(query).await
+    }
 }
 
 /// `value` as JSON text, for the `metadata` and `scopes` columns.
@@ -490,13 +716,100 @@ fn record_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
             .map_err(|_| StoreError::new("a stored key's metadata is not JSON"))?;
         identity = identity.with_metadata(metadata);
     }
+    if let Some(rate_limit) = optional_text("rate_limit")? {
+        identity = identity.with_rate_limit(rate_limit_from_json(&rate_limit)?);
+    }
     let mut record = KeyRecord::new(KeyDigest::from_bytes(digest), identity);
+    record.credits = credits_from_row(row)?;
     record.hint = optional_text("hint")?.map(Into::into);
     record.created_at = optional_time("created_at")?;
     record.expires_at = optional_time("expires_at")?;
     record.revoked_at = optional_time("revoked_at")?;
     record.last_used_at = optional_time("last_used_at")?;
     Ok(record)
+}
+
+/// A rate limit from its JSON form in the `rate_limit` column.
+fn rate_limit_from_json(json: &str) -> Result<RateLimit, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|_| StoreError::new("a stored key's rate limit is not a rate limit"))
+}
+
+/// A balance of credits from a row of [`credit_columns!`] (among others).
+fn credits_from_row(row: &SqliteRow) -> Result<Option<Credits>, StoreError> {
+    let integer = |name: &str| row.try_get::<Option<i64>, _>(name).map_err(StoreError::new);
+    let every: Option<String> = row
+        .try_get("credits_refill_every")
+        .map_err(StoreError::new)?;
+    CreditColumns {
+        remaining: integer("credits_remaining")?,
+        refill_amount: integer("credits_refill_amount")?,
+        refill_every: every.as_deref(),
+        refilled_at: integer("credits_refilled_at")?,
+    }
+    .credits()
+}
+
+/// A balance of credits as the schema keeps it, in four columns. Amounts above `i64::MAX` are
+/// kept as `i64::MAX`: a balance that large is as good as unlimited.
+#[derive(Debug, PartialEq, Eq)]
+struct CreditColumns<'a> {
+    remaining: Option<i64>,
+    refill_amount: Option<i64>,
+    refill_every: Option<&'a str>,
+    refilled_at: Option<i64>,
+}
+
+impl CreditColumns<'static> {
+    /// The columns of `credits`, all NULL for none; an error for a refill time SQLite cannot
+    /// keep.
+    fn of(credits: Option<&Credits>) -> Result<Self, StoreError> {
+        let clamp = |amount: u64| i64::try_from(amount).unwrap_or(i64::MAX);
+        let refill = credits.and_then(|credits| credits.refill);
+        Ok(Self {
+            remaining: credits.map(|credits| clamp(credits.remaining)),
+            refill_amount: refill.map(|refill| clamp(refill.amount)),
+            refill_every: refill.map(|refill| match refill.every {
+                RefillPeriod::Day => "day",
+                RefillPeriod::Month => "month",
+            }),
+            refilled_at: credits
+                .and_then(|credits| credits.refilled_at)
+                .map(micros)
+                .transpose()?,
+        })
+    }
+}
+
+impl CreditColumns<'_> {
+    /// The balance the columns hold, or an error for columns the store would not have written.
+    fn credits(&self) -> Result<Option<Credits>, StoreError> {
+        let invalid = || StoreError::new("a stored key's balance of credits is not a balance");
+        let amount = |value: i64| u64::try_from(value).map_err(|_| invalid());
+        let Some(remaining) = self.remaining else {
+            let empty = self.refill_amount.is_none()
+                && self.refill_every.is_none()
+                && self.refilled_at.is_none();
+            return if empty { Ok(None) } else { Err(invalid()) };
+        };
+        let refill = match (self.refill_amount, self.refill_every) {
+            (None, None) => None,
+            (Some(refill_amount), Some(every)) => Some(Refill {
+                amount: amount(refill_amount)?,
+                every: match every {
+                    "day" => RefillPeriod::Day,
+                    "month" => RefillPeriod::Month,
+                    _ => return Err(invalid()),
+                },
+            }),
+            _ => return Err(invalid()),
+        };
+        Ok(Some(Credits {
+            remaining: amount(remaining)?,
+            refill,
+            refilled_at: self.refilled_at.map(time).transpose()?,
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -533,10 +846,10 @@ mod tests {
 
     #[test]
     fn insert_binds_every_column() {
-        assert!(INSERT.contains("?14)"));
-        assert!(!INSERT.contains("?15"));
+        assert!(INSERT.contains("?19)"));
+        assert!(!INSERT.contains("?20"));
         let columns = INSERT.split(['(', ')']).nth(1).unwrap();
-        assert_eq!(columns.split(',').count(), 14);
+        assert_eq!(columns.split(',').count(), 19);
     }
 
     /// The plan of `statement` on a fresh in-memory database holding the schema.
@@ -567,6 +880,188 @@ mod tests {
     #[tokio::test]
     async fn lookups_use_an_index() {
         for (statement, parameters) in [(FIND, 1), (GET, 2), (LIST, 1), (TOUCH, 2)] {
+            let plan = plan(statement, parameters).await;
+            assert!(plan.contains("USING INDEX"), "{statement}: {plan}");
+            assert!(!plan.contains("SCAN api_keys"), "{statement}: {plan}");
+        }
+    }
+
+    fn at_secs(seconds: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+    }
+
+    #[test]
+    fn credits_round_trip_through_their_columns() {
+        let balances = [
+            Credits::new(0),
+            Credits::new(42),
+            Credits::new(7).refilled(Refill::daily(10), at_secs(86_400)),
+            Credits::new(7).refilled(Refill::monthly(1_000), at_secs(1_764_547_200)),
+            Credits {
+                refilled_at: None,
+                ..Credits::new(1).refilled(Refill::monthly(5), at_secs(0))
+            },
+        ];
+        for credits in balances {
+            let columns = CreditColumns::of(Some(&credits)).unwrap();
+            assert_eq!(columns.credits().unwrap(), Some(credits), "{columns:?}");
+        }
+        let none = CreditColumns::of(None).unwrap();
+        assert_eq!(none.credits().unwrap(), None);
+    }
+
+    #[test]
+    fn amounts_above_the_largest_integer_are_kept_as_it() {
+        let credits = Credits::new(u64::MAX).refilled(Refill::daily(u64::MAX), at_secs(0));
+        let columns = CreditColumns::of(Some(&credits)).unwrap();
+        assert_eq!(columns.remaining, Some(i64::MAX));
+        assert_eq!(columns.refill_amount, Some(i64::MAX));
+        let read = columns.credits().unwrap().unwrap();
+        assert_eq!(read.remaining, i64::MAX.unsigned_abs());
+    }
+
+    #[test]
+    fn columns_the_store_would_not_have_written_are_refused() {
+        let valid = || CreditColumns {
+            remaining: Some(1),
+            refill_amount: Some(5),
+            refill_every: Some("day"),
+            refilled_at: None,
+        };
+        assert!(valid().credits().is_ok());
+        for columns in [
+            CreditColumns {
+                remaining: Some(-1),
+                ..valid()
+            },
+            CreditColumns {
+                refill_amount: Some(-1),
+                ..valid()
+            },
+            CreditColumns {
+                refill_every: Some("week"),
+                ..valid()
+            },
+            CreditColumns {
+                refill_every: Some("Day"),
+                ..valid()
+            },
+            CreditColumns {
+                refill_every: None,
+                ..valid()
+            },
+            CreditColumns {
+                refill_amount: None,
+                ..valid()
+            },
+            CreditColumns {
+                remaining: None,
+                ..valid()
+            },
+            CreditColumns {
+                remaining: None,
+                refill_amount: None,
+                refill_every: None,
+                refilled_at: Some(0),
+            },
+        ] {
+            assert!(columns.credits().is_err(), "{columns:?}");
+        }
+    }
+
+    #[test]
+    fn rate_limits_are_read_from_their_json_form_only() {
+        let limit = RateLimit::per_minute(7).burst(3);
+        let json = serde_json::to_string(&limit).unwrap();
+        assert_eq!(rate_limit_from_json(&json).unwrap(), limit);
+        let no_burst = r#"{"requests":5,"period_secs":1}"#;
+        assert_eq!(
+            rate_limit_from_json(no_burst).unwrap(),
+            RateLimit::per_second(5)
+        );
+        for invalid in [
+            r#"{"requests":0,"period_secs":1}"#,
+            r#"{"requests":5}"#,
+            r#"{"requests":-1,"period_secs":1}"#,
+            r#""5/s""#,
+        ] {
+            assert!(rate_limit_from_json(invalid).is_err(), "{invalid}");
+        }
+    }
+
+    #[test]
+    fn added_columns_are_defined_as_the_schema_defines_them() {
+        for (name, definition) in ADDED_COLUMNS {
+            let column = format!("    {name} {definition}");
+            assert!(SCHEMA.contains(&column), "{column}");
+        }
+    }
+
+    /// The table as the first version of the schema created it, before rate limits and credits.
+    const FIRST_TABLE: &str = "CREATE TABLE api_keys (
+        key_id TEXT NOT NULL PRIMARY KEY,
+        lookup_id BLOB NOT NULL UNIQUE,
+        digest BLOB NOT NULL,
+        account_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        tier TEXT NOT NULL,
+        metadata TEXT,
+        hint TEXT,
+        created_at INTEGER,
+        expires_at INTEGER,
+        revoked_at INTEGER,
+        last_used_at INTEGER,
+        mode TEXT NOT NULL DEFAULT 'live' CHECK (mode IN ('live', 'test')),
+        scopes TEXT
+    ) STRICT";
+
+    /// The columns of the `api_keys` table of `store`: name, type, not null, default.
+    async fn table_columns(store: &SqliteKeyStore) -> Vec<(String, String, i64, Option<String>)> {
+        sqlx::query_as(
+            "SELECT name, type, \"notnull\", dflt_value FROM pragma_table_info('api_keys')",
+        )
+        .fetch_all(&store.pool)
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn migrating_a_table_without_credits_adds_them_and_keeps_its_keys() {
+        let old = SqliteKeyStore::connect("sqlite::memory:").await.unwrap();
+        sqlx::raw_sql(FIRST_TABLE).execute(&old.pool).await.unwrap();
+        let digest = KeyDigest::of("sk_live_old");
+        sqlx::query(
+            "INSERT INTO api_keys (key_id, lookup_id, digest, account_id, name, tier) \
+             VALUES ('key_old', ?1, ?2, 'acct_old', 'old', 'free')",
+        )
+        .bind(&digest.lookup_id().as_bytes()[..])
+        .bind(&digest.as_bytes()[..])
+        .execute(&old.pool)
+        .await
+        .unwrap();
+        old.migrate().await.unwrap();
+        old.migrate().await.unwrap();
+
+        let fresh = SqliteKeyStore::connect("sqlite::memory:").await.unwrap();
+        fresh.migrate().await.unwrap();
+        assert_eq!(table_columns(&old).await, table_columns(&fresh).await);
+        let found = old.find(&digest.lookup_id()).await.unwrap().unwrap();
+        assert_eq!(found.identity.rate_limit(), None);
+        assert_eq!(found.credits, None);
+        let key_id = KeyId::new("key_old");
+        let topped = old.top_up_credits("acct_old", &key_id, 3, UNIX_EPOCH);
+        let topped = topped.await.unwrap().unwrap();
+        assert_eq!(topped.credits, Some(Credits::new(3)));
+        // The CHECK constraints came with the columns.
+        let negative = sqlx::query("UPDATE api_keys SET credits_remaining = -1")
+            .execute(&old.pool)
+            .await;
+        assert!(negative.is_err());
+    }
+
+    #[tokio::test]
+    async fn credit_statements_use_the_primary_key() {
+        for (statement, parameters) in [(SPEND, 4), (CREDITS, 1), (TOP_UP, 5)] {
             let plan = plan(statement, parameters).await;
             assert!(plan.contains("USING INDEX"), "{statement}: {plan}");
             assert!(!plan.contains("SCAN api_keys"), "{statement}: {plan}");

@@ -31,8 +31,24 @@ CREATE TABLE IF NOT EXISTS api_keys (
     mode TEXT NOT NULL DEFAULT 'live' CHECK (mode IN ('live', 'test')),
     -- The scopes of a restricted key, as a sorted JSON array of strings; NULL for a key with
     -- full access.
-    scopes TEXT
+    scopes TEXT,
+    -- The key's own rate limit, as JSON: `{"requests": 60, "period_secs": 60, "burst": 60}`;
+    -- NULL for its tier's.
+    rate_limit TEXT,
+    -- The key's balance of credits (`Credits`); NULL if its requests are not metered. Amounts
+    -- above the largest INTEGER are kept as the largest INTEGER.
+    credits_remaining INTEGER CHECK (credits_remaining >= 0),
+    -- Its refill: the balance is set back to the amount at the start of every 'day' or 'month'
+    -- (UTC); both NULL without one.
+    credits_refill_amount INTEGER CHECK (credits_refill_amount >= 0),
+    credits_refill_every TEXT CHECK (credits_refill_every IN ('day', 'month')),
+    -- The start of the period of the last refill (or the key's creation), in microseconds.
+    credits_refilled_at INTEGER
 ) STRICT;
+
+-- SQLite has no ADD COLUMN IF NOT EXISTS: `SqliteKeyStore::migrate` adds the columns from
+-- `rate_limit` on, as written above, to a table created before keys had rate limits and
+-- credits (ALTER TABLE api_keys ADD COLUMN ..., for each column the table lacks).
 
 -- Listing an account's keys.
 CREATE INDEX IF NOT EXISTS api_keys_account_id_idx ON api_keys (account_id);

@@ -26,6 +26,7 @@ use tower_api_key::{
     access::KeyMode,
     clock::Clock,
     key::{KeyDigest, KeyFormat},
+    limit::{Credits, RateLimit, Refill, Spend},
     store::{PgKeyStore, Quota, WritableKeyStore},
     ApiKey, KeyId, KeyIdentity, KeyManager, KeyRecord, KeyStore, NewKey, Tier,
 };
@@ -476,6 +477,144 @@ async fn migrating_a_table_without_modes_and_scopes_keeps_its_keys_live_with_ful
     assert_eq!(answer(&keys, &created.key).await.status, StatusCode::OK);
     sqlx::query(AssertSqlSafe(format!("DROP TABLE \"{table}\"")))
         .execute(&admin)
+        .await
+        .unwrap();
+}
+
+/// The schema before keys had rate limits and credits, with modes and scopes.
+const SCHEMA_WITHOUT_CREDITS: &str = r#"
+CREATE TABLE "{table}" (
+    key_id TEXT PRIMARY KEY,
+    lookup_id BYTEA NOT NULL UNIQUE,
+    digest BYTEA NOT NULL,
+    account_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    metadata JSONB,
+    hint TEXT,
+    created_at TIMESTAMPTZ,
+    expires_at TIMESTAMPTZ,
+    revoked_at TIMESTAMPTZ,
+    last_used_at TIMESTAMPTZ,
+    mode TEXT NOT NULL DEFAULT 'live' CHECK (mode IN ('live', 'test')),
+    scopes TEXT[]
+);
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_a_table_without_credits_keeps_its_keys_unmetered_and_adds_the_columns() {
+    let table = unique_table();
+    let admin = pool(server());
+    sqlx::raw_sql(AssertSqlSafe(
+        SCHEMA_WITHOUT_CREDITS.replace("{table}", &table),
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    let old_key = KeyFormat::default().generate();
+    let digest = old_key.digest();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO \"{table}\" (key_id, lookup_id, digest, account_id, name, tier) \
+         VALUES ('key_old', $1, $2, 'acct_old', 'old', 'free')"
+    )))
+    .bind(&digest.lookup_id().as_bytes()[..])
+    .bind(&digest.as_bytes()[..])
+    .execute(&admin)
+    .await
+    .unwrap();
+
+    let store = PgKeyStore::new(pool(server())).table(&table);
+    store.migrate().await.unwrap();
+    store.migrate().await.unwrap();
+    let found = store.find(&digest.lookup_id()).await.unwrap().unwrap();
+    assert_eq!((found.identity.rate_limit(), found.credits), (None, None));
+    let old_id = KeyId::new("key_old");
+    let now = SystemTime::now();
+    let spend = store.spend_credits(&old_id, 1, now).await.unwrap();
+    assert_eq!(spend, Some(Spend::Unmetered));
+
+    let keys = suite::manager(store.clone(), &suite::clock());
+    let new = NewKey::new("acct_old", Tier::FREE, "new")
+        .rate_limit(RateLimit::per_second(3))
+        .credits(Credits::new(2));
+    let created = keys.create(new).await.unwrap();
+    let found = store
+        .find(&created.key.digest().lookup_id())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.identity.rate_limit(), Some(RateLimit::per_second(3)));
+    assert_eq!(found.credits, Some(Credits::new(2)));
+    let spend = store.spend_credits(&created.info.id, 2, now).await.unwrap();
+    assert_eq!(spend, Some(Spend::Spent(Credits::new(0))));
+    // The columns came with their CHECK constraints.
+    let negative = sqlx::query(AssertSqlSafe(format!(
+        "UPDATE \"{table}\" SET credits_remaining = -1"
+    )))
+    .execute(&admin)
+    .await;
+    assert!(negative.is_err(), "{negative:?}");
+    sqlx::query(AssertSqlSafe(format!("DROP TABLE \"{table}\"")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
+/// Requests spend credits, so spends must not make every instance's cache forget the key:
+/// the trigger leaves the balance out, as it does the last use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spends_and_top_ups_notify_nothing_and_a_revocation_does() {
+    let table = unique_table();
+    let clock = suite::clock();
+    let keys = suite::manager(PgKeyStore::new(pool(server())).table(&table), &clock);
+    keys.store().migrate().await.unwrap();
+    let account = suite::account();
+    let daily = Credits::new(5).refilled(Refill::daily(5), SystemTime::UNIX_EPOCH);
+    let metered = NewKey::new(&account, Tier::FREE, "metered").credits(daily);
+    let metered = keys.create(metered).await.unwrap();
+    let other = keys
+        .create(NewKey::new(&account, Tier::FREE, "other"))
+        .await
+        .unwrap();
+
+    let mut listener = sqlx::postgres::PgListener::connect_with(&pool(server()))
+        .await
+        .unwrap();
+    listener.listen(&format!("{table}_changes")).await.unwrap();
+    let store = keys.store();
+    let now = clock.now();
+    let spent = store.spend_credits(&metered.info.id, 1, now).await.unwrap();
+    assert!(
+        matches!(spent, Some(Spend::Spent(credits)) if credits.remaining == 4),
+        "{spent:?}"
+    );
+    let refused = store.spend_credits(&metered.info.id, 5, now).await.unwrap();
+    assert!(
+        matches!(refused, Some(Spend::Exhausted(credits)) if credits.remaining == 4),
+        "{refused:?}"
+    );
+    let topped = keys.top_up(&account, &metered.info.id, 3).await.unwrap();
+    assert_eq!(topped.credits.map(|credits| credits.remaining), Some(7));
+    // And the refill at midnight, written by the next spend.
+    clock.set(Refill::daily(5).every.next_after(now));
+    let refilled = store.spend_credits(&metered.info.id, 1, clock.now()).await;
+    assert!(
+        matches!(refilled, Ok(Some(Spend::Spent(credits))) if credits.remaining == 4),
+        "{refilled:?}"
+    );
+    keys.revoke(&account, &other.info.id).await.unwrap();
+
+    let first = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("the revocation notifies")
+        .unwrap();
+    assert_eq!(
+        first.payload(),
+        other.key.digest().lookup_id().to_hex(),
+        "the first notification is the revocation's"
+    );
+    sqlx::query(AssertSqlSafe(format!("DROP TABLE \"{table}\"")))
+        .execute(&pool(server()))
         .await
         .unwrap();
 }

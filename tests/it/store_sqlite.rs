@@ -249,6 +249,11 @@ const MALFORMED_ROWS: &[&str] = &[
     "UPDATE api_keys SET scopes = '[\"has space\"]' WHERE key_id = ?1",
     "UPDATE api_keys SET scopes = '[]' WHERE key_id = ?1",
     "UPDATE api_keys SET scopes = '{\"iocs:read\": true}' WHERE key_id = ?1",
+    "UPDATE api_keys SET rate_limit = '{\"requests\": 0, \"period_secs\": 60}' WHERE key_id = ?1",
+    "UPDATE api_keys SET rate_limit = 'sixty a minute' WHERE key_id = ?1",
+    "UPDATE api_keys SET credits_refill_amount = 5 WHERE key_id = ?1",
+    "UPDATE api_keys SET credits_remaining = 5, credits_refill_every = 'day' WHERE key_id = ?1",
+    "UPDATE api_keys SET credits_refilled_at = 0 WHERE key_id = ?1",
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,6 +274,28 @@ async fn a_row_the_store_would_not_have_written_gives_503_not_a_panic() {
             "authentication_unavailable",
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_balance_the_store_would_not_have_written_fails_the_spend() {
+    let db = TempDb::new();
+    let keys = suite::manager(db.store().await, &suite::clock());
+    let created = suite::create(&keys, &suite::account()).await;
+    sqlx::query("UPDATE api_keys SET credits_refill_every = 'day' WHERE key_id = ?1")
+        .bind(created.info.id.as_str())
+        .execute(&db.other_process().await)
+        .await
+        .unwrap();
+    let now = suite::clock().now();
+    let spent = keys.store().spend_credits(&created.info.id, 1, now).await;
+    assert!(spent.is_err(), "{spent:?}");
+    let refused = sqlx::query("UPDATE api_keys SET credits_refill_every = 'week'")
+        .execute(&db.other_process().await)
+        .await;
+    assert!(
+        refused.is_err(),
+        "the schema refuses a period it does not know"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,8 +56,24 @@ struct Keys {
     /// The first slot of each account's chain.
     by_account: HashTable<u32>,
     active: ActiveKeys,
+    /// The balances of the keys that have one, apart from the slots, which most keys would
+    /// leave empty.
+    credits: Balances,
     seed: RandomState,
     len: usize,
+}
+
+/// Each metered key's balance, by key id.
+#[derive(Default)]
+struct Balances(HashMap<KeyId, Credits>);
+
+impl Balances {
+    fn of(&self, key_id: &KeyId) -> Option<Credits> {
+        if self.0.is_empty() {
+            return None;
+        }
+        self.0.get(key_id).copied()
+    }
 }
 
 /// Each account's active keys, by slot number, with their expiry: what a quota check counts,
@@ -124,8 +140,6 @@ struct StoredRecord {
     revoked_at: StoredTime,
     created_at: StoredTime,
     last_used_at: StoredTime,
-    // Boxed: most keys have none.
-    credits: Option<Box<Credits>>,
 }
 
 impl StoredRecord {
@@ -138,11 +152,11 @@ impl StoredRecord {
             revoked_at: StoredTime::new(record.revoked_at),
             created_at: StoredTime::new(record.created_at),
             last_used_at: StoredTime::new(record.last_used_at),
-            credits: record.credits.map(Box::new),
         }
     }
 
-    fn to_record(&self) -> KeyRecord {
+    /// The record, with its balance from `credits`.
+    fn to_record(&self, credits: &Balances) -> KeyRecord {
         KeyRecord {
             digest: self.digest,
             identity: self.identity.clone(),
@@ -151,7 +165,7 @@ impl StoredRecord {
             revoked_at: self.revoked_at.get(),
             created_at: self.created_at.get(),
             last_used_at: self.last_used_at.get(),
-            credits: self.credits.as_deref().copied(),
+            credits: credits.of(self.identity.key_id()),
         }
     }
 
@@ -303,6 +317,11 @@ impl Keys {
             .map(|index| &self.slot(index).record)
     }
 
+    /// The record of `lookup_id`, with its balance.
+    fn find(&self, lookup_id: &LookupId) -> Option<KeyRecord> {
+        (self.record_of_lookup_id(lookup_id)).map(|record| record.to_record(&self.credits))
+    }
+
     fn slot_of_key_id(&self, key_id: &KeyId) -> Option<u32> {
         self.find_in(
             &self.by_key_id,
@@ -318,6 +337,9 @@ impl Keys {
     }
 
     fn add(&mut self, record: KeyRecord) {
+        if let Some(credits) = record.credits {
+            (self.credits.0).insert(record.identity.key_id().clone(), credits);
+        }
         let record = StoredRecord::new(record);
         let lookup_hash = lookup_hash_of(&record);
         let key_id_hash = key_id_hash_of(&self.seed, &record);
@@ -430,7 +452,11 @@ impl Keys {
         match self.slots[index as usize].take() {
             Some(slot) => {
                 self.active.remove(slot.record.identity.account_id(), index);
-                slot.record.to_record()
+                let record = slot.record.to_record(&self.credits);
+                if record.credits.is_some() {
+                    self.credits.0.remove(record.identity.key_id());
+                }
+                record
             }
             None => unreachable!("slot {index} was just read"),
         }
@@ -444,7 +470,12 @@ impl Keys {
 
     /// Marks slot `index` revoked at `at` unless it already is, and returns its record.
     fn revoke(&mut self, index: u32, at: SystemTime) -> KeyRecord {
-        let Self { slots, active, .. } = self;
+        let Self {
+            slots,
+            active,
+            credits,
+            ..
+        } = self;
         let record = match &mut slots[index as usize] {
             Some(slot) => &mut slot.record,
             None => unreachable!("an index names an empty slot"),
@@ -453,7 +484,7 @@ impl Keys {
             record.revoked_at = StoredTime::new(Some(at));
         }
         active.remove(record.identity.account_id(), index);
-        record.to_record()
+        record.to_record(credits)
     }
 
     /// Sets slot `index` to expire at `expires_at`, unless it expires earlier: a rotation.
@@ -509,17 +540,11 @@ fn account_hash_of(seed: &RandomState, record: &StoredRecord) -> u64 {
 #[async_trait]
 impl KeyStore for MemoryKeyStore {
     async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
-        Ok(self
-            .read()
-            .record_of_lookup_id(lookup_id)
-            .map(StoredRecord::to_record))
+        Ok(self.read().find(lookup_id))
     }
 
     fn find_now(&self, lookup_id: &LookupId) -> Option<Result<Option<KeyRecord>, StoreError>> {
-        Some(Ok(self
-            .read()
-            .record_of_lookup_id(lookup_id)
-            .map(StoredRecord::to_record)))
+        Some(Ok(self.read().find(lookup_id)))
     }
 
     fn record_use(&self, record: &KeyRecord, at: SystemTime) {
@@ -566,17 +591,17 @@ impl WritableKeyStore for MemoryKeyStore {
     }
 
     async fn list(&self, account_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        Ok(self
-            .read()
-            .records_of(account_id)
-            .map(StoredRecord::to_record)
+        let keys = self.read();
+        let records = keys.records_of(account_id);
+        Ok(records
+            .map(|record| record.to_record(&keys.credits))
             .collect())
     }
 
     async fn get(&self, account_id: &str, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
         let keys = self.read();
         let index = keys.slot_in_account(account_id, key_id);
-        Ok(index.map(|index| keys.slot(index).record.to_record()))
+        Ok(index.map(|index| keys.slot(index).record.to_record(&keys.credits)))
     }
 
     async fn revoke(
@@ -610,8 +635,8 @@ impl WritableKeyStore for MemoryKeyStore {
         let Some(index) = keys.slot_of_key_id(key_id) else {
             return Ok(None);
         };
-        let stored = keys.record_mut(index);
-        let Some(credits) = stored.credits.as_deref_mut() else {
+        let key_id = keys.slot(index).record.identity.key_id().clone();
+        let Some(credits) = keys.credits.0.get_mut(&key_id) else {
             return Ok(Some(Spend::Unmetered));
         };
         Ok(Some(match credits.spend(cost, now) {
@@ -637,14 +662,10 @@ impl WritableKeyStore for MemoryKeyStore {
         let Some(index) = keys.slot_in_account(account_id, key_id) else {
             return Ok(None);
         };
-        let stored = keys.record_mut(index);
-        let credits = stored
-            .credits
-            .as_deref()
-            .copied()
-            .unwrap_or(Credits::new(0));
-        stored.credits = Some(Box::new(credits.top_up(amount, now)));
-        Ok(Some(stored.to_record()))
+        let key_id = keys.slot(index).record.identity.key_id().clone();
+        let credits = keys.credits.0.entry(key_id).or_insert(Credits::new(0));
+        *credits = credits.top_up(amount, now);
+        Ok(Some(keys.slot(index).record.to_record(&keys.credits)))
     }
 }
 
@@ -661,10 +682,7 @@ mod tests {
 
     fn find(store: &MemoryKeyStore, key: &str) -> Option<KeyRecord> {
         let lookup_id = KeyDigest::of(key).lookup_id();
-        store
-            .read()
-            .record_of_lookup_id(&lookup_id)
-            .map(StoredRecord::to_record)
+        store.read().find(&lookup_id)
     }
 
     #[test]
@@ -896,6 +914,6 @@ mod tests {
     fn a_slot_takes_96_bytes() {
         assert_eq!(std::mem::size_of::<StoredRecord>(), 88);
         assert_eq!(std::mem::size_of::<Option<Slot>>(), 96);
-        assert_eq!(std::mem::size_of::<KeyRecord>(), 120);
+        assert_eq!(std::mem::size_of::<KeyRecord>(), 160);
     }
 }

@@ -19,7 +19,7 @@
 //!
 //! A refused request gets `429` in the crate's envelope (or the layer's
 //! [`error_response`](crate::ApiKeyLayer::error_response) hook's body, or `grpc-status` 8
-//! RESOURCE_EXHAUSTED for a gRPC call), with [`AuthError::RateLimited`] in its extensions, a
+//! RESOURCE_EXHAUSTED for a gRPC call), with [`AuthError::RateLimited`](crate::AuthError::RateLimited) in its extensions, a
 //! message that says in how many seconds to retry, and these headers, following
 //! [draft-ietf-httpapi-ratelimit-headers-11](https://datatracker.ietf.org/doc/draft-ietf-httpapi-ratelimit-headers/11/)
 //! (fields as Structured Field lists, the policy named `"default"`):

@@ -504,7 +504,7 @@ async fn health() -> &'static str {
 async fn main() {
     let port = port_from_env();
     let limits = tier_limits(rate_limit_per_minute());
-    let rate_limit = RateLimitLayer::new(limits.clone()).headers_on_success();
+    let rate_limit = rate_limit(limits.clone());
     let store = std::env::var("STORE").unwrap_or_else(|_| "memory".to_owned());
     match store.as_str() {
         "memory" => {
@@ -556,6 +556,12 @@ async fn main() {
 /// 600 per minute), with `per_minute` requests per minute on the free tier.
 pub fn tier_limits(per_minute: u32) -> TierLimits {
     TierLimits::default().with_rate_limit(Tier::FREE, RateLimit::per_minute(per_minute))
+}
+
+/// The demo's rate limit, counted in this process: each key limited by `limits`, with the
+/// `RateLimit` headers on every answer.
+pub fn rate_limit(limits: TierLimits) -> RateLimitLayer {
+    RateLimitLayer::new(limits).headers_on_success()
 }
 
 /// `RATE_LIMIT_PER_MINUTE`, or 60.

@@ -13,7 +13,6 @@ use std::time::{Duration, SystemTime};
 
 use common::{assert_envelope, Answer};
 use http::{Method, StatusCode};
-use tower_api_key::limit::RateLimitLayer;
 use tower_api_key::manage::TierLimits;
 use tower_api_key::{
     clock::ManualClock, manage::CreatedKey, store::WritableKeyStore, ApiKey, KeyId, KeyManager,
@@ -50,7 +49,7 @@ impl<S: WritableKeyStore + Clone> Demo<S> {
         let address = listener.local_addr().unwrap();
         let app = example::app(
             KeyManager::new(store.clone()).clock(clock.clone()),
-            RateLimitLayer::new(TierLimits::default()),
+            example::rate_limit(example::tier_limits(60)),
         );
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self {
@@ -634,7 +633,7 @@ async fn serve_demo<S: WritableKeyStore + Clone>(store: S) -> SocketAddr {
     let address = listener.local_addr().unwrap();
     let app = example::app(
         KeyManager::new(store),
-        RateLimitLayer::new(TierLimits::default()),
+        example::rate_limit(TierLimits::default()),
     );
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     address
@@ -747,4 +746,28 @@ async fn verdict_within(address: SocketAddr, key: &ApiKey, expected: &str) -> St
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test]
+async fn a_free_key_gets_60_requests_a_minute_and_listings_show_the_limit() {
+    let demo = Demo::start().await;
+    let key = demo.key.expose_secret();
+    let first = demo.iocs_with(key).await;
+    assert_eq!(first.status, StatusCode::OK);
+    assert_eq!(first.header("ratelimit-policy"), r#""default";q=60;w=60"#);
+    assert_eq!(first.header("ratelimit"), r#""default";r=59;t=1"#);
+    for _ in 1..60 {
+        assert_eq!(demo.iocs_with(key).await.status, StatusCode::OK);
+    }
+    let refused = demo.iocs_with(key).await;
+    assert_envelope(&refused, StatusCode::TOO_MANY_REQUESTS, "rate_limited");
+    assert_eq!(refused.header("retry-after"), "1");
+    // Each key counts alone: the test key still has its minute.
+    let listed = demo.list_with(demo.test_key.expose_secret()).await;
+    assert_eq!(listed.status, StatusCode::OK);
+    let limit = &listed.json()["data"][0]["rate_limit"];
+    assert_eq!(
+        *limit,
+        serde_json::json!({"requests": 60, "period_secs": 60, "burst": 60})
+    );
 }

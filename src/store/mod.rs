@@ -29,6 +29,8 @@
 mod cache;
 #[cfg(feature = "cache")]
 mod changes;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod columns;
 mod memory;
 #[cfg(feature = "postgres")]
 mod postgres;

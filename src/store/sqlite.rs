@@ -18,12 +18,13 @@ use sqlx::sqlite::{
 };
 use sqlx::Row;
 
+use super::columns::CreditColumns;
 use super::usage::UsageQueue;
 use super::within;
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
 use crate::identity::{KeyId, KeyIdentity, Tier};
 use crate::key::{KeyDigest, LookupId};
-use crate::limit::{Credits, RateLimit, Refill, RefillPeriod, Spend};
+use crate::limit::{Credits, RateLimit, RefillPeriod, Spend};
 use crate::mode::KeyMode;
 use crate::scope::Scopes;
 
@@ -414,7 +415,8 @@ impl SqliteKeyStore {
         let metadata = identity.metadata().map(json).transpose()?;
         let scopes = identity.scopes().map(json).transpose()?;
         let rate_limit = identity.rate_limit().as_ref().map(json).transpose()?;
-        let credits = CreditColumns::of(record.credits.as_ref())?;
+        let credits = CreditColumns::of(record.credits.as_ref());
+        let refilled_at = credits.refilled_at.map(micros).transpose()?;
         let encode = |time: Option<SystemTime>| time.map(micros).transpose();
         let created_at = encode(record.created_at)?;
         let expires_at = encode(record.expires_at)?;
@@ -474,7 +476,7 @@ impl SqliteKeyStore {
             .bind(credits.remaining)
             .bind(credits.refill_amount)
             .bind(credits.refill_every)
-            .bind(credits.refilled_at)
+            .bind(refilled_at)
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::new)?;
@@ -745,71 +747,9 @@ fn credits_from_row(row: &SqliteRow) -> Result<Option<Credits>, StoreError> {
         remaining: integer("credits_remaining")?,
         refill_amount: integer("credits_refill_amount")?,
         refill_every: every.as_deref(),
-        refilled_at: integer("credits_refilled_at")?,
+        refilled_at: integer("credits_refilled_at")?.map(time).transpose()?,
     }
     .credits()
-}
-
-/// A balance of credits as the schema keeps it, in four columns. Amounts above `i64::MAX` are
-/// kept as `i64::MAX`: a balance that large is as good as unlimited.
-#[derive(Debug, PartialEq, Eq)]
-struct CreditColumns<'a> {
-    remaining: Option<i64>,
-    refill_amount: Option<i64>,
-    refill_every: Option<&'a str>,
-    refilled_at: Option<i64>,
-}
-
-impl CreditColumns<'static> {
-    /// The columns of `credits`, all NULL for none; an error for a refill time SQLite cannot
-    /// keep.
-    fn of(credits: Option<&Credits>) -> Result<Self, StoreError> {
-        let clamp = |amount: u64| i64::try_from(amount).unwrap_or(i64::MAX);
-        let refill = credits.and_then(|credits| credits.refill);
-        Ok(Self {
-            remaining: credits.map(|credits| clamp(credits.remaining)),
-            refill_amount: refill.map(|refill| clamp(refill.amount)),
-            refill_every: refill.map(|refill| match refill.every {
-                RefillPeriod::Day => "day",
-                RefillPeriod::Month => "month",
-            }),
-            refilled_at: credits
-                .and_then(|credits| credits.refilled_at)
-                .map(micros)
-                .transpose()?,
-        })
-    }
-}
-
-impl CreditColumns<'_> {
-    /// The balance the columns hold, or an error for columns the store would not have written.
-    fn credits(&self) -> Result<Option<Credits>, StoreError> {
-        let invalid = || StoreError::new("a stored key's balance of credits is not a balance");
-        let amount = |value: i64| u64::try_from(value).map_err(|_| invalid());
-        let Some(remaining) = self.remaining else {
-            let empty = self.refill_amount.is_none()
-                && self.refill_every.is_none()
-                && self.refilled_at.is_none();
-            return if empty { Ok(None) } else { Err(invalid()) };
-        };
-        let refill = match (self.refill_amount, self.refill_every) {
-            (None, None) => None,
-            (Some(refill_amount), Some(every)) => Some(Refill {
-                amount: amount(refill_amount)?,
-                every: match every {
-                    "day" => RefillPeriod::Day,
-                    "month" => RefillPeriod::Month,
-                    _ => return Err(invalid()),
-                },
-            }),
-            _ => return Err(invalid()),
-        };
-        Ok(Some(Credits {
-            remaining: amount(remaining)?,
-            refill,
-            refilled_at: self.refilled_at.map(time).transpose()?,
-        }))
-    }
 }
 
 #[cfg(test)]
@@ -883,89 +823,6 @@ mod tests {
             let plan = plan(statement, parameters).await;
             assert!(plan.contains("USING INDEX"), "{statement}: {plan}");
             assert!(!plan.contains("SCAN api_keys"), "{statement}: {plan}");
-        }
-    }
-
-    fn at_secs(seconds: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
-    }
-
-    #[test]
-    fn credits_round_trip_through_their_columns() {
-        let balances = [
-            Credits::new(0),
-            Credits::new(42),
-            Credits::new(7).refilled(Refill::daily(10), at_secs(86_400)),
-            Credits::new(7).refilled(Refill::monthly(1_000), at_secs(1_764_547_200)),
-            Credits {
-                refilled_at: None,
-                ..Credits::new(1).refilled(Refill::monthly(5), at_secs(0))
-            },
-        ];
-        for credits in balances {
-            let columns = CreditColumns::of(Some(&credits)).unwrap();
-            assert_eq!(columns.credits().unwrap(), Some(credits), "{columns:?}");
-        }
-        let none = CreditColumns::of(None).unwrap();
-        assert_eq!(none.credits().unwrap(), None);
-    }
-
-    #[test]
-    fn amounts_above_the_largest_integer_are_kept_as_it() {
-        let credits = Credits::new(u64::MAX).refilled(Refill::daily(u64::MAX), at_secs(0));
-        let columns = CreditColumns::of(Some(&credits)).unwrap();
-        assert_eq!(columns.remaining, Some(i64::MAX));
-        assert_eq!(columns.refill_amount, Some(i64::MAX));
-        let read = columns.credits().unwrap().unwrap();
-        assert_eq!(read.remaining, i64::MAX.unsigned_abs());
-    }
-
-    #[test]
-    fn columns_the_store_would_not_have_written_are_refused() {
-        let valid = || CreditColumns {
-            remaining: Some(1),
-            refill_amount: Some(5),
-            refill_every: Some("day"),
-            refilled_at: None,
-        };
-        assert!(valid().credits().is_ok());
-        for columns in [
-            CreditColumns {
-                remaining: Some(-1),
-                ..valid()
-            },
-            CreditColumns {
-                refill_amount: Some(-1),
-                ..valid()
-            },
-            CreditColumns {
-                refill_every: Some("week"),
-                ..valid()
-            },
-            CreditColumns {
-                refill_every: Some("Day"),
-                ..valid()
-            },
-            CreditColumns {
-                refill_every: None,
-                ..valid()
-            },
-            CreditColumns {
-                refill_amount: None,
-                ..valid()
-            },
-            CreditColumns {
-                remaining: None,
-                ..valid()
-            },
-            CreditColumns {
-                remaining: None,
-                refill_amount: None,
-                refill_every: None,
-                refilled_at: Some(0),
-            },
-        ] {
-            assert!(columns.credits().is_err(), "{columns:?}");
         }
     }
 

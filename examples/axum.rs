@@ -18,13 +18,18 @@
 //! curl -X POST -H "X-API-Key: $K" -d '{"type":"ipv4","value":"192.0.2.1"}' http://127.0.0.1:3000/api/v1/iocs
 //! ```
 //!
-//! | Route                   | Scope        | Mode       |
-//! |-------------------------|--------------|------------|
-//! | `GET /api/v1/iocs`      | `iocs:read`  | any        |
-//! | `POST /api/v1/iocs`     | `iocs:write` | live only  |
-//! | `GET /api/v1/keys`      | `keys:read`  | any        |
-//! | `POST /api/v1/keys`     | `keys:write` | any        |
-//! | `DELETE /api/v1/keys/…` | `keys:write` | any        |
+//! | Route                               | Scope        | Mode       |
+//! |-------------------------------------|--------------|------------|
+//! | `GET /api/v1/iocs`                  | `iocs:read`  | any        |
+//! | `POST /api/v1/iocs`                 | `iocs:write` | live only  |
+//! | `GET /api/v1/keys`, `/api/v1/keys/…` | `keys:read`  | any        |
+//! | `POST /api/v1/keys`                 | `keys:write` | any        |
+//! | `DELETE /api/v1/keys/…` (revoke; `?permanent=true` deletes) | `keys:write` | any |
+//! | `POST /api/v1/keys/…/rotate`        | `keys:write` | any        |
+//!
+//! The keys routes are the crate's [`keys_api::router`]; every error under `/api` is answered
+//! in the envelope with the caller's `X-Request-Id` ([`errors_in_envelope`]). The demo logs to
+//! stderr, filtered by `RUST_LOG` (`info` by default).
 //!
 //! No key can make or remove a key more powerful than itself ([`KeyInfo::may_manage`]): a test
 //! key creates and revokes only test keys (else `403 live_key_required`); a key without full
@@ -70,16 +75,17 @@
 
 use std::net::Ipv4Addr;
 
-use std::time::{Duration, SystemTime};
+#[cfg(any(feature = "postgres", feature = "redis"))]
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::Query;
 use axum::handler::Handler;
 use axum::http::header::{HeaderValue, CACHE_CONTROL};
 use axum::http::StatusCode;
-use axum::middleware::map_response;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::middleware::{from_fn, map_response};
+use axum::response::Response;
+use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -87,10 +93,12 @@ use tokio::net::TcpListener;
 use tower_api_key::{
     access::{KeyMode, RequireModeLayer, RequireScopeLayer},
     extract::{RequiredScope, Scoped},
+    keys_api,
     limit::{RateLimit, RateLimitLayer},
-    manage::{CreatedKey, KeyInfo, ManageError, Overreach, TierLimits, MAX_LIFETIME},
+    manage::{CreatedKey, ManageError, TierLimits},
+    response::{errors_in_envelope, ErrorResponse},
     store::WritableKeyStore,
-    ApiKey, KeyId, KeyIdentity, KeyManager, MemoryKeyStore, NewKey, Tier,
+    ApiKey, KeyManager, MemoryKeyStore, NewKey, Tier,
 };
 
 const DEFAULT_PORT: u16 = 3000;
@@ -131,38 +139,23 @@ impl RequiredScope for IocsRead {
     const SCOPE: &'static str = "iocs:read";
 }
 
-/// `keys:read`, for the `Scoped` extractor.
-struct KeysRead;
-
-impl RequiredScope for KeysRead {
-    const SCOPE: &'static str = "keys:read";
-}
-
 /// The whole service: `/health` is open, everything under `/api` needs a key from `keys`'s
 /// store, and `/api/v1/keys` manages them. Reads check their scope with the `Scoped`
 /// extractor, writes with `RequireScopeLayer` (and `RequireModeLayer`): both ways work.
 ///
 /// `rate_limit` limits each key's requests under `/api`, after authentication.
 pub fn app<S: WritableKeyStore + Clone>(keys: KeyManager<S>, rate_limit: RateLimitLayer) -> Router {
-    let keys_write = || RequireScopeLayer::new("keys:write");
     // The last layer runs first: a test key hears that it is the wrong mode.
     let submit = submit_ioc
         .layer(RequireScopeLayer::new("iocs:write"))
         .layer(RequireModeLayer::live());
     let api = Router::new()
         .route("/v1/iocs", get(list_iocs).post(submit))
-        .route(
-            "/v1/keys",
-            get(list_keys::<S>).post(create_key::<S>.layer(keys_write())),
-        )
-        .route(
-            "/v1/keys/{id}",
-            delete(revoke_key::<S>).route_layer(keys_write()),
-        )
+        .nest("/v1/keys", keys_api::router(keys.clone()))
         // Inside the layer, so that callers without a key cannot map which routes exist.
         .fallback(|| async { StatusCode::NOT_FOUND })
+        .layer(from_fn(errors_in_envelope))
         .layer(map_response(no_store))
-        .with_state(keys.clone())
         .layer(rate_limit)
         .layer(keys.layer());
     Router::new()
@@ -206,12 +199,14 @@ async fn list_iocs(identity: Scoped<IocsRead>, Query(query): Query<IocQuery>) ->
 
 /// `POST /api/v1/iocs` `{"type": "ipv4", "value": "192.0.2.1"}`: submits an indicator for
 /// review. Live keys only, so that tests never feed the shared list.
-async fn submit_ioc(body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn submit_ioc(body: Bytes) -> Result<(StatusCode, Json<Value>), ErrorResponse> {
     let ioc: SubmittedIoc = serde_json::from_slice(&body)
         .ok()
         .filter(|ioc: &SubmittedIoc| !ioc.kind.is_empty() && !ioc.value.is_empty())
         .ok_or_else(|| {
-            ApiError::invalid_request(
+            ErrorResponse::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
                 "The body must be a JSON object with a non-empty string \"type\" and \"value\".",
             )
         })?;
@@ -227,281 +222,17 @@ struct SubmittedIoc {
     value: String,
 }
 
-/// `POST /api/v1/keys` `{"name": "ci", "expires_in": 3600, "scopes": ["iocs:read"], "mode":
-/// "test"}`: a new key for the caller's account, in the only response that ever contains a
-/// key. Without `scopes`, the key has the caller's access; without `mode`, the caller's mode;
-/// without `expires_in`, the caller's expiry.
-async fn create_key<S: WritableKeyStore>(
-    State(keys): State<KeyManager<S>>,
-    identity: KeyIdentity,
-    body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let request: CreateKeyRequest = serde_json::from_slice(&body).map_err(|_| {
-        ApiError::invalid_request(
-            "The body must be a JSON object with a string \"name\", and optionally a \
-             positive integer \"expires_in\" (seconds), an array of strings \"scopes\", \
-             and a \"mode\" of \"live\" or \"test\".",
-        )
-    })?;
-    let caller = caller_info(&keys, &identity).await?;
-    let new = request
-        .into_new_key(&identity, &caller)?
-        .created_by(&caller);
-    let created = keys.create(new).await.map_err(|error| match error {
-        ManageError::Overreach(overreach) => ApiError::cannot_create(overreach),
-        error => error.into(),
-    })?;
-    let info = serde_json::to_value(&created.info).expect("key info serializes");
-    let body = json!({
-        "id": info["id"],
-        "name": info["name"],
-        "key": created.key.expose_secret(),
-        "mode": info["mode"],
-        "scopes": info["scopes"],
-        "created_at": info["created_at"],
-        "expires_at": info["expires_at"],
-    });
-    Ok((StatusCode::CREATED, Json(body)))
-}
-
-/// `GET /api/v1/keys`: the caller's account's keys, without secrets.
-async fn list_keys<S: WritableKeyStore>(
-    State(keys): State<KeyManager<S>>,
-    identity: Scoped<KeysRead>,
-) -> Result<Json<Value>, ApiError> {
-    let data = keys.list(identity.account_id()).await?;
-    Ok(Json(json!({ "data": data })))
-}
-
-/// `DELETE /api/v1/keys/{id}`: revokes one of the caller's account's keys that is no more
-/// powerful than the caller.
-async fn revoke_key<S: WritableKeyStore>(
-    State(keys): State<KeyManager<S>>,
-    identity: KeyIdentity,
-    Path(id): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    let id = KeyId::new(id);
-    let caller = caller_info(&keys, &identity).await?;
-    let target = keys.get(identity.account_id(), &id).await?;
-    caller
-        .may_manage(&target)
-        .map_err(ApiError::cannot_revoke)?;
-    keys.revoke(identity.account_id(), &id).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// The caller's own key among its account's keys: its expiry is in its record, not its identity.
-async fn caller_info<S: WritableKeyStore>(
-    keys: &KeyManager<S>,
-    identity: &KeyIdentity,
-) -> Result<KeyInfo, ApiError> {
-    match keys.get(identity.account_id(), identity.key_id()).await {
-        Err(ManageError::NotFound) => Err(ApiError::caller_unknown()),
-        found => Ok(found?),
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateKeyRequest {
-    name: String,
-    expires_in: Option<i64>,
-    scopes: Option<Vec<String>>,
-    mode: Option<KeyMode>,
-}
-
-impl CreateKeyRequest {
-    /// The key asked for, with the caller's scopes, mode and expiry where the body names none.
-    fn into_new_key(self, identity: &KeyIdentity, caller: &KeyInfo) -> Result<NewKey, ApiError> {
-        let mode = self.mode.unwrap_or(caller.mode);
-        let mut new =
-            NewKey::new(identity.account_id(), identity.tier().clone(), self.name).mode(mode);
-        match (self.scopes, &caller.scopes) {
-            (Some(scopes), _) => new = new.scopes(scopes),
-            (None, Some(own)) => new = new.scopes(own.iter()),
-            (None, None) => {}
-        }
-        match (self.expires_in, caller.expires_at) {
-            (Some(seconds), _) => new = new.expires_in(positive_seconds(seconds)?),
-            (None, Some(own)) => new = new.expires_at(inherited_expiry(own)?),
-            (None, None) => {}
-        }
-        Ok(new)
-    }
-}
-
-/// The expiry a new key takes from its creator's, `own`: the same, but no further ahead than a
-/// key may live. A creator that expired since it authenticated creates nothing.
-fn inherited_expiry(own: SystemTime) -> Result<SystemTime, ApiError> {
-    let now = SystemTime::now();
-    if own <= now {
-        return Err(ApiError::caller_expired());
-    }
-    Ok(now
-        .checked_add(MAX_LIFETIME)
-        .map_or(own, |latest| own.min(latest)))
-}
-
-fn positive_seconds(seconds: i64) -> Result<Duration, ApiError> {
-    u64::try_from(seconds)
-        .ok()
-        .filter(|seconds| *seconds > 0)
-        .map(Duration::from_secs)
-        .ok_or_else(|| {
-            ApiError::invalid_request("\"expires_in\" must be a positive number of seconds.")
-        })
-}
-
-/// An error of the key-management endpoints, in the layer's envelope.
-struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-impl ApiError {
-    fn invalid_request(message: &str) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            code: "invalid_request",
-            message: message.to_owned(),
-        }
-    }
-
-    /// A test key tried to `act` (`"create live keys"`).
-    fn live_key_required(act: &str) -> Self {
-        Self {
-            status: StatusCode::FORBIDDEN,
-            code: "live_key_required",
-            message: format!("A test key cannot {act}. Use a live key."),
-        }
-    }
-
-    /// The caller asked for a key more powerful than itself.
-    fn cannot_create(overreach: Overreach) -> Self {
-        match overreach {
-            Overreach::LiveKey => Self::live_key_required("create live keys"),
-            // A valid scope: the manager refuses invalid ones before comparing.
-            Overreach::Scope(scope) => Self::cannot_grant(&format!("the scope \"{scope}\"")),
-            Overreach::FullAccess => Self::cannot_grant("full access"),
-            Overreach::Outlives => Self::too_powerful(
-                "create a key that expires later than itself. Ask for an \"expires_in\" that \
-                 ends no later than this key's \"expires_at\", or leave it out to expire with \
-                 this key",
-            ),
-            other => Self::too_powerful(&format!("create this key: {other}")),
-        }
-    }
-
-    /// The caller tried to revoke a key more powerful than itself.
-    fn cannot_revoke(overreach: Overreach) -> Self {
-        match overreach {
-            Overreach::LiveKey => Self::live_key_required("revoke live keys"),
-            Overreach::Scope(scope) => Self::too_powerful(&format!(
-                "revoke a key with the scope \"{scope}\", which it does not have itself. Use a \
-                 key with that scope, or with full access"
-            )),
-            Overreach::FullAccess => Self::too_powerful(
-                "revoke a key with full access, which it does not have itself. Use a key with \
-                 full access",
-            ),
-            Overreach::Outlives => Self::too_powerful(
-                "revoke a key that expires later than itself, or never. Use a key that expires \
-                 no sooner",
-            ),
-            other => Self::too_powerful(&format!("revoke this key: {other}")),
-        }
-    }
-
-    /// A restricted key tried to create a key with `access` (`the scope "x"`), which it lacks.
-    fn cannot_grant(access: &str) -> Self {
-        Self {
-            status: StatusCode::FORBIDDEN,
-            code: "cannot_grant_scope",
-            message: format!(
-                "This key cannot create a key with {access}, which it does not have itself. \
-                 Ask only for scopes of this key, or use a key with full access."
-            ),
-        }
-    }
-
-    /// The caller tried to `act` on a key more powerful than itself (`"revoke a key ..."`).
-    fn too_powerful(act: &str) -> Self {
-        Self {
-            status: StatusCode::FORBIDDEN,
-            code: "key_too_powerful",
-            message: format!("This key cannot {act}."),
-        }
-    }
-
-    /// The caller's key authenticated but has expired since.
-    fn caller_expired() -> Self {
-        Self {
-            status: StatusCode::UNAUTHORIZED,
-            code: "expired_api_key",
-            message: "This key has expired. Use another key.".to_owned(),
-        }
-    }
-
-    /// The caller's key authenticated but is no longer in its account's keys: it was deleted.
-    fn caller_unknown() -> Self {
-        Self {
-            status: StatusCode::UNAUTHORIZED,
-            code: "invalid_api_key",
-            message: "This key no longer exists. Use another key.".to_owned(),
-        }
-    }
-}
-
-impl From<ManageError> for ApiError {
-    fn from(error: ManageError) -> Self {
-        let (status, code) = match &error {
-            ManageError::InvalidName
-            | ManageError::InvalidExpiry
-            | ManageError::InvalidScopes(_)
-            | ManageError::UnsupportedMode(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            ManageError::KeyLimitReached { .. } => (StatusCode::FORBIDDEN, "key_limit_reached"),
-            ManageError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ManageError::Overreach(_) => (StatusCode::FORBIDDEN, "key_too_powerful"),
-            ManageError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
-        };
-        let message = match &error {
-            ManageError::Store(_) => "Keys cannot be managed right now. Retry shortly.".to_owned(),
-            ManageError::NotFound => "This account has no key with that id.".to_owned(),
-            _ => capitalize(&error.to_string()),
-        };
-        Self {
-            status,
-            code,
-            message,
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let request_id = format!("req_{}", uuid::Uuid::new_v4().simple());
-        let body = json!({
-            "error": { "code": self.code, "message": self.message, "request_id": request_id }
-        });
-        (self.status, [("x-request-id", request_id)], Json(body)).into_response()
-    }
-}
-
-fn capitalize(sentence: &str) -> String {
-    let mut chars = sentence.chars();
-    chars.next().map_or_else(String::new, |first| {
-        format!("{}{}.", first.to_uppercase(), chars.as_str())
-    })
-}
-
 async fn health() -> &'static str {
     "ok"
 }
 
 #[tokio::main]
 async fn main() {
+    // The crate's events (refusals, store failures) and the keys API's, filtered by RUST_LOG;
+    // none of them holds a key.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
     let port = port_from_env();
     let limits = tier_limits(rate_limit_per_minute());
     let rate_limit = rate_limit(limits.clone());

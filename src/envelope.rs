@@ -83,6 +83,13 @@ impl ErrorResponse {
         self
     }
 
+    /// Answers with `request_id`, already checked or made by [`request_id`].
+    #[cfg(feature = "axum")]
+    pub(crate) fn with_request_id(mut self, request_id: HeaderValue) -> Self {
+        self.request_id = Some(request_id);
+        self
+    }
+
     /// Adds a header to the response, such as a `WWW-Authenticate` challenge.
     pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
         self.headers.append(name, value);
@@ -118,11 +125,104 @@ impl ErrorResponse {
     }
 }
 
+/// Without [`for_request`](ErrorResponse::for_request), the response has a new request id;
+/// under [`errors_in_envelope`], the request's own.
 #[cfg(feature = "axum")]
 impl axum_core::response::IntoResponse for ErrorResponse {
     fn into_response(self) -> axum_core::response::Response {
-        self.into_response().map(axum_core::body::Body::from)
+        let deferred = self.request_id.is_none().then(|| Deferred(self.clone()));
+        let mut response = self.into_response().map(axum_core::body::Body::from);
+        if let Some(deferred) = deferred {
+            response.extensions_mut().insert(deferred);
+        }
+        response
     }
+}
+
+/// An error response made without its request's id, for [`errors_in_envelope`] to write
+/// again with it.
+#[cfg(feature = "axum")]
+#[derive(Clone, Debug)]
+struct Deferred(ErrorResponse);
+
+/// An axum middleware (feature `axum`) that answers in the crate's envelope, with the request's
+/// id, the errors that axum and its extractors answer in plain text or not at all: a path, a
+/// query string or a body that could not be read (`400 invalid_request`), a route that does
+/// not exist (`404 not_found`), a method it does not take (`405 method_not_allowed`); other
+/// client errors without a JSON body become `invalid_request` with their status. An
+/// [`ErrorResponse`] that a handler returns gets the request's id. Other JSON answers, the
+/// layer's refusals among them, pass unchanged.
+///
+/// ```
+/// use axum::{extract::Query, middleware, routing::get, Router};
+/// use tower::ServiceExt;
+/// use tower_api_key::response::errors_in_envelope;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// #[derive(serde::Deserialize)]
+/// struct Page {
+///     limit: usize,
+/// }
+///
+/// let app: Router = Router::new()
+///     .route("/items", get(|Query(page): Query<Page>| async move { page.limit.to_string() }))
+///     .layer(middleware::from_fn(errors_in_envelope));
+///
+/// let request = http::Request::get("/items?limit=abc")
+///     .header("x-request-id", "req_42")
+///     .body(axum::body::Body::empty())
+///     .unwrap();
+/// let response = app.oneshot(request).await.unwrap();
+/// assert_eq!(response.status(), 400);
+/// assert_eq!(response.headers()["content-type"], "application/json");
+/// assert_eq!(response.headers()["x-request-id"], "req_42");
+/// # }
+/// ```
+#[cfg(feature = "axum")]
+pub async fn errors_in_envelope(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let request_id = request_id(request.headers());
+    let mut response = next.run(request).await;
+    let error = match response.extensions_mut().remove::<Deferred>() {
+        Some(Deferred(error)) => error,
+        None if response.status().is_client_error() && !is_json(response.headers()) => {
+            let (code, message) = match response.status() {
+                StatusCode::NOT_FOUND => (
+                    "not_found",
+                    "There is no such endpoint. Check the method and the path.",
+                ),
+                StatusCode::METHOD_NOT_ALLOWED => (
+                    "method_not_allowed",
+                    "This endpoint does not take this method.",
+                ),
+                _ => (
+                    "invalid_request",
+                    "The request could not be read: check its path, its query string and its \
+                     body.",
+                ),
+            };
+            ErrorResponse::new(response.status(), code, message)
+        }
+        None => return response,
+    };
+    let mut answer = error.with_request_id(request_id).into_response();
+    // Headers the handler set (`Allow` on a 405, say) stay.
+    for (name, value) in response.headers() {
+        if name != CONTENT_TYPE && name != http::header::CONTENT_LENGTH {
+            answer.headers_mut().entry(name).or_insert(value.clone());
+        }
+    }
+    answer.map(axum::body::Body::from)
+}
+
+#[cfg(feature = "axum")]
+fn is_json(headers: &HeaderMap) -> bool {
+    (headers.get(CONTENT_TYPE))
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"))
 }
 
 /// `{"error":{"code":...,"message":...,"request_id":...}}`

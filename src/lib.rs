@@ -328,6 +328,8 @@ pub mod extract;
 mod grpc;
 mod identity;
 pub mod key;
+#[cfg(feature = "axum")]
+pub mod keys_api;
 pub mod layer;
 pub mod limit;
 pub mod manage;

@@ -21,5 +21,7 @@
 //! assert_eq!(response.headers()["x-request-id"], "req_42");
 //! ```
 
+#[cfg(feature = "axum")]
+pub use crate::envelope::errors_in_envelope;
 pub use crate::envelope::ErrorResponse;
 pub use crate::error::Rejection;

@@ -91,31 +91,38 @@ struct Gcra {
     interval: u64,
     /// `interval × (burst − 1)`: how far the TAT may run ahead of now.
     tolerance: u64,
-    /// `burst − 1`, the most that can be left after a request.
+    /// What is left after a request that found the whole burst: `burst − 1` (or less if
+    /// `tolerance` saturated).
     most_left: u32,
 }
 
 impl Gcra {
     fn of(limit: RateLimit) -> Self {
         let interval = nanos(limit.interval()).max(1);
-        let most_left = limit.burst_size() - 1;
+        let burst_left = limit.burst_size() - 1;
+        let tolerance = interval.saturating_mul(burst_left.into());
         Self {
             interval,
-            tolerance: interval.saturating_mul(most_left.into()),
-            most_left,
+            tolerance,
+            most_left: u32::try_from(tolerance / interval)
+                .map_or(burst_left, |left| left.min(burst_left)),
         }
     }
 
     /// Counts one request at `now` against `tat`: what is left of the burst, or how long until
     /// a request passes.
     fn check(self, tat: &mut u64, now: u64) -> Result<u32, Duration> {
-        let earliest = tat.saturating_sub(self.tolerance);
+        if *tat <= now {
+            // The whole burst is there (the common case for a key not in a hurry): no division.
+            *tat = now.saturating_add(self.interval);
+            return Ok(self.most_left);
+        }
+        let earliest = *tat - self.tolerance.min(*tat);
         if now < earliest {
             return Err(Duration::from_nanos(earliest - now));
         }
-        let from = (*tat).max(now);
-        *tat = from.saturating_add(self.interval);
-        let left = now.saturating_add(self.tolerance).saturating_sub(from) / self.interval;
+        let left = (now.saturating_add(self.tolerance) - *tat) / self.interval;
+        *tat = tat.saturating_add(self.interval);
         Ok(u32::try_from(left).map_or(self.most_left, |left| left.min(self.most_left)))
     }
 }
@@ -166,7 +173,10 @@ impl Shard {
             entry.limit == limit && entry.subject.is(subject)
         });
         let (verdict, fresh) = match found {
-            Some(entry) => (entry.gcra.check(&mut entry.tat, now), entry.tat <= now),
+            Some(entry) => {
+                let full = entry.tat <= now;
+                (entry.gcra.check(&mut entry.tat, now), full)
+            }
             None => {
                 let gcra = Gcra::of(limit);
                 let mut tat = now;
@@ -480,6 +490,32 @@ mod tests {
             .iter()
             .filter(|key| counters.has_entry(Subject::Key(key), limit));
         assert_eq!(kept.count(), 0);
+    }
+
+    #[test]
+    fn requests_that_find_a_full_burst_start_sweeps_too() {
+        let hasher = RandomState::default();
+        let mut shard = Shard::new();
+        let limit = RateLimit::per_second(1_000); // full again 1 ms after each request
+        let (quiet, busy) = (KeyId::random(), KeyId::random());
+        let mut check = |key: &KeyId, now: u64| {
+            let subject = Subject::Key(key);
+            shard.check(hash(&hasher, subject, limit), subject, limit, now, &hasher)
+        };
+        let start = 5 * GRACE;
+        assert_eq!(check(&quiet, start), Ok(999));
+        for request in 0..MIN_SWEEP as u64 {
+            // No new entry: only hits on the busy key's full burst count.
+            assert_eq!(
+                check(&busy, start + 2 * GRACE + 2_000_000 * request),
+                Ok(999)
+            );
+        }
+        assert_eq!(shard.table.len(), 1, "the quiet key's entry is gone");
+        assert!(shard
+            .table
+            .iter()
+            .all(|entry| entry.subject.is(Subject::Key(&busy))));
     }
 
     #[test]

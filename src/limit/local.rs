@@ -77,7 +77,10 @@ impl OwnedSubject {
 
     fn is(&self, subject: Subject<'_>) -> bool {
         match (self, subject) {
-            (Self::Key(own), Subject::Key(other)) => own.as_str() == other.as_str(),
+            // Most often the same `Arc` (the store's record's): no need to compare the bytes.
+            (Self::Key(own), Subject::Key(other)) => {
+                std::ptr::eq(own.as_str(), other.as_str()) || own.as_str() == other.as_str()
+            }
             (Self::Account(own), Subject::Account(other)) => **own == *other,
             _ => false,
         }

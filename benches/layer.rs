@@ -12,8 +12,9 @@
 //! - `missing_api_key`, `invalid_api_key_checksum` (never reaches the store),
 //!   `invalid_api_key_unknown` (good checksum, unknown key).
 //! - `valid_key_1k_rate_limited` (feature `rate-limit`): `valid_key_1k` with a `RateLimitLayer`
-//!   inside, at a limit that never refuses (so every key's burst is full again by its next
-//!   request: the worst case, where the sweep drops each entry and the key inserts it again).
+//!   inside, at a limit that never refuses (every key's burst is full again by its next
+//!   request); `valid_key_1k_rate_layer_no_limit`, the same layer with no limit to count, so
+//!   that the two differences tell the layer's plumbing from the counting.
 //! - `cache_hit` (feature `cache`): the layer over `CachedKeyStore<MemoryKeyStore>`, warm;
 //!   `cache_hit_pushed`, the same with push invalidation on.
 
@@ -195,6 +196,17 @@ fn bench(c: &mut Criterion) {
         group.bench_function("valid_key_1k_rate_limited", |b| {
             b.to_async(&runtime).iter(|| {
                 layer_limited
+                    .clone()
+                    .oneshot(request(Some(("authorization", valid_1k.next()))))
+            })
+        });
+        let layer_unlimited = ServiceBuilder::new()
+            .layer(ApiKeyLayer::new(store_1k.clone()))
+            .layer(RateLimitLayer::new(TierLimits::none()))
+            .service_fn(ok);
+        group.bench_function("valid_key_1k_rate_layer_no_limit", |b| {
+            b.to_async(&runtime).iter(|| {
+                layer_unlimited
                     .clone()
                     .oneshot(request(Some(("authorization", valid_1k.next()))))
             })

@@ -43,6 +43,9 @@ def ratios(m):
     if "valid_key_1k_rate_limited" in m:
         found["rate limit adds (ns)                [<= 60]"] = (
             m["valid_key_1k_rate_limited"] - m["valid_key_1k"])
+    if "valid_key_1k_rate_layer_no_limit" in m:
+        found["  of which counting (ns)"] = (
+            m["valid_key_1k_rate_limited"] - m["valid_key_1k_rate_layer_no_limit"])
     if "cache_hit" in m:
         found["cache hit / memory store           [<= 1.2]"] = m["cache_hit"] / m["valid_key_1k"]
     if "cache_hit_pushed" in m:

@@ -771,3 +771,33 @@ async fn a_free_key_gets_60_requests_a_minute_and_listings_show_the_limit() {
         serde_json::json!({"requests": 60, "period_secs": 60, "burst": 60})
     );
 }
+
+#[tokio::test]
+async fn every_error_under_api_is_in_the_envelope_with_the_caller_s_request_id() {
+    let demo = Demo::start().await;
+    let key = demo.key.expose_secret();
+    for (method, path) in [
+        (Method::GET, "/api/v1/iocs?limit=abc"),
+        (Method::GET, "/api/v2/nothing"),
+        (Method::PUT, "/api/v1/keys"),
+        (Method::GET, "/api/v1/keys/key_of_nobody"),
+    ] {
+        let headers: &common::Headers<'_> = &[
+            ("x-api-key", key.as_bytes()),
+            ("x-request-id", b"req_demo_42"),
+        ];
+        let answer = common::http(demo.address, method.clone(), path, headers, "").await;
+        assert!(
+            answer.status.is_client_error(),
+            "{method} {path}: {}",
+            answer.status
+        );
+        let code = answer.error_code();
+        assert_envelope(&answer, answer.status, &code);
+        assert_eq!(
+            answer.json()["error"]["request_id"],
+            "req_demo_42",
+            "{method} {path}"
+        );
+    }
+}

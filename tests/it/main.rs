@@ -20,6 +20,7 @@ mod faults_under_load;
 mod global_limits;
 mod hostile_headers;
 mod http;
+mod keys_api;
 mod layer;
 mod lifecycle;
 mod limits;

@@ -220,6 +220,10 @@
 //! remove a key more powerful than itself in scopes, mode or expiry: [`KeyInfo::may_manage`](manage::KeyInfo::may_manage)
 //! decides, and [`NewKey::created_by`] has [`KeyManager::create`] apply it.
 //!
+//! Over HTTP, [`keys_api::router`] (feature `axum`) is the "Settings → API Keys" API as an axum
+//! `Router` over any `KeyManager`: nest it inside the layer, and each key manages its own
+//! account's keys under those rules, every error answered in the envelope.
+//!
 //! # Scopes and test keys
 //!
 //! A key may carry [`Scopes`](access::Scopes) (`NewKey::scopes`), like Stripe's restricted keys; a key without
@@ -274,8 +278,10 @@
 //!
 //! # Features
 //!
-//! - `axum` (default): [`KeyIdentity`] is an axum extractor. It pulls in `axum-core` only;
-//!   hyper and tonic services can turn it off with `default-features = false`.
+//! - `axum` (default): [`KeyIdentity`] is an axum extractor, `keys_api::router` the keys API
+//!   as an axum `Router`, and `response::errors_in_envelope` answers axum's own rejections in
+//!   the envelope. It pulls in axum without its server (no hyper, no tokio); hyper and tonic
+//!   services can turn it off with `default-features = false`.
 //! - `postgres`: `PgKeyStore`, keys in PostgreSQL through sqlx; turns on `cache`.
 //! - `sqlite`: `SqliteKeyStore`, keys in a SQLite file through sqlx, which compiles SQLite in.
 //! - `redis`: `RedisKeyStore`, keys in Redis, a single node or a cluster, through the redis

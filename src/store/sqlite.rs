@@ -274,7 +274,7 @@ const TOUCH: &str = "UPDATE api_keys SET last_used_at = ?2 \
 /// | `scopes` | `TEXT` | a sorted JSON array of strings, or `NULL` for full access |
 /// | `rate_limit` | `TEXT` | the key's own [`RateLimit`] as JSON, `{"requests":60,"period_secs":60,"burst":60}`, or `NULL` for its tier's |
 /// | `credits_remaining` | `INTEGER` | the balance of [`Credits`], or `NULL` if the key is not metered |
-/// | `credits_refill_amount`, `credits_refill_every` | `INTEGER`, `TEXT` | its [`Refill`]: the amount, and `day` or `month`; `NULL` without one |
+/// | `credits_refill_amount`, `credits_refill_every` | `INTEGER`, `TEXT` | its [`Refill`](crate::limit::Refill): the amount, and `day` or `month`; `NULL` without one |
 /// | `credits_refilled_at` | `INTEGER` | the start of the period of the last refill, in microseconds, or `NULL` |
 ///
 /// Times keep microseconds, as PostgreSQL does: a finer part is dropped towards the past.

@@ -165,11 +165,18 @@ struct Fields {
     mode: KeyMode,
     #[serde(skip_serializing_if = "Option::is_none")]
     scopes: Option<Scopes>,
+    // Boxed together: most keys have neither, and each identity takes 8 bytes for both.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    rare: Option<Box<Rare>>,
+}
+
+/// The fields of an identity that most keys leave empty.
+#[derive(Clone, Default, PartialEq, Serialize)]
+struct Rare {
     #[serde(skip_serializing_if = "Option::is_none")]
     rate_limit: Option<RateLimit>,
-    // Boxed: most keys have none, and a `Value` would take 32 bytes in every identity.
     #[serde(skip_serializing_if = "Option::is_none")]
-    metadata: Option<Box<serde_json::Value>>,
+    metadata: Option<serde_json::Value>,
 }
 
 impl KeyIdentity {
@@ -188,14 +195,13 @@ impl KeyIdentity {
             tier,
             mode: KeyMode::Live,
             scopes: None,
-            rate_limit: None,
-            metadata: None,
+            rare: None,
         }))
     }
 
     /// Attaches application data (roles, a team, limits) for handlers to read.
     pub fn with_metadata(mut self, metadata: serde_json::Value) -> Self {
-        Arc::make_mut(&mut self.0).metadata = Some(Box::new(metadata));
+        self.rare().metadata = Some(metadata);
         self
     }
 
@@ -214,8 +220,14 @@ impl KeyIdentity {
     /// The same identity, limited to `limit` by [`RateLimitLayer`](crate::limit::RateLimitLayer)
     /// instead of its tier's limit.
     pub fn with_rate_limit(mut self, limit: RateLimit) -> Self {
-        Arc::make_mut(&mut self.0).rate_limit = Some(limit);
+        self.rare().rate_limit = Some(limit);
         self
+    }
+
+    fn rare(&mut self) -> &mut Rare {
+        Arc::make_mut(&mut self.0)
+            .rare
+            .get_or_insert_with(Box::default)
     }
 
     /// The same identity for another key, as a rotation's replacement has.
@@ -246,7 +258,7 @@ impl KeyIdentity {
 
     /// Application data attached to the key, if any.
     pub fn metadata(&self) -> Option<&serde_json::Value> {
-        self.0.metadata.as_deref()
+        self.0.rare.as_ref()?.metadata.as_ref()
     }
 
     /// Whether the key is a live or a test key.
@@ -261,7 +273,7 @@ impl KeyIdentity {
 
     /// The key's own rate limit, if it has one; without, its tier's applies.
     pub fn rate_limit(&self) -> Option<RateLimit> {
-        self.0.rate_limit
+        self.0.rare.as_ref()?.rate_limit
     }
 
     /// Whether the key may do what `scope` allows: it has full access, or that scope.
@@ -307,7 +319,7 @@ impl fmt::Debug for KeyIdentity {
             .field("tier", &self.0.tier)
             .field("mode", &self.0.mode)
             .field("scopes", &self.scopes())
-            .field("rate_limit", &self.0.rate_limit)
+            .field("rate_limit", &self.rate_limit())
             .field("metadata", &self.metadata())
             .finish()
     }

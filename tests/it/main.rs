@@ -13,6 +13,7 @@
 
 mod common;
 
+mod cli;
 mod credits;
 mod demo;
 mod failed_attempts;

@@ -293,9 +293,12 @@
 //!   `Retry-After` and `RateLimit` headers; counted in this process (GCRA), or with `redis` in
 //!   Redis, one limit across instances.
 //!
+//! - `cli`: the `tower-api-key` command line, which manages keys in a PostgreSQL, Redis or
+//!   SQLite store (`cargo install tower-api-key --features cli`).
+//!
 //! Balances of credits (`limit::CreditsLayer`) need no feature: every shipped store keeps them.
 //!
-//! Minimum Rust: 1.85; the `postgres` and `sqlite` features need 1.94 (sqlx 0.9).
+//! Minimum Rust: 1.85; the `postgres`, `sqlite` and `cli` features need 1.94 (sqlx 0.9).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]

@@ -17,13 +17,13 @@ Exit codes:
   1  anything else (stdout cannot be written)
 
 Store URLs: postgres://user:password@host/db (or postgresql://), redis://host:6379
-(or rediss://), sqlite:///path/to/keys.db (add ?mode=rwc to create it).";
+(TLS, rediss://, is not supported yet), sqlite:///path/to/keys.db (add ?mode=rwc to create it).";
 
 /// Issue, list, revoke, delete, rotate and top up API keys in a tower-api-key store.
 #[derive(Debug, Parser)]
 #[command(name = "tower-api-key", version, after_help = EXIT_CODES)]
 pub struct Cli {
-    /// The store's URL: postgres://, postgresql://, redis://, rediss:// or sqlite:
+    /// The store's URL: postgres://, postgresql://, redis:// or sqlite:
     #[arg(
         long,
         env = "TOWER_API_KEY_STORE",

@@ -11,7 +11,7 @@
 //! ```
 //!
 //! The store is named by URL: `postgres://` or `postgresql://` (a `PgKeyStore`, in table
-//! `--table`, `api_keys` by default, whose schema is applied first), `redis://` or `rediss://`
+//! `--table`, `api_keys` by default, whose schema is applied first), `redis://` (not yet `rediss://`)
 //! (a `RedisKeyStore`, under `--prefix`, `tower-api-key` by default), or `sqlite:` (a
 //! `SqliteKeyStore`, schema applied first; add `?mode=rwc` to create a missing file). Everything
 //! goes through the crate's `KeyManager`, with the default tiers (`free`: 3 active keys,

@@ -69,7 +69,7 @@ impl Connection {
                 Failure::USAGE,
                 format!(
                     "the store URL {shown} is not one this tool knows: it must begin with \
-                     postgres://, postgresql://, redis://, rediss:// or sqlite:"
+                     postgres://, postgresql://, redis:// or sqlite:"
                 ),
             ));
         };

@@ -163,12 +163,14 @@ async fn listing_shows_the_account_s_keys_without_secrets() {
         fields,
         [
             "created_at",
+            "credits",
             "expires_at",
             "hint",
             "id",
             "last_used_at",
             "mode",
             "name",
+            "rate_limit",
             "revoked_at",
             "scopes"
         ]

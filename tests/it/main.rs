@@ -13,6 +13,7 @@
 
 mod common;
 
+mod browser;
 mod credits;
 mod demo;
 mod failed_attempts;

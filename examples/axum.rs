@@ -5,7 +5,7 @@
 //! ```
 //!
 //! It prints the live key alone on its own line (`grep '^sk_live_'` finds it), the test key
-//! likewise, and curl commands to try them. `/api/...` needs a key; `/health` does not. The live key (`sk_live_...`) has full access; the test key (`sk_test_...`) is
+//! likewise, and curl commands to try them. `/api/...` needs a key; `/health` and the page `/settings/api-keys` do not. The live key (`sk_live_...`) has full access; the test key (`sk_test_...`) is
 //! restricted to the scopes `iocs:read`, `keys:read` and `keys:write`. With a key (`K`), manage
 //! the demo account's keys (it is on the free tier: 3 active keys, live and test together, so
 //! one more than the two printed):
@@ -71,6 +71,14 @@
 //! curl -i -H "X-API-Key: $K" http://127.0.0.1:3000/api/v1/iocs
 //! ```
 //!
+//! `GET /settings/api-keys` is the same in a browser: a page (`keys_page.html`, its script
+//! `keys_page.js`; nothing fetched from elsewhere) where a person pastes a key with `keys:write`
+//! and sees the account's keys, creates one (shown once, with a Copy button) and revokes one,
+//! with each error's message from the envelope. The page holds no secret, so it is served
+//! outside the key layer, with `Cache-Control: no-store` and a Content-Security-Policy that runs
+//! only the demo's own script and talks only to the demo. The pasted key lives in a JavaScript
+//! variable: never in a URL, storage or a cookie; reloading the page forgets it.
+//!
 //! [`KeyInfo::may_manage`]: tower_api_key::manage::KeyInfo::may_manage
 
 use std::net::Ipv4Addr;
@@ -81,14 +89,18 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::Query;
 use axum::handler::Handler;
-use axum::http::header::{HeaderValue, CACHE_CONTROL};
+use axum::http::header::{
+    HeaderValue, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, REFERRER_POLICY,
+    X_CONTENT_TYPE_OPTIONS,
+};
 use axum::http::StatusCode;
 use axum::middleware::{from_fn, map_response};
-use axum::response::Response;
+use axum::response::{Html, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use sha2::Digest;
 use tokio::net::TcpListener;
 use tower_api_key::{
     access::{KeyMode, RequireModeLayer, RequireScopeLayer},
@@ -139,7 +151,7 @@ impl RequiredScope for IocsRead {
     const SCOPE: &'static str = "iocs:read";
 }
 
-/// The whole service: `/health` is open, everything under `/api` needs a key from `keys`'s
+/// The whole service: `/health` and the keys page are open, everything under `/api` needs a key from `keys`'s
 /// store, and `/api/v1/keys` manages them. Reads check their scope with the `Scoped`
 /// extractor, writes with `RequireScopeLayer` (and `RequireModeLayer`): both ways work.
 ///
@@ -160,7 +172,68 @@ pub fn app<S: WritableKeyStore + Clone>(keys: KeyManager<S>, rate_limit: RateLim
         .layer(keys.layer());
     Router::new()
         .route("/health", get(health))
+        .merge(keys_page())
         .nest("/api", api)
+}
+
+/// The "Settings → API Keys" page, a person's way to the keys API.
+const KEYS_PAGE: &str = include_str!("keys_page.html");
+/// The page's script, served by the demo so that the page's policy runs no inline script.
+const KEYS_PAGE_SCRIPT: &str = include_str!("keys_page.js");
+
+/// `GET /settings/api-keys` and its script, outside the key layer: neither holds a secret.
+fn keys_page() -> Router {
+    let policy = HeaderValue::try_from(keys_page_policy()).expect("the policy is ASCII");
+    Router::new()
+        .route("/settings/api-keys", get(|| async { Html(KEYS_PAGE) }))
+        .route(
+            "/settings/api-keys/page.js",
+            get(|| async {
+                let javascript = HeaderValue::from_static("text/javascript; charset=utf-8");
+                ([(CONTENT_TYPE, javascript)], KEYS_PAGE_SCRIPT)
+            }),
+        )
+        .layer(map_response(move |mut response: Response| {
+            let headers = response.headers_mut();
+            headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            headers.insert(CONTENT_SECURITY_POLICY, policy.clone());
+            headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+            headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+            std::future::ready(response)
+        }))
+}
+
+/// The page's Content-Security-Policy: its own script, its one `<style>` element (by digest),
+/// requests to the demo only; no frames, forms, plugins or other origins.
+pub fn keys_page_policy() -> String {
+    let style = KEYS_PAGE
+        .split_once("<style>")
+        .and_then(|(_, rest)| rest.split_once("</style>"))
+        .map_or("", |(style, _)| style);
+    let digest = base64(&sha2::Sha256::digest(style.as_bytes()));
+    format!(
+        "default-src 'none'; script-src 'self'; style-src 'sha256-{digest}'; \
+         connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+}
+
+/// Standard base64, with padding, for the policy's digest.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut text = String::new();
+    for chunk in bytes.chunks(3) {
+        let bits = chunk.iter().enumerate().fold(0u32, |bits, (i, byte)| {
+            bits | u32::from(*byte) << (16 - 8 * i)
+        });
+        for i in 0..4 {
+            text.push(if i <= chunk.len() {
+                char::from(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize])
+            } else {
+                '='
+            });
+        }
+    }
+    text
 }
 
 /// Answers about an account's keys (one holds a new key) must not be kept by any cache.
@@ -412,7 +485,8 @@ pub fn banner(address: &str, account: &str, live: &ApiKey, test: &ApiKey) -> Str
          {test}\n\
          try:\n  \
          curl -H \"Authorization: Bearer {live}\" \"http://{address}/api/v1/iocs?type=ipv4&limit=10\"\n  \
-         curl -H \"X-API-Key: {test}\" http://{address}/api/v1/keys\n"
+         curl -H \"X-API-Key: {test}\" http://{address}/api/v1/keys\n\
+         or manage the keys in a browser: http://{address}/settings/api-keys\n"
     )
 }
 

@@ -4,7 +4,7 @@
 
 #[allow(dead_code)] // The demo's `main` is not called here.
 #[path = "../../examples/axum.rs"]
-mod example;
+pub(crate) mod example;
 
 use crate::common;
 
@@ -149,6 +149,53 @@ async fn printed_key_reads_iocs_and_health_is_open() {
     assert_eq!(health.status, StatusCode::OK);
     let anonymous = common::http(demo.address, Method::GET, "/api/v1/iocs", &[], "").await;
     assert_envelope(&anonymous, StatusCode::UNAUTHORIZED, "missing_api_key");
+}
+
+#[tokio::test]
+async fn keys_page_is_served_without_a_key_under_a_strict_policy_and_holds_no_key() {
+    let demo = Demo::start().await;
+    let page = common::http(demo.address, Method::GET, "/settings/api-keys", &[], "").await;
+    let script_path = "/settings/api-keys/page.js";
+    let script = common::http(demo.address, Method::GET, script_path, &[], "").await;
+    assert_eq!(page.header("content-type"), "text/html; charset=utf-8");
+    assert_eq!(
+        script.header("content-type"),
+        "text/javascript; charset=utf-8"
+    );
+    for answer in [&page, &script] {
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.header("cache-control"), "no-store");
+        assert_eq!(answer.header("x-content-type-options"), "nosniff");
+        assert_eq!(answer.header("referrer-policy"), "no-referrer");
+        let policy = answer.header("content-security-policy");
+        assert_eq!(policy, example::keys_page_policy());
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self';",
+            "style-src 'sha256-",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(policy.contains(directive), "{directive} not in {policy}");
+        }
+        assert!(!policy.contains("unsafe"), "{policy}");
+        let body = std::str::from_utf8(&answer.body).unwrap();
+        for secret in [demo.key.expose_secret(), demo.test_key.expose_secret()] {
+            assert!(!body.contains(secret));
+        }
+        assert!(!body.contains("sk_live_") && !body.contains("sk_test_"));
+        // Nothing from elsewhere: no address with a scheme or of another host.
+        assert!(
+            !body.contains("://") && !body.contains("src=\"//"),
+            "{body}"
+        );
+        // Data from the server goes into the page as text only.
+        assert!(!body.contains("innerHTML") && !body.contains("localStorage"));
+    }
+    let page = std::str::from_utf8(&page.body).unwrap();
+    assert!(page.contains("<script src=\"/settings/api-keys/page.js\" defer></script>"));
+    assert!(page.contains("type=\"password\""));
+    assert!(page.contains("role=\"alert\""));
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@
 
 mod common;
 
+mod browser;
 mod cli;
 mod credits;
 mod demo;

@@ -8,8 +8,9 @@
 //! Rows (criterion, so compare medians from one run): `local` (the layer counting in this
 //! process), `global` (one `EVALSHA` per request) and `global_leases_10` (ten requests taken per
 //! round trip). Each rotates over 100 keys of one memory store, at a limit that never refuses.
-//! Then each global layer answers 1,000 requests while the Redis server counts the scripts it
-//! runs (`INFO commandstats`): the round trips per request.
+//! Then each layer answers 1,000 requests, one at a time, while the Redis server counts the
+//! scripts it runs (`INFO commandstats`): the round trips per request, and the latency of each
+//! request (p50, p99).
 
 use std::cell::Cell;
 use std::convert::Infallible;
@@ -105,20 +106,31 @@ fn main() {
     group.finish();
     criterion.final_summary();
 
-    for (name, limit) in [("global", &global), ("global_leases_10", &leased)] {
+    for (name, limit) in [
+        ("local", &local),
+        ("global", &global),
+        ("global_leases_10", &leased),
+    ] {
         let service = service(limit);
-        let round_trips = runtime.block_on(async {
+        let (round_trips, mut latencies) = runtime.block_on(async {
             let mut connection = client.get_multiplexed_async_connection().await.unwrap();
             let before = scripts_run(&mut connection).await;
+            let mut latencies = Vec::with_capacity(COUNTED);
             for _ in 0..COUNTED {
+                let started = std::time::Instant::now();
                 let response = service.clone().oneshot(request()).await.unwrap();
+                latencies.push(started.elapsed());
                 assert!(response.status().is_success(), "{}", response.status());
             }
-            scripts_run(&mut connection).await - before
+            (scripts_run(&mut connection).await - before, latencies)
         });
+        latencies.sort();
         println!(
-            "{name}: {round_trips} scripts for {COUNTED} requests: {:.2} round trips per request",
-            round_trips as f64 / COUNTED as f64
+            "{name}: {:.2} round trips per request ({round_trips} scripts for {COUNTED} \
+             requests); latency p50 {:?}, p99 {:?}",
+            round_trips as f64 / COUNTED as f64,
+            latencies[COUNTED / 2],
+            latencies[COUNTED * 99 / 100],
         );
     }
 }

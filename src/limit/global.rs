@@ -34,6 +34,10 @@ struct Lease {
     until: Instant,
 }
 
+/// The shortest time a lease may be spent in: a lease lasts this, or the limit's interval if
+/// longer.
+const LEASE_LIFE: Duration = Duration::from_secs(1);
+
 /// Sweeps expired leases after this many new ones.
 const SWEEP_AFTER: usize = 1024;
 
@@ -107,8 +111,9 @@ impl GlobalCounters {
         }
     }
 
-    /// Keeps `left` requests taken for `subject`, to spend within the limit's interval. Added
-    /// to a lease still running, they expire with it: a request is never kept longer.
+    /// Keeps `left` requests taken for `subject`, to spend within [`LEASE_LIFE`] (or the limit's
+    /// interval, if longer). Added to a lease still running, they expire with it: a request is
+    /// never kept longer.
     fn add_lease(&self, subject: &str, limit: RateLimit, left: u32, remaining: u32) {
         if left == 0 {
             return;
@@ -120,10 +125,10 @@ impl GlobalCounters {
             .or_insert(Lease {
                 left: 0,
                 remaining,
-                until: now + limit.interval(),
+                until: now + limit.interval().max(LEASE_LIFE),
             });
         if lease.until <= now {
-            lease.until = now + limit.interval();
+            lease.until = now + limit.interval().max(LEASE_LIFE);
             lease.left = 0;
         }
         lease.left += left;

@@ -55,8 +55,8 @@
 //! clock, so that instances whose clocks differ agree), one round trip.
 //! [`RateLimitLayer::leases`] takes several requests per round trip and spends them in this
 //! process: most requests then make no round trip, and the instances together still never
-//! accept more than the limit (requests taken and not spent within the limit's interval are
-//! lost, so they may accept fewer).
+//! accept more than the limit grants (requests taken and not spent within a second, or the
+//! limit's interval if longer, are lost, so they may accept fewer).
 //!
 //! When Redis cannot be asked, a request is refused with `503` (`authentication_unavailable`)
 //! and the failure logged: limits fail closed. [`RateLimitLayer::fail_open`] lets requests pass

@@ -253,8 +253,11 @@ impl RateLimitLayer {
 
     /// In global mode, takes up to `size` requests at a time from Redis and spends them here,
     /// so that most requests make no round trip (by default 1: every request asks Redis).
-    /// Requests taken and not spent within the limit's interval are lost: the instances
-    /// together never accept more than the limit, and may accept fewer.
+    /// Every request accepted was taken from the one limit in Redis, so the instances together
+    /// never accept more than it grants; a request taken is spent within a second (or the
+    /// limit's interval, if longer) or lost, so they may accept fewer. Within a window shorter
+    /// than that, up to `size - 1` requests per instance taken earlier may add to those the
+    /// limit grants in it.
     ///
     /// # Panics
     ///

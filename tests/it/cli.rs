@@ -553,44 +553,28 @@ async fn top_up_and_refusals<S: WritableKeyStore + Clone>(store: &Backend<S>) {
     assert!(store.keys().list(&other).await.unwrap().is_empty());
 }
 
+/// One `#[tokio::test]` per flow, on a fresh `$backend` each, finished (cleaned up) after.
 macro_rules! cli_suite {
-    ($backend:ident) => {
+    ($backend:ident: $($flow:ident),* $(,)?) => {
         mod $backend {
-            #[tokio::test]
-            async fn create_prints_a_key_that_authenticates() {
-                let backend = super::$backend().await;
-                super::create_prints_a_key_that_authenticates(&backend).await;
-                backend.finish().await;
-            }
-
-            #[tokio::test]
-            async fn list_and_get_show_keys_but_no_secret() {
-                let backend = super::$backend().await;
-                super::list_and_get_show_keys_but_no_secret(&backend).await;
-                backend.finish().await;
-            }
-
-            #[tokio::test]
-            async fn revoke_and_delete() {
-                let backend = super::$backend().await;
-                super::revoke_and_delete(&backend).await;
-                backend.finish().await;
-            }
-
-            #[tokio::test]
-            async fn rotate() {
-                let backend = super::$backend().await;
-                super::rotate(&backend).await;
-                backend.finish().await;
-            }
-
-            #[tokio::test]
-            async fn top_up_and_refusals() {
-                let backend = super::$backend().await;
-                super::top_up_and_refusals(&backend).await;
-                backend.finish().await;
-            }
+            $(
+                #[tokio::test]
+                async fn $flow() {
+                    let backend = super::$backend().await;
+                    super::$flow(&backend).await;
+                    backend.finish().await;
+                }
+            )*
         }
+    };
+    ($backend:ident) => {
+        cli_suite!($backend:
+            create_prints_a_key_that_authenticates,
+            list_and_get_show_keys_but_no_secret,
+            revoke_and_delete,
+            rotate,
+            top_up_and_refusals,
+        );
     };
 }
 

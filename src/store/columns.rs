@@ -1,10 +1,54 @@
 //! What the SQL stores (PostgreSQL, SQLite) share of their columns: a balance of credits in
 //! four of them.
 
+use std::future::Future;
 use std::time::SystemTime;
 
 use super::StoreError;
-use crate::limit::{Credits, Refill, RefillPeriod};
+use crate::limit::{Credits, Refill, RefillPeriod, Spend};
+
+/// How many times a spend is tried while top-ups keep changing the balance under it.
+const SPEND_ATTEMPTS: usize = 8;
+
+/// The SQL stores' spend: `spend(cost)` runs the one `UPDATE` that refills and takes `cost`,
+/// answering the balance after it if it paid (`None` if it changed nothing); when it did not,
+/// `read()` tells a missing key (`None`) from one without a balance (`Some(None)`) or one that
+/// cannot pay. Should that read find a balance that can pay after all (topped up in between),
+/// the spend is tried again. A cost above `i64::MAX` is more than any stored balance.
+pub(super) async fn spend_in_sql<S, SF, R, RF>(
+    cost: u64,
+    now: SystemTime,
+    spend: S,
+    read: R,
+) -> Result<Option<Spend>, StoreError>
+where
+    S: Fn(i64) -> SF,
+    SF: Future<Output = Result<Option<Option<Credits>>, StoreError>>,
+    R: Fn() -> RF,
+    RF: Future<Output = Result<Option<Option<Credits>>, StoreError>>,
+{
+    for _ in 0..SPEND_ATTEMPTS {
+        if let Ok(cost) = i64::try_from(cost) {
+            if let Some(spent) = spend(cost).await? {
+                let credits = spent.ok_or_else(|| StoreError::new("a spent balance vanished"))?;
+                return Ok(Some(Spend::Spent(credits)));
+            }
+        }
+        let Some(credits) = read().await? else {
+            return Ok(None);
+        };
+        let Some(credits) = credits else {
+            return Ok(Some(Spend::Unmetered));
+        };
+        let credits = credits.as_of(now);
+        if credits.remaining < cost {
+            return Ok(Some(Spend::Exhausted(credits)));
+        }
+    }
+    Err(StoreError::new(
+        "a key's balance kept changing while credits were spent",
+    ))
+}
 
 /// A balance of credits as the schema keeps it, in four columns. Amounts above `i64::MAX` are
 /// kept as `i64::MAX`: a balance that large is as good as unlimited.

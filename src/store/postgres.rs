@@ -14,7 +14,7 @@ use sqlx::query::Query;
 use sqlx::types::time::OffsetDateTime;
 use sqlx::{AssertSqlSafe, Decode, Encode, PgPool, Row, Type};
 
-use super::columns::CreditColumns;
+use super::columns::{spend_in_sql, CreditColumns};
 use super::usage::UsageQueue;
 use super::within;
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
@@ -53,10 +53,6 @@ const COLUMNS: &str = "key_id, digest, account_id, name, tier, metadata, hint, \
 /// The columns of a balance of credits, in the order [`credits_from_row`] reads them.
 const CREDIT_COLUMNS: &str =
     "credits_remaining, credits_refill_amount, credits_refill_every, credits_refilled_at";
-
-/// How many times [`WritableKeyStore::spend_credits`] tries again when the balance it found
-/// too low to pay was topped up in between.
-const SPEND_ATTEMPTS: usize = 8;
 
 /// A store that keeps keys in PostgreSQL, through your [`sqlx`] pool, so that every instance
 /// of a service sees the same keys, revocations and quotas.
@@ -435,43 +431,26 @@ impl WritableKeyStore for PgKeyStore {
         let day_start = PgTime(RefillPeriod::Day.start_of(now));
         let month_start = PgTime(RefillPeriod::Month.start_of(now));
         within("PostgreSQL", self.timeout, async {
-            for _ in 0..SPEND_ATTEMPTS {
-                if let Ok(cost) = i64::try_from(cost) {
-                    let spent = sqlx::query(sql(&self.statements.spend))
-                        .bind(key_id.as_str())
-                        .bind(cost)
-                        .bind(day_start)
-                        .bind(month_start)
-                        .fetch_optional(&self.pool)
-                        .await
-                        .map_err(StoreError::new)?;
-                    if let Some(row) = spent {
-                        let credits = credits_from_row(&row)?
-                            .ok_or_else(|| StoreError::new("a spent balance vanished"))?;
-                        return Ok(Some(Spend::Spent(credits)));
-                    }
-                }
+            let spend = |cost: i64| async move {
+                let row = sqlx::query(sql(&self.statements.spend))
+                    .bind(key_id.as_str())
+                    .bind(cost)
+                    .bind(day_start)
+                    .bind(month_start)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StoreError::new)?;
+                row.map(|row| credits_from_row(&row)).transpose()
+            };
+            let read = || async move {
                 let row = sqlx::query(sql(&self.statements.credits))
                     .bind(key_id.as_str())
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(StoreError::new)?;
-                let Some(row) = row else {
-                    return Ok(None);
-                };
-                match credits_from_row(&row)? {
-                    None => return Ok(Some(Spend::Unmetered)),
-                    Some(credits) => {
-                        let credits = credits.as_of(now);
-                        if credits.remaining < cost {
-                            return Ok(Some(Spend::Exhausted(credits)));
-                        }
-                    }
-                }
-            }
-            Err(StoreError::new(
-                "a key's balance kept changing while credits were spent",
-            ))
+                row.map(|row| credits_from_row(&row)).transpose()
+            };
+            spend_in_sql(cost, now, spend, read).await
         })
         .await
     }

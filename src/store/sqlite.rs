@@ -18,7 +18,7 @@ use sqlx::sqlite::{
 };
 use sqlx::Row;
 
-use super::columns::CreditColumns;
+use super::columns::{spend_in_sql, CreditColumns};
 use super::usage::UsageQueue;
 use super::within;
 use super::{CreateError, KeyRecord, KeyStore, Quota, StoreError, WritableKeyStore};
@@ -75,10 +75,6 @@ const ADDED_COLUMNS: [(&str, &str); 5] = [
     ),
     ("credits_refilled_at", "INTEGER"),
 ];
-
-/// How many times [`WritableKeyStore::spend_credits`] tries again when the balance it found
-/// too low to pay was topped up in between.
-const SPEND_ATTEMPTS: usize = 8;
 
 /// Whether a refill fell due: the key has one, and was last refilled before the start of the
 /// current period, `$day` or `$month` (parameters) as its refill is daily or monthly; both are
@@ -587,43 +583,26 @@ impl WritableKeyStore for SqliteKeyStore {
         let day_start = micros(RefillPeriod::Day.start_of(now))?;
         let month_start = micros(RefillPeriod::Month.start_of(now))?;
         within("SQLite", self.timeout, async {
-            for _ in 0..SPEND_ATTEMPTS {
-                if let Ok(cost) = i64::try_from(cost) {
-                    let spent = sqlx::query(SPEND)
-                        .bind(key_id.as_str())
-                        .bind(cost)
-                        .bind(day_start)
-                        .bind(month_start)
-                        .fetch_optional(&self.pool)
-                        .await
-                        .map_err(StoreError::new)?;
-                    if let Some(row) = spent {
-                        let credits = credits_from_row(&row)?
-                            .ok_or_else(|| StoreError::new("a spent balance vanished"))?;
-                        return Ok(Some(Spend::Spent(credits)));
-                    }
-                }
+            let spend = |cost: i64| async move {
+                let row = sqlx::query(SPEND)
+                    .bind(key_id.as_str())
+                    .bind(cost)
+                    .bind(day_start)
+                    .bind(month_start)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(StoreError::new)?;
+                row.map(|row| credits_from_row(&row)).transpose()
+            };
+            let read = || async move {
                 let row = sqlx::query(CREDITS)
                     .bind(key_id.as_str())
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(StoreError::new)?;
-                let Some(row) = row else {
-                    return Ok(None);
-                };
-                match credits_from_row(&row)? {
-                    None => return Ok(Some(Spend::Unmetered)),
-                    Some(credits) => {
-                        let credits = credits.as_of(now);
-                        if credits.remaining < cost {
-                            return Ok(Some(Spend::Exhausted(credits)));
-                        }
-                    }
-                }
-            }
-            Err(StoreError::new(
-                "a key's balance kept changing while credits were spent",
-            ))
+                row.map(|row| credits_from_row(&row)).transpose()
+            };
+            spend_in_sql(cost, now, spend, read).await
         })
         .await
     }

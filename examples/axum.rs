@@ -112,6 +112,7 @@ use tower_api_key::{
     store::WritableKeyStore,
     ApiKey, KeyManager, MemoryKeyStore, NewKey, Tier,
 };
+use tower_http::cors::{Any, CorsLayer};
 
 const DEFAULT_PORT: u16 = 3000;
 /// The demo's SQLite database unless `SQLITE_URL` names another: a file in the working directory,
@@ -169,11 +170,36 @@ pub fn app<S: WritableKeyStore + Clone>(keys: KeyManager<S>, rate_limit: RateLim
         .layer(from_fn(errors_in_envelope))
         .layer(map_response(no_store))
         .layer(rate_limit)
-        .layer(keys.layer());
+        .layer(keys.layer())
+        // Outside the key layer: it answers browsers' preflights, which carry no key, and adds
+        // its headers to refusals, so that a page on another origin can read their envelope.
+        .layer(cors());
     Router::new()
         .route("/health", get(health))
         .merge(keys_page())
         .nest("/api", api)
+}
+
+/// CORS for `/api`: any origin may call it, since the browser sends no credential of its own
+/// (keys go in headers that a page sets itself, never in cookies), with the key headers allowed
+/// and the request id and rate-limit headers readable.
+fn cors() -> CorsLayer {
+    use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+    use axum::http::{HeaderName, Method};
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([Method::GET, Method::POST, Method::DELETE])
+        .allow_headers([
+            AUTHORIZATION,
+            CONTENT_TYPE,
+            HeaderName::from_static("x-api-key"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            RETRY_AFTER,
+            HeaderName::from_static("ratelimit"),
+            HeaderName::from_static("ratelimit-policy"),
+        ])
 }
 
 /// The "Settings → API Keys" page, a person's way to the keys API.

@@ -199,15 +199,19 @@ where
     }
 }
 
-/// The request's identity, if `check` passes it; [`AuthError::MissingIdentity`] if no layer
-/// authenticated the request. The check of the layers and of the axum extractors alike.
+/// The request's identity, if `check` passes it; [`AuthError::Missing`] if an optional layer
+/// let it through without a key, [`AuthError::MissingIdentity`] if no layer authenticated it. The check of the layers and of the axum extractors alike.
 pub(crate) fn checked_identity(
     extensions: &http::Extensions,
     check: impl FnOnce(&KeyIdentity) -> Result<(), AuthError>,
 ) -> Result<&KeyIdentity, AuthError> {
-    let identity = extensions
-        .get::<KeyIdentity>()
-        .ok_or(AuthError::MissingIdentity)?;
+    let identity = extensions.get::<KeyIdentity>().ok_or_else(|| {
+        // An optional layer let the request through without a key: the check needs one.
+        match extensions.get::<crate::layer::Anonymous>() {
+            Some(_) => AuthError::Missing,
+            None => AuthError::MissingIdentity,
+        }
+    })?;
     check(identity).map(|()| identity)
 }
 

@@ -54,7 +54,9 @@ use crate::scope::is_valid_scope;
 /// ```
 ///
 /// On a route the layer does not cover, extraction fails with `500`
-/// ([`AuthError::MissingIdentity`]); use `Option<KeyIdentity>` on routes where a key is optional.
+/// ([`AuthError::MissingIdentity`]). Behind an [optional](crate::ApiKeyLayer::optional) layer, a
+/// request without a key fails with `401 missing_api_key`; use `Option<KeyIdentity>` where a key
+/// is optional.
 impl<S: Send + Sync> FromRequestParts<S> for KeyIdentity {
     type Rejection = AuthRejection;
 

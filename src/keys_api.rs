@@ -81,6 +81,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::identity::{KeyId, KeyIdentity, Tier};
+use crate::layer::Anonymous;
 use crate::manage::{KeyInfo, KeyManager, ManageError, NewKey, Overreach, MAX_LIFETIME};
 use crate::mode::KeyMode;
 use crate::response::{errors_in_envelope, ErrorResponse};
@@ -138,6 +139,13 @@ impl Caller {
         }
         match request.extensions.get::<KeyIdentity>() {
             Some(identity) => Ok(Self::Key(identity.clone())),
+            // An optional `ApiKeyLayer` let the request through without a key.
+            None if request.extensions.get::<Anonymous>().is_some() => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "missing_api_key",
+                "Managing keys needs an API key with the keys:read or keys:write scope: send \
+                 it in the Authorization header as \"Bearer <key>\" or in the X-API-Key header.",
+            )),
             None => Err(ApiError::unauthenticated()),
         }
     }

@@ -158,7 +158,14 @@ struct Config {
     refusals: Arc<Refusals>,
     clock: Arc<dyn Clock>,
     last_used_interval: Duration,
+    /// Whether a request without a key goes on, anonymous.
+    optional: bool,
 }
+
+/// The mark of a request that [`ApiKeyLayer::optional`] let through without a key: the checks
+/// inside answer it `401 missing_api_key`, not `500`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Anonymous;
 
 /// How stale a key's last-used time may get before the layer records a new one.
 const DEFAULT_LAST_USED_INTERVAL: Duration = Duration::from_secs(60);
@@ -256,6 +263,50 @@ impl ApiKeyLayer {
         self.configure(|config| config.last_used_interval = interval)
     }
 
+    /// Lets a request without a key through, anonymous: it reaches the inner service with no
+    /// [`KeyIdentity`] (in axum, `Option<KeyIdentity>` is `None`). A key that is presented is
+    /// checked as always: a wrong, malformed, revoked or expired key, two different keys, or a
+    /// key in the query string is still refused. For routes that serve everyone and serve
+    /// key holders more (a higher limit, private fields).
+    ///
+    /// Inside, a check that needs a key ([`RequireScopeLayer`](crate::access::RequireScopeLayer),
+    /// the `KeyIdentity` and `Scoped` extractors) answers an anonymous request `401
+    /// missing_api_key`.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    ///
+    /// use http::{Request, Response, StatusCode};
+    /// use tower::{ServiceBuilder, ServiceExt};
+    /// use tower_api_key::{ApiKeyLayer, KeyIdentity, MemoryKeyStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let service = ServiceBuilder::new()
+    ///     .layer(ApiKeyLayer::new(MemoryKeyStore::new()).optional())
+    ///     .service_fn(|request: Request<String>| async move {
+    ///         let who = match request.extensions().get::<KeyIdentity>() {
+    ///             Some(identity) => identity.account_id().to_owned(),
+    ///             None => "anonymous".to_owned(),
+    ///         };
+    ///         Ok::<_, Infallible>(Response::new(who))
+    ///     });
+    ///
+    /// let anonymous = service.clone().oneshot(Request::new(String::new())).await.unwrap();
+    /// assert_eq!(anonymous.status(), StatusCode::OK);
+    ///
+    /// let wrong_key = Request::builder()
+    ///     .header("x-api-key", "sk_live_not_a_key")
+    ///     .body(String::new())
+    ///     .unwrap();
+    /// let refused = service.oneshot(wrong_key).await.unwrap();
+    /// assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    /// # }
+    /// ```
+    pub fn optional(self) -> Self {
+        self.configure(|config| config.optional = true)
+    }
+
     fn configure(mut self, change: impl FnOnce(&mut Config)) -> Self {
         let config = Arc::make_mut(&mut self.config);
         change(config);
@@ -297,6 +348,7 @@ impl fmt::Debug for Config {
             .field("format", &self.format)
             .field("custom_error_response", &self.error_response.is_some())
             .field("last_used_interval", &self.last_used_interval)
+            .field("optional", &self.optional)
             .finish_non_exhaustive()
     }
 }
@@ -311,6 +363,7 @@ impl Config {
             error_response: None,
             clock: Arc::new(SystemClock),
             last_used_interval: DEFAULT_LAST_USED_INTERVAL,
+            optional: false,
         }
     }
 
@@ -517,6 +570,14 @@ where
         let _entered = span.enter();
         let key = match self.config.read_key(&mut request) {
             Ok(key) => key,
+            Err(AuthError::Missing) if self.config.optional => {
+                let extensions = request.extensions_mut();
+                extensions.insert(Anonymous);
+                if self.config.error_response.is_some() {
+                    extensions.insert(Arc::clone(&self.config.refusals));
+                }
+                return ResponseFuture::inner(self.inner.call(request));
+            }
             Err(error) => {
                 let response = self.config.reject(error, &request);
                 return ResponseFuture::rejected(response);

@@ -56,7 +56,33 @@
 //!
 //! Outside axum, read the identity with `request.extensions().get::<KeyIdentity>()`. The
 //! [`KeyIdentity`] extractor (feature `axum`) answers `500 internal_error` on a route the layer
-//! does not cover, a configuration error; `Option<KeyIdentity>` extracts `None` there.
+//! does not cover, a configuration error. Where a key is optional, use
+//! [`ApiKeyLayer::optional`]: a request without a key goes on anonymous (`Option<KeyIdentity>`
+//! is `None`), and a key that is presented is still checked.
+//!
+//! # Browsers and CORS
+//!
+//! A browser sends a preflight (`OPTIONS` with `Access-Control-Request-Headers: x-api-key`)
+//! without the key, so the layer would refuse it `401`. Put tower-http's `CorsLayer` outside
+//! the layer: it answers preflights itself, and adds its headers to the layer's refusals too,
+//! so the page can read their envelope. (No opt-in is needed in the layer: a preflight that
+//! reaches it means the CORS layer is missing or inside.)
+//!
+//! ```
+//! use axum::{http::{header, Method}, routing::get, Router};
+//! use tower_api_key::{ApiKeyLayer, MemoryKeyStore};
+//! use tower_http::cors::{AllowOrigin, CorsLayer};
+//!
+//! let cors = CorsLayer::new()
+//!     .allow_origin(AllowOrigin::exact("https://app.example.com".parse().unwrap()))
+//!     .allow_methods([Method::GET, Method::POST, Method::DELETE])
+//!     .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, "x-api-key".parse().unwrap()])
+//!     .expose_headers(["x-request-id".parse().unwrap(), header::RETRY_AFTER]);
+//! let app: Router = Router::new()
+//!     .route("/api/v1/iocs", get(|| async { "[]" }))
+//!     .layer(ApiKeyLayer::new(MemoryKeyStore::new()))
+//!     .layer(cors); // the last layer added is the outermost
+//! ```
 //!
 //! `cargo run --example axum` serves a complete service on 127.0.0.1: it prints a live and a
 //! test key of a free-tier demo account, each alone on its line, and manages that account's

@@ -848,3 +848,34 @@ async fn every_error_under_api_is_in_the_envelope_with_the_caller_s_request_id()
         );
     }
 }
+
+#[tokio::test]
+async fn a_browser_s_preflight_is_answered_and_a_refusal_is_readable_cross_origin() {
+    let demo = Demo::start().await;
+    let preflight: &common::Headers<'_> = &[
+        ("origin", b"https://app.example.com"),
+        ("access-control-request-method", b"GET"),
+        ("access-control-request-headers", b"x-api-key"),
+    ];
+    let answer = common::http(demo.address, Method::OPTIONS, "/api/v1/iocs", preflight, "").await;
+    assert_eq!(answer.status, StatusCode::OK, "a preflight carries no key");
+    assert_eq!(answer.header("access-control-allow-origin"), "*");
+    assert!(answer
+        .header("access-control-allow-headers")
+        .contains("x-api-key"));
+
+    let no_key: &common::Headers<'_> = &[("origin", b"https://app.example.com")];
+    let refused = common::http(demo.address, Method::GET, "/api/v1/iocs", no_key, "").await;
+    assert_envelope(&refused, StatusCode::UNAUTHORIZED, "missing_api_key");
+    assert_eq!(refused.header("access-control-allow-origin"), "*");
+    assert!(refused
+        .header("access-control-expose-headers")
+        .contains("x-request-id"));
+
+    let key = demo.key.expose_secret().as_bytes();
+    let with_key: &common::Headers<'_> =
+        &[("origin", b"https://app.example.com"), ("x-api-key", key)];
+    let answer = common::http(demo.address, Method::GET, "/api/v1/iocs", with_key, "").await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.header("access-control-allow-origin"), "*");
+}

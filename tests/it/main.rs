@@ -30,6 +30,7 @@ mod modes;
 mod properties;
 mod scopes;
 mod store_cache;
+mod store_custom;
 mod store_memory;
 mod store_postgres;
 mod store_redis;

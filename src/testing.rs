@@ -1,6 +1,151 @@
-//! A test kit for stores of your own: the behavioural suite that every shipped store passes.
+//! A test kit for stores of your own (feature `testing`): the behavioural suite that every
+//! shipped store passes, and a guide to writing a [`WritableKeyStore`].
 //!
-//! MODULE_DOC_PLACEHOLDER
+//! # Running the suite
+//!
+//! Turn the feature on for your tests only:
+//!
+//! ```toml
+//! [dev-dependencies]
+//! tower-api-key = { version = "0.1", features = ["testing"] }
+//! ```
+//!
+//! Then, in a test file, say how to make instances of your store (a [`Backend`]) and call
+//! [`store_suite!`](crate::store_suite), which writes one `#[test]` per function of this module
+//! listed below, each on its own Tokio runtime:
+//!
+//! ```
+//! use async_trait::async_trait;
+//! use tower_api_key::{testing::Backend, MemoryKeyStore};
+//!
+//! /// Your store in place of `MemoryKeyStore`: instances share their keys, as application
+//! /// instances over one database do.
+//! #[derive(Default)]
+//! struct MyBackend(MemoryKeyStore);
+//!
+//! #[async_trait]
+//! impl Backend for MyBackend {
+//!     type Store = MemoryKeyStore;
+//!
+//!     async fn instance(&self) -> MemoryKeyStore {
+//!         self.0.clone() // a store over a server would connect anew here
+//!     }
+//! }
+//!
+//! tower_api_key::store_suite!(MyBackend::default());
+//! # fn main() {}
+//! ```
+//!
+//! `cargo test` then runs `created_key_is_found_with_its_whole_record`,
+//! `concurrent_creates_one_below_the_limit_give_one_key` and the others; `cargo test
+//! credits_` runs the credit tests alone. Each suite function can also be called from a test
+//! of your own with a backend: `tower_api_key::testing::last_use_is_recorded(MyBackend::new()).await`.
+//! The helpers the suite is written with ([`clock`], [`account`], [`manager`], [`create`],
+//! [`verdict`]) are public, for tests of what only your store does.
+//!
+//! # What the suite checks
+//!
+//! Through a [`KeyManager`] over your store (with a [`ManualClock`]) and through the layer
+//! (called as a plain `tower_service::Service`, its refusals read from the [`AuthError`] in
+//! each response's extensions):
+//!
+//! - lookups: a created key is found with its whole record; an unknown key is not; scopes,
+//!   mode, rate limits and credits survive `create`, `find` and `list`; a record's mode is kept
+//!   as given;
+//! - the layer's verdicts: active passes, revoked and expired are `expired_api_key`, deleted
+//!   and unknown are `invalid_api_key`; a key expires at its expiry to the second;
+//! - the write path: `create` refuses an existing key id or key; `get`, `list`, `revoke` and
+//!   `delete` see one account's keys only; revoking keeps the first time; deleting returns the
+//!   record;
+//! - quotas: only active keys count, exactly, across revocations, deletions, rotations and
+//!   expiries; of 50 concurrent creates through two instances, one key below the limit, exactly
+//!   one succeeds;
+//! - rotation: the old key works through the grace period and expires after it, atomically
+//!   with the new key's creation;
+//! - instances: each sees the others' creates and revocations at once;
+//! - last use: recorded within 2 s of a request;
+//! - credits: 150 concurrent spends through three instances on a balance of 50 spend exactly
+//!   50; spends take all or nothing; refills fall due at 00:00 UTC; top-ups add.
+//!
+//! A store that keeps no credits fails the last two credit tests (`credits_are_spent_...`,
+//! `credits_refill_...`): call the other functions from tests of your own instead of the
+//! macro, and never put a `CreditsLayer` in front of that store.
+//!
+//! # Writing a `WritableKeyStore`
+//!
+//! A store maps a [`LookupId`](crate::LookupId) (the first half of a key's SHA-256 digest) to
+//! a [`KeyRecord`](crate::KeyRecord). It never sees a key and never compares secrets: the layer
+//! does, in constant time. `examples/custom_writable_store.rs` writes one from scratch, a
+//! `Mutex<HashMap>` persisted to a JSON file, and passes the suite; the rules it follows:
+//!
+//! **`find`** answers the record of a lookup id, revoked and expired ones too (the layer
+//! answers `expired_api_key` for them), or `None`; an error makes the layer answer `503`. It is
+//! on every request's path: an async driver is awaited, and a blocking one (a file, `rusqlite`,
+//! a synchronous client) runs in `tokio::task::spawn_blocking`, never on the async threads:
+//!
+//! ```
+//! use std::path::PathBuf;
+//!
+//! use async_trait::async_trait;
+//! use tower_api_key::{KeyRecord, KeyStore, LookupId, StoreError};
+//!
+//! /// One JSON file per key, named by its lookup id in hex: read with blocking calls.
+//! struct KeyFiles(PathBuf);
+//!
+//! #[async_trait]
+//! impl KeyStore for KeyFiles {
+//!     async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
+//!         let path = self.0.join(format!("{}.json", lookup_id.to_hex()));
+//!         tokio::task::spawn_blocking(move || match std::fs::read(&path) {
+//!             Ok(json) => serde_json::from_slice(&json).map(Some).map_err(StoreError::new),
+//!             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+//!             Err(error) => Err(StoreError::new(error)),
+//!         })
+//!         .await
+//!         .map_err(StoreError::new)?
+//!     }
+//! }
+//! ```
+//!
+//! A store whose records are in memory also answers
+//! [`find_now`](crate::KeyStore::find_now), which spares the layer a future.
+//!
+//! **`record_use`** notes a key's last use. It runs on the request's path and is not async: it
+//! must not block. Update memory, or queue the write for a background task (the shipped stores
+//! batch them); the layer calls it at most once per key per interval.
+//!
+//! **`create`** is the one step that must be atomic: refuse a record whose key id or lookup id
+//! exists (in any account) with [`CreateError::AlreadyExists`]; count the account's active
+//! keys at `quota.now`, leaving out `quota.retiring`'s key; refuse with
+//! [`CreateError::LimitReached`] when the count is at `quota.limit`; and insert, in one
+//! transaction or under one lock, so that of N concurrent creates one below the limit exactly
+//! one succeeds. "Active" is [`KeyRecord::is_active`](crate::KeyRecord::is_active): not revoked
+//! and not expired at `quota.now`. With `quota.retiring = Some((old, at))`, `old` must be an
+//! active key of the account ([`CreateError::RetiringKeyNotFound`] otherwise), and in the same
+//! step its expiry becomes `at` or its own, whichever is earlier: a rotation.
+//!
+//! **`list`** answers every record of the account, revoked and expired ones included, in any
+//! order: the manager sorts. **`get`**, **`revoke`** and **`delete`** treat another account's
+//! key as absent (`None`); `revoke` keeps the record and its first revocation time; `delete`
+//! returns the record it removed.
+//!
+//! **Credits** ([`spend_credits`](WritableKeyStore::spend_credits) and
+//! [`top_up_credits`](WritableKeyStore::top_up_credits)) are provided methods that refuse by
+//! default, so a store without credits compiles as is (and a `CreditsLayer` in front of it
+//! answers `503`). To keep balances, apply [`Credits::spend`] and [`Credits::top_up`] to the
+//! stored balance in one atomic step, and store the balance they return even when a spend is
+//! refused (a refill may have fallen due); `spend_credits` is for any account's key (the layer
+//! spends for the key that authenticated), `top_up_credits` for the account's only.
+//!
+//! **Keeping records whole**: [`KeyRecord`](crate::KeyRecord) serializes with serde to a
+//! stable form (digest in hex, RFC 3339 times, the exact balance, never a key), so that a file
+//! or document store need not map fields by hand.
+//!
+//! The whole example:
+//!
+//! ```no_run
+#![doc = include_str!("../examples/custom_writable_store.rs")]
+//! ```
 
 use std::convert::Infallible;
 use std::future::Future;

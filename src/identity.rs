@@ -127,8 +127,9 @@ impl<'de> Deserialize<'de> for Tier {
 /// The identity of an authenticated key, which the layer puts in the request's extensions.
 ///
 /// Cloning is cheap (reference counts, no allocation). It serializes as an object of its fields (`key_id`, `account_id`, `name`,
-/// `tier`, `mode`, and `scopes` and `metadata` when set), metadata included: leave internal
-/// metadata out before returning it to callers. Read it in a handler from the request
+/// `tier`, `mode`, and `scopes`, `rate_limit` and `metadata` when set), metadata included: leave internal
+/// metadata out before returning it to callers. It deserializes from that form, so that a store
+/// can keep it as a document. Read it in a handler from the request
 /// extensions, or with the axum extractor (feature `axum`):
 ///
 /// ```
@@ -310,6 +311,62 @@ impl Serialize for KeyIdentity {
     }
 }
 
+/// From the form it serializes to: `key_id`, `account_id`, `name` and `tier` are required;
+/// `mode` is `live` when absent; `scopes` (valid by [`Scopes::new`], else an error),
+/// `rate_limit` and `metadata` are optional (a `metadata` of `null` is kept as `null`).
+/// Unknown fields are ignored.
+///
+/// ```
+/// use tower_api_key::{access::KeyMode, KeyIdentity};
+///
+/// let json = r#"{"key_id":"key_1","account_id":"acct_42","name":"ci","tier":"pro","mode":"test","scopes":["iocs:read"]}"#;
+/// let identity: KeyIdentity = serde_json::from_str(json).unwrap();
+/// assert_eq!(identity.mode(), KeyMode::Test);
+/// assert!(identity.has_scope("iocs:read"));
+/// assert_eq!(serde_json::to_string(&identity).unwrap(), json);
+/// ```
+impl<'de> Deserialize<'de> for KeyIdentity {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Form {
+            key_id: KeyId,
+            account_id: String,
+            name: String,
+            tier: Tier,
+            #[serde(default)]
+            mode: KeyMode,
+            #[serde(default)]
+            scopes: Option<Vec<String>>,
+            #[serde(default)]
+            rate_limit: Option<RateLimit>,
+            #[serde(default, deserialize_with = "present")]
+            metadata: Option<serde_json::Value>,
+        }
+
+        /// A field that is present, even as `null`.
+        fn present<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<serde_json::Value>, D::Error> {
+            serde_json::Value::deserialize(deserializer).map(Some)
+        }
+
+        let form = Form::deserialize(deserializer)?;
+        let mut identity =
+            Self::new(form.key_id, form.account_id, form.name, form.tier).with_mode(form.mode);
+        if let Some(scopes) = form.scopes {
+            let scopes = Scopes::new(scopes).map_err(serde::de::Error::custom)?;
+            identity = identity.with_scopes(scopes);
+        }
+        if let Some(limit) = form.rate_limit {
+            identity = identity.with_rate_limit(limit);
+        }
+        if let Some(metadata) = form.metadata {
+            identity = identity.with_metadata(metadata);
+        }
+        Ok(identity)
+    }
+}
+
 impl fmt::Debug for KeyIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyIdentity")
@@ -457,6 +514,37 @@ mod tests {
         let ids: HashSet<KeyId> = [KeyId::new("key_1")].into();
         assert!(ids.contains(&from_identity));
         assert!(KeyId::new("key_0") < from_identity && from_identity < KeyId::new("key_2"));
+    }
+
+    #[test]
+    fn identity_round_trips_through_json() {
+        let identities = [
+            identity(),
+            identity_on(Tier::new("enterprise"))
+                .with_mode(KeyMode::Test)
+                .with_scopes(Scopes::new(["keys:write", "iocs:read"]).unwrap())
+                .with_rate_limit(RateLimit::per_minute(7).burst(3))
+                .with_metadata(serde_json::json!({"team": "platform", "n": [1, 2]})),
+            identity().with_metadata(serde_json::Value::Null),
+        ];
+        for identity in identities {
+            let json = serde_json::to_string(&identity).unwrap();
+            let read: KeyIdentity = serde_json::from_str(&json).unwrap();
+            assert_eq!(read, identity, "{json}");
+            assert_eq!(serde_json::to_string(&read).unwrap(), json);
+        }
+    }
+
+    #[test]
+    fn identity_refuses_invalid_scopes_and_missing_fields() {
+        let bad_scopes = r#"{"key_id":"k","account_id":"a","name":"n","tier":"free","scopes":[]}"#;
+        assert!(serde_json::from_str::<KeyIdentity>(bad_scopes).is_err());
+        let no_account = r#"{"key_id":"k","name":"n","tier":"free"}"#;
+        assert!(serde_json::from_str::<KeyIdentity>(no_account).is_err());
+        let minimal = r#"{"key_id":"k","account_id":"a","name":"n","tier":"free"}"#;
+        let read: KeyIdentity = serde_json::from_str(minimal).unwrap();
+        assert_eq!(read.mode(), KeyMode::Live);
+        assert_eq!((read.scopes(), read.metadata()), (None, None));
     }
 
     #[test]

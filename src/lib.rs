@@ -318,6 +318,9 @@
 //!   tier's requests per period (free 60, pro 600 per minute by default), with the `429`,
 //!   `Retry-After` and `RateLimit` headers; counted in this process (GCRA), or with `redis` in
 //!   Redis, one limit across instances.
+//! - `testing`: the `testing` module, the store suite that every shipped store passes, for a
+//!   store of your own (`tower_api_key::store_suite!(MyBackend::new());` in a test file), and a
+//!   guide to writing one.
 //!
 //! - `cli`: the `tower-api-key` command line, which manages keys in a PostgreSQL, Redis or
 //!   SQLite store (`cargo install tower-api-key --features cli`).
@@ -373,6 +376,8 @@ mod request_id;
 pub mod response;
 mod scope;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::AuthError;
 pub use identity::{KeyId, KeyIdentity, Tier};

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use http::{Request, Response};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -257,6 +257,56 @@ impl Serialize for Credits {
     }
 }
 
+/// From the listing's form above, or from the form a serialized
+/// [`KeyRecord`](crate::KeyRecord) keeps, `{"remaining": 990, "refill": {...}, "refilled_at":
+/// "2025-12-02T08:00:00Z"}`, which gives the balance exactly. From the listing's form,
+/// `refilled_at` is the start of the period before `refills_at`: a balance that spends, refills
+/// and tops up as the one serialized. `refill` and the times may be absent or `null`.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tower_api_key::limit::{Credits, Refill};
+///
+/// let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_688_496); // 2025-12-02T15:14:56Z
+/// let credits = Credits::new(990).refilled(Refill::monthly(1_000), now);
+/// let listed = serde_json::to_string(&credits).unwrap();
+/// let read: Credits = serde_json::from_str(&listed).unwrap();
+/// assert_eq!(read.refills_at(), credits.refills_at());
+/// let later = now + Duration::from_secs(40 * 86_400);
+/// assert_eq!(read.spend(1, now).unwrap().remaining, 989);
+/// assert_eq!(read.spend(1, later).unwrap().remaining, 999); // refilled on 2026-01-01
+/// ```
+impl<'de> Deserialize<'de> for Credits {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Form {
+            remaining: u64,
+            #[serde(default)]
+            refill: Option<Refill>,
+            #[serde(default, with = "crate::store::times")]
+            refilled_at: Option<SystemTime>,
+            #[serde(default, with = "crate::store::times")]
+            refills_at: Option<SystemTime>,
+        }
+        let form = Form::deserialize(deserializer)?;
+        let refilled_at = match (form.refilled_at, form.refill, form.refills_at) {
+            (Some(refilled_at), _, _) => Some(refilled_at),
+            (None, Some(refill), Some(refills_at)) => {
+                let before = refills_at
+                    .checked_sub(Duration::from_secs(1))
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                Some(refill.every.start_of(before))
+            }
+            (None, _, _) => None,
+        };
+        Ok(Self {
+            remaining: form.remaining,
+            refill: form.refill,
+            refilled_at,
+        })
+    }
+}
+
 /// What [`WritableKeyStore::spend_credits`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Spend {
@@ -458,6 +508,42 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn credits_read_back_from_the_listing_form_spend_alike() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_688_496);
+        for refill in [Refill::daily(3), Refill::monthly(1_000)] {
+            let credits = Credits::new(2).refilled(refill, start);
+            let read: Credits =
+                serde_json::from_value(serde_json::to_value(credits).unwrap()).unwrap();
+            assert_eq!(read.refills_at(), credits.refills_at());
+            // `refilled_at` may differ within its period; what it decides may not.
+            let seen = |credits: Credits| (credits.remaining, credits.refills_at());
+            for days in [0, 1, 2, 31, 40] {
+                let now = start + Duration::from_secs(days * DAY);
+                let (read_spend, spend) = (read.spend(1, now), credits.spend(1, now));
+                assert_eq!(read_spend.map(seen), spend.map(seen), "{days}");
+                assert_eq!(seen(read.top_up(1, now)), seen(credits.top_up(1, now)));
+                let (read_later, later) = (read_spend.unwrap(), spend.unwrap());
+                let next = now + Duration::from_secs(DAY);
+                assert_eq!(
+                    read_later.spend(1, next).map(seen),
+                    later.spend(1, next).map(seen)
+                );
+            }
+        }
+        let plain: Credits =
+            serde_json::from_str(r#"{"remaining":5,"refill":null,"refills_at":null}"#).unwrap();
+        assert_eq!(plain, Credits::new(5));
+    }
+
+    #[test]
+    fn credits_read_back_exactly_from_the_record_form() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_688_496);
+        let credits = Credits::new(2).refilled(Refill::daily(3), start);
+        let json = r#"{"remaining":2,"refill":{"amount":3,"every":"day"},"refilled_at":"2025-12-02T15:14:56Z"}"#;
+        assert_eq!(serde_json::from_str::<Credits>(json).unwrap(), credits);
     }
 
     #[test]

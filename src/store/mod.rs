@@ -47,6 +47,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[cfg(feature = "cache")]
 pub use self::cache::CachedKeyStore;
@@ -278,6 +279,48 @@ impl From<StoreError> for CreateError {
 }
 
 /// What a store keeps for one key.
+///
+/// It serializes (with serde) to a stable form that a file or document store can keep whole,
+/// and deserializes from it:
+///
+/// ```json
+/// {
+///   "digest": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+///   "identity": {"key_id": "key_1", "account_id": "acct_42", "name": "ci", "tier": "free", "mode": "live"},
+///   "created_at": "2027-01-15T08:00:00Z",
+///   "expires_at": "2027-01-15T09:00:00.250000000Z",
+///   "hint": "sk_live_...Xy12",
+///   "credits": {"remaining": 500, "refill": {"amount": 1000, "every": "month"}, "refilled_at": "2027-01-15T08:00:00Z"}
+/// }
+/// ```
+///
+/// - `digest`: the key's SHA-256 digest as 64 lowercase hexadecimal digits
+///   ([`KeyDigest::to_hex`]); never the key itself, which no record holds.
+/// - `identity`: the [`KeyIdentity`] in the form it always serializes to (what handlers see).
+/// - `expires_at`, `revoked_at`, `created_at`, `last_used_at`: RFC 3339 times in UTC (`Z`),
+///   whole seconds without a fraction, others with nine digits of nanoseconds;
+///   a time outside the years 1970 to 9999 is a serialization error.
+/// - `hint`: the non-secret reminder of the key.
+/// - `credits`: `remaining`, `refill` (`amount` and `every`, `day` or `month`) and
+///   `refilled_at`, the exact balance (not the listing's `refills_at`).
+///
+/// Fields that are `None` are left out, and read back as `None` when absent or `null`;
+/// unknown fields are ignored.
+///
+/// ```
+/// use std::time::{Duration, SystemTime};
+/// use tower_api_key::{key::KeyDigest, KeyId, KeyIdentity, KeyRecord, Tier};
+///
+/// let identity = KeyIdentity::new(KeyId::new("key_1"), "acct_42", "ci", Tier::FREE);
+/// let created = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+/// let record = KeyRecord::new(KeyDigest::of("sk_live_example"), identity).with_created_at(created);
+/// let json = serde_json::to_value(&record).unwrap();
+/// assert_eq!(json["created_at"], "2027-01-15T08:00:00Z");
+/// assert_eq!(json["identity"]["account_id"], "acct_42");
+/// let read: KeyRecord = serde_json::from_value(json).unwrap();
+/// assert!(read.digest.matches(&record.digest));
+/// assert_eq!(read.created_at, Some(created));
+/// ```
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct KeyRecord {
@@ -353,6 +396,168 @@ impl KeyRecord {
     }
 }
 
+/// The stable serialized form of a [`KeyRecord`].
+#[derive(Serialize, Deserialize)]
+struct RecordForm {
+    #[serde(with = "digest_hex")]
+    digest: KeyDigest,
+    identity: KeyIdentity,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "times")]
+    expires_at: Option<SystemTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "times")]
+    revoked_at: Option<SystemTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "times")]
+    created_at: Option<SystemTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "times")]
+    last_used_at: Option<SystemTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hint: Option<Arc<str>>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "stored_credits"
+    )]
+    credits: Option<Credits>,
+}
+
+/// In its stable form: see [`KeyRecord`].
+impl Serialize for KeyRecord {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let record = self.clone();
+        RecordForm {
+            digest: record.digest,
+            identity: record.identity,
+            expires_at: record.expires_at,
+            revoked_at: record.revoked_at,
+            created_at: record.created_at,
+            last_used_at: record.last_used_at,
+            hint: record.hint,
+            credits: record.credits,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// From its stable form: see [`KeyRecord`].
+impl<'de> Deserialize<'de> for KeyRecord {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let form = RecordForm::deserialize(deserializer)?;
+        Ok(Self {
+            digest: form.digest,
+            identity: form.identity,
+            expires_at: form.expires_at,
+            revoked_at: form.revoked_at,
+            created_at: form.created_at,
+            last_used_at: form.last_used_at,
+            hint: form.hint,
+            credits: form.credits,
+        })
+    }
+}
+
+/// A digest as 64 hexadecimal digits.
+mod digest_hex {
+    use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
+
+    use crate::key::KeyDigest;
+
+    pub(super) fn serialize<S: Serializer>(
+        digest: &KeyDigest,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&digest.to_hex())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<KeyDigest, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        KeyDigest::from_hex(&text)
+            .ok_or_else(|| D::Error::custom("a digest is 64 hexadecimal digits"))
+    }
+}
+
+/// Optional times as RFC 3339 in UTC: whole seconds without a fraction, others to the
+/// nanosecond; years 1970 to 9999.
+pub(crate) mod times {
+    use std::time::{Duration, SystemTime};
+
+    use serde::{de::Error as _, ser::Error as _, Deserialize, Deserializer, Serializer};
+
+    /// 9999-12-31T23:59:59Z, the last second humantime can write.
+    const LATEST: Duration = Duration::from_secs(253_402_300_799);
+
+    pub(crate) fn serialize<S: Serializer>(
+        time: &Option<SystemTime>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let Some(time) = time else {
+            return serializer.serialize_none();
+        };
+        match time.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(since) if since.as_secs() <= LATEST.as_secs() => {
+                if since.subsec_nanos() == 0 {
+                    serializer.collect_str(&humantime::format_rfc3339_seconds(*time))
+                } else {
+                    serializer.collect_str(&humantime::format_rfc3339_nanos(*time))
+                }
+            }
+            _ => Err(S::Error::custom(
+                "a key time lies outside the years 1970 to 9999",
+            )),
+        }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
+        let Some(text) = <Option<std::borrow::Cow<'de, str>>>::deserialize(deserializer)? else {
+            return Ok(None);
+        };
+        humantime::parse_rfc3339(&text).map(Some).map_err(|error| {
+            D::Error::custom(format_args!("{error}: an RFC 3339 time in UTC is expected"))
+        })
+    }
+}
+
+/// A balance as a record keeps it: `remaining`, `refill` and `refilled_at`, exactly.
+mod stored_credits {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::limit::{Credits, Refill};
+
+    #[derive(Serialize)]
+    struct Form {
+        remaining: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        refill: Option<Refill>,
+        #[serde(skip_serializing_if = "Option::is_none", with = "super::times")]
+        refilled_at: Option<SystemTime>,
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        credits: &Option<Credits>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        credits
+            .map(|credits| Form {
+                remaining: credits.remaining,
+                refill: credits.refill,
+                refilled_at: credits.refilled_at,
+            })
+            .serialize(serializer)
+    }
+
+    /// [`Credits`]'s own form, which reads `refilled_at` too.
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Credits>, D::Error> {
+        Option::<Credits>::deserialize(deserializer)
+    }
+}
+
 /// The rule of [`KeyRecord::is_active`], for stores that keep the times in another form.
 fn is_active(
     revoked_at: Option<SystemTime>,
@@ -407,6 +612,107 @@ mod tests {
         let record = record().with_expires_at(now + Duration::from_secs(1));
         assert!(record.is_active(now));
         assert!(!record.is_active(now + Duration::from_secs(1)));
+    }
+
+    fn full_record() -> KeyRecord {
+        use crate::access::{KeyMode, Scopes};
+        use crate::limit::{RateLimit, Refill};
+        let at = |secs: u64, nanos: u32| SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+        let identity = KeyIdentity::new(KeyId::new("key_9"), "acct_42", "deploy", Tier::PRO)
+            .with_mode(KeyMode::Test)
+            .with_scopes(Scopes::new(["iocs:read", "keys:write"]).unwrap())
+            .with_rate_limit(RateLimit::per_minute(7).burst(3))
+            .with_metadata(serde_json::json!({"team": "platform"}));
+        let mut record = KeyRecord::new(KeyDigest::of("sk_test_x"), identity)
+            .with_created_at(at(1_800_000_000, 0))
+            .with_expires_at(at(1_800_003_600, 250_000_000))
+            .with_revoked_at(at(1_800_000_060, 1))
+            .with_hint("sk_test_...Xy12")
+            .with_credits(Credits::new(500).refilled(Refill::monthly(1_000), at(1_800_000_000, 0)));
+        record.last_used_at = Some(at(1_800_000_030, 0));
+        record
+    }
+
+    fn assert_same(read: &KeyRecord, record: &KeyRecord) {
+        assert!(read.digest.matches(&record.digest));
+        assert_eq!(read.identity, record.identity);
+        assert_eq!(read.expires_at, record.expires_at);
+        assert_eq!(read.revoked_at, record.revoked_at);
+        assert_eq!(read.created_at, record.created_at);
+        assert_eq!(read.last_used_at, record.last_used_at);
+        assert_eq!(read.hint, record.hint);
+        assert_eq!(read.credits, record.credits);
+    }
+
+    #[test]
+    fn a_record_round_trips_through_json_in_its_stable_form() {
+        let record = full_record();
+        let json = serde_json::to_value(&record).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "digest": record.digest.to_hex(),
+                "identity": {
+                    "key_id": "key_9", "account_id": "acct_42", "name": "deploy", "tier": "pro",
+                    "mode": "test", "scopes": ["iocs:read", "keys:write"],
+                    "rate_limit": {"requests": 7, "period_secs": 60, "burst": 3},
+                    "metadata": {"team": "platform"},
+                },
+                "expires_at": "2027-01-15T09:00:00.250000000Z",
+                "revoked_at": "2027-01-15T08:01:00.000000001Z",
+                "created_at": "2027-01-15T08:00:00Z",
+                "last_used_at": "2027-01-15T08:00:30Z",
+                "hint": "sk_test_...Xy12",
+                "credits": {
+                    "remaining": 500,
+                    "refill": {"amount": 1000, "every": "month"},
+                    "refilled_at": "2027-01-15T08:00:00Z",
+                },
+            })
+        );
+        let read: KeyRecord = serde_json::from_value(json).unwrap();
+        assert_same(&read, &record);
+    }
+
+    #[test]
+    fn a_bare_record_leaves_its_empty_fields_out_and_reads_them_back_as_none() {
+        let record = record();
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(!json.contains("null") && !json.contains("_at"), "{json}");
+        let read: KeyRecord = serde_json::from_str(&json).unwrap();
+        assert_same(&read, &record);
+        let with_nulls = serde_json::json!({
+            "digest": record.digest.to_hex(), "identity": record.identity,
+            "expires_at": null, "credits": null, "hint": null, "unknown": 1,
+        });
+        assert_same(&serde_json::from_value(with_nulls).unwrap(), &record);
+    }
+
+    #[test]
+    fn a_record_never_holds_the_key_and_refuses_malformed_fields() {
+        let json = serde_json::to_string(&full_record()).unwrap();
+        assert!(!json.contains("sk_test_x\""), "{json}");
+        let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        for (field, bad) in [
+            ("digest", serde_json::json!("00ff")),
+            ("created_at", serde_json::json!("2027-01-15 08:00:00")),
+            ("expires_at", serde_json::json!(1_800_000_000)),
+        ] {
+            let good = value[field].clone();
+            value[field] = bad;
+            assert!(
+                serde_json::from_value::<KeyRecord>(value.clone()).is_err(),
+                "{field}"
+            );
+            value[field] = good;
+        }
+        assert!(serde_json::from_value::<KeyRecord>(value).is_ok());
+    }
+
+    #[test]
+    fn a_time_before_1970_is_a_serialization_error_not_a_panic() {
+        let record = record().with_created_at(SystemTime::UNIX_EPOCH - Duration::from_secs(1));
+        assert!(serde_json::to_string(&record).is_err());
     }
 
     #[test]

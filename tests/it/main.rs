@@ -1,6 +1,6 @@
 //! The integration tests, in one crate so that the library is linked once: the HTTP contract
-//! through the layer, each store against the one store suite (`common::suite`), the demo and
-//! the examples over real connections on loopback.
+//! through the layer, each store against the one store suite (`tower_api_key::testing`,
+//! feature `testing`), the demo and the examples over real connections on loopback.
 //!
 //! ```text
 //! cargo test                                   # the memory store and everything without a server
@@ -31,6 +31,7 @@ mod optional;
 mod properties;
 mod scopes;
 mod store_cache;
+mod store_custom;
 mod store_memory;
 mod store_postgres;
 mod store_redis;

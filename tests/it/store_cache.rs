@@ -2,7 +2,6 @@
 #![cfg(feature = "cache")]
 
 use crate::common;
-use crate::store_suite;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,7 +31,7 @@ impl Backend for CachedMemory {
     }
 }
 
-store_suite!(CachedMemory::default());
+tower_api_key::store_suite!(CachedMemory::default());
 
 /// A store that counts lookups and can be made to fail or to wait.
 #[derive(Clone, Default)]

@@ -1,7 +1,6 @@
 //! The store suite against `MemoryKeyStore`.
 
 use crate::common;
-use crate::store_suite;
 
 use async_trait::async_trait;
 use common::suite::Backend;
@@ -20,4 +19,4 @@ impl Backend for Memory {
     }
 }
 
-store_suite!(Memory::default());
+tower_api_key::store_suite!(Memory::default());

@@ -6,7 +6,6 @@
 #![cfg(feature = "postgres")]
 
 use crate::common;
-use crate::store_suite;
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -53,7 +52,7 @@ impl Backend for Pg {
     }
 }
 
-store_suite!(Pg);
+tower_api_key::store_suite!(Pg);
 
 /// The server's connection options, from `DATABASE_URL`, which must be set.
 fn server() -> PgConnectOptions {
@@ -650,7 +649,7 @@ mod cached {
         }
     }
 
-    store_suite!(CachedPg);
+    tower_api_key::store_suite!(CachedPg);
 }
 
 /// An instance over a table of its own, behind a cache that would keep records for an hour and

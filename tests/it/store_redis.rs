@@ -6,7 +6,6 @@
 #![cfg(feature = "redis")]
 
 use crate::common;
-use crate::store_suite;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::LazyLock;
@@ -98,7 +97,7 @@ impl Backend for Redis {
     }
 }
 
-store_suite!(Redis::shared());
+tower_api_key::store_suite!(Redis::shared());
 
 /// The layer's answer to `key` over `store`.
 async fn answer(store: impl KeyStore, key: &ApiKey, clock: &ManualClock) -> Answer {
@@ -635,7 +634,7 @@ mod cached {
         }
     }
 
-    store_suite!(CachedRedis(Redis::shared()));
+    tower_api_key::store_suite!(CachedRedis(Redis::shared()));
 }
 
 /// Push invalidation through pub/sub. The tests take a [`Deployment`](changes::Deployment), so

@@ -9,7 +9,6 @@
 #![cfg(feature = "redis")]
 
 use crate::common;
-use crate::store_suite;
 
 use std::sync::LazyLock;
 
@@ -58,7 +57,7 @@ impl Backend for Cluster {
     }
 }
 
-store_suite!(Cluster {
+tower_api_key::store_suite!(Cluster {
     prefix: PREFIX.clone()
 });
 

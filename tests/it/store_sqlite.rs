@@ -7,7 +7,6 @@
 #![cfg(feature = "sqlite")]
 
 use crate::common;
-use crate::store_suite;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -105,7 +104,7 @@ impl Backend for Sqlite {
     }
 }
 
-store_suite!(Sqlite::fresh());
+tower_api_key::store_suite!(Sqlite::fresh());
 
 /// What the layer over `keys`'s store answers to a request with `key`.
 async fn answer<S: WritableKeyStore + Clone>(keys: &KeyManager<S>, key: &ApiKey) -> Answer {
@@ -480,5 +479,5 @@ mod cached {
         }
     }
 
-    store_suite!(CachedSqlite(Sqlite::fresh()));
+    tower_api_key::store_suite!(CachedSqlite(Sqlite::fresh()));
 }

@@ -5,19 +5,15 @@ use crate::common;
 
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
 use bytes::Bytes;
 use common::{assert_envelope, echo_identity, request, send, with_key, Answer};
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_api_key::clock::{Clock, ManualClock};
-use tower_api_key::limit::{Credits, CreditsLayer, Refill, Spend};
-use tower_api_key::store::{CreateError, Quota, WritableKeyStore};
-use tower_api_key::{
-    ApiKey, AuthError, KeyId, KeyManager, KeyRecord, KeyStore, LookupId, MemoryKeyStore, NewKey,
-    StoreError, Tier,
-};
+use tower_api_key::limit::{Credits, CreditsLayer, Refill};
+use tower_api_key::store::WritableKeyStore;
+use tower_api_key::{ApiKey, AuthError, KeyId, KeyManager, MemoryKeyStore, NewKey, Tier};
 
 const ACCOUNT: &str = "acct_1";
 
@@ -210,56 +206,9 @@ async fn a_grpc_call_without_credits_gets_resource_exhausted() {
         .starts_with("usage_exceeded: "));
 }
 
-/// A memory store whose credits can be made to fail, as a database that goes down.
-#[derive(Clone, Default)]
-struct CreditsDown(MemoryKeyStore);
-
-#[async_trait]
-impl KeyStore for CreditsDown {
-    async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
-        self.0.find(lookup_id).await
-    }
-}
-
-#[async_trait]
-impl WritableKeyStore for CreditsDown {
-    async fn create(&self, record: KeyRecord, quota: Quota) -> Result<(), CreateError> {
-        self.0.create(record, quota).await
-    }
-    async fn list(&self, account_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        self.0.list(account_id).await
-    }
-    async fn get(&self, account_id: &str, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.0.get(account_id, key_id).await
-    }
-    async fn revoke(
-        &self,
-        account_id: &str,
-        key_id: &KeyId,
-        at: SystemTime,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.0.revoke(account_id, key_id, at).await
-    }
-    async fn delete(
-        &self,
-        account_id: &str,
-        key_id: &KeyId,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.0.delete(account_id, key_id).await
-    }
-    async fn spend_credits(
-        &self,
-        _key_id: &KeyId,
-        _cost: u64,
-        _now: SystemTime,
-    ) -> Result<Option<Spend>, StoreError> {
-        Err(StoreError::new("connection refused by 127.0.0.1:5432"))
-    }
-}
-
 #[tokio::test]
 async fn credits_fail_closed_with_503_when_the_store_fails() {
-    let keys = KeyManager::new(CreditsDown::default());
+    let keys = KeyManager::new(common::faulty::ListingsAndSpendsFail::default());
     let (key, _) = metered(&keys, Credits::new(100)).await;
     let credits = CreditsLayer::new(keys.store().clone());
     let answer = call(&keys, &credits, &key).await;

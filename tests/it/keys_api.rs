@@ -6,7 +6,6 @@ use crate::common;
 
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
 use axum::body::Body;
 use axum::Router;
 use common::{assert_envelope, Answer};
@@ -16,11 +15,7 @@ use tower_api_key::access::KeyMode;
 use tower_api_key::clock::ManualClock;
 use tower_api_key::keys_api::{self, Account};
 use tower_api_key::manage::CreatedKey;
-use tower_api_key::store::{CreateError, Quota, WritableKeyStore};
-use tower_api_key::{
-    ApiKey, KeyId, KeyManager, KeyRecord, KeyStore, LookupId, MemoryKeyStore, NewKey, StoreError,
-    Tier,
-};
+use tower_api_key::{ApiKey, KeyManager, MemoryKeyStore, NewKey, Tier};
 
 const ACCOUNT: &str = "acct_1";
 
@@ -256,48 +251,9 @@ async fn without_a_key_or_an_account_the_router_answers_500() {
     assert_envelope(&answer, StatusCode::INTERNAL_SERVER_ERROR, "internal_error");
 }
 
-/// A memory store whose listings fail, as a database that goes down after authentication.
-#[derive(Clone, Default)]
-struct ListingsDown(MemoryKeyStore);
-
-#[async_trait]
-impl KeyStore for ListingsDown {
-    async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
-        self.0.find(lookup_id).await
-    }
-}
-
-#[async_trait]
-impl WritableKeyStore for ListingsDown {
-    async fn create(&self, record: KeyRecord, quota: Quota) -> Result<(), CreateError> {
-        self.0.create(record, quota).await
-    }
-    async fn list(&self, _account_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        Err(StoreError::new("connection refused by 127.0.0.1:5432"))
-    }
-    async fn get(&self, account_id: &str, key_id: &KeyId) -> Result<Option<KeyRecord>, StoreError> {
-        self.0.get(account_id, key_id).await
-    }
-    async fn revoke(
-        &self,
-        account_id: &str,
-        key_id: &KeyId,
-        at: SystemTime,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.0.revoke(account_id, key_id, at).await
-    }
-    async fn delete(
-        &self,
-        account_id: &str,
-        key_id: &KeyId,
-    ) -> Result<Option<KeyRecord>, StoreError> {
-        self.0.delete(account_id, key_id).await
-    }
-}
-
 #[tokio::test]
 async fn a_store_failure_is_503_and_names_no_server() {
-    let keys = KeyManager::new(ListingsDown::default());
+    let keys = KeyManager::new(common::faulty::ListingsAndSpendsFail::default());
     let admin = keys
         .create(NewKey::new(ACCOUNT, Tier::PRO, "admin"))
         .await

@@ -256,3 +256,66 @@ impl Drop for Call<'_> {
         }
     }
 }
+
+/// A memory store whose listings and credit spends fail, as a database that goes down after
+/// authentication: keys are created, found and managed one by one as usual.
+#[derive(Clone, Default)]
+pub struct ListingsAndSpendsFail(tower_api_key::MemoryKeyStore);
+
+const DOWN: &str = "connection refused by 127.0.0.1:5432";
+
+#[async_trait]
+impl KeyStore for ListingsAndSpendsFail {
+    async fn find(&self, lookup_id: &LookupId) -> Result<Option<KeyRecord>, StoreError> {
+        self.0.find(lookup_id).await
+    }
+}
+
+#[async_trait]
+impl tower_api_key::store::WritableKeyStore for ListingsAndSpendsFail {
+    async fn create(
+        &self,
+        record: KeyRecord,
+        quota: tower_api_key::store::Quota,
+    ) -> Result<(), tower_api_key::store::CreateError> {
+        self.0.create(record, quota).await
+    }
+
+    async fn list(&self, _account_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        Err(StoreError::new(DOWN))
+    }
+
+    async fn get(
+        &self,
+        account_id: &str,
+        key_id: &tower_api_key::KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.0.get(account_id, key_id).await
+    }
+
+    async fn revoke(
+        &self,
+        account_id: &str,
+        key_id: &tower_api_key::KeyId,
+        at: SystemTime,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.0.revoke(account_id, key_id, at).await
+    }
+
+    async fn delete(
+        &self,
+        account_id: &str,
+        key_id: &tower_api_key::KeyId,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        self.0.delete(account_id, key_id).await
+    }
+
+    async fn spend_credits(
+        &self,
+        _key_id: &tower_api_key::KeyId,
+        _cost: u64,
+        _now: SystemTime,
+    ) -> Result<Option<tower_api_key::limit::Spend>, StoreError> {
+        Err(StoreError::new(DOWN))
+    }
+}

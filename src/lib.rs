@@ -318,6 +318,8 @@
 //!   tier's requests per period (free 60, pro 600 per minute by default), with the `429`,
 //!   `Retry-After` and `RateLimit` headers; counted in this process (GCRA), or with `redis` in
 //!   Redis, one limit across instances.
+//! - `metrics`: decisions, store lookup latency, cache hits and misses and limit refusals
+//!   through the `metrics` facade; names and labels in [`metrics`](crate::metrics).
 //!
 //! - `cli`: the `tower-api-key` command line, which manages keys in a PostgreSQL, Redis or
 //!   SQLite store (`cargo install tower-api-key --features cli`).
@@ -368,6 +370,7 @@ pub mod keys_api;
 pub mod layer;
 pub mod limit;
 pub mod manage;
+pub mod metrics;
 mod mode;
 mod request_id;
 pub mod response;

@@ -319,7 +319,7 @@
 //!   `Retry-After` and `RateLimit` headers; counted in this process (GCRA), or with `redis` in
 //!   Redis, one limit across instances.
 //! - `metrics`: decisions, store lookup latency, cache hits and misses and limit refusals
-//!   through the `metrics` facade; names and labels in [`metrics`](crate::metrics).
+//!   through the `metrics` facade; names and labels in [`metrics`].
 //!
 //! - `cli`: the `tower-api-key` command line, which manages keys in a PostgreSQL, Redis or
 //!   SQLite store (`cargo install tower-api-key --features cli`).

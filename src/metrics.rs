@@ -42,11 +42,18 @@
 //! Call [`describe`] once after installing the recorder to give each metric its unit and help
 //! text. With Prometheus:
 //!
-//! ```ignore
-//! let handle = metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?;
-//! tower_api_key::metrics::describe();
-//! // serve `handle.render()` on GET /metrics; `cargo run --example axum --features metrics`
 //! ```
+//! # #[cfg(feature = "metrics")] {
+//! let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+//!     .install_recorder()
+//!     .expect("no other recorder is installed");
+//! tower_api_key::metrics::describe();
+//! let body: String = handle.render(); // the answer to `GET /metrics`
+//! # }
+//! ```
+//!
+//! `cargo run --example axum --features metrics` serves it, with buckets for the histogram
+//! (the exporter makes a summary of a histogram it has no buckets for).
 //!
 //! ```text
 //! # TYPE tower_api_key_decisions_total counter

@@ -361,3 +361,58 @@ fn credits_count_the_requests_they_cannot_pay_for() {
         ])
     );
 }
+
+#[cfg(all(feature = "rate-limit", feature = "redis"))]
+#[test]
+fn a_global_rate_limit_counts_its_refusals_as_global() {
+    use tower_api_key::limit::{RateLimit, RateLimitLayer};
+    use tower_api_key::manage::TierLimits;
+    use tower_api_key::store::RedisKeyStore;
+    use tower_api_key::{KeyManager, MemoryKeyStore, NewKey, Tier};
+
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| {
+        panic!("REDIS_URL is not set: this test needs a Redis server (redis://127.0.0.1:6379)")
+    });
+    let keys = KeyManager::new(MemoryKeyStore::new());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let created = runtime
+        .block_on(keys.create(NewKey::new("acct_global", Tier::FREE, "key")))
+        .unwrap();
+    let secrets = secrets_of(&created.key, created.info.id.as_str(), "acct_global");
+    let (statuses, report) = measured(&secrets, async {
+        let client = redis::Client::open(url).unwrap();
+        let connection = redis::aio::ConnectionManager::new(client)
+            .await
+            .unwrap_or_else(|error| panic!("cannot reach the Redis at REDIS_URL: {error}"));
+        let prefix = format!("metrics_{}", uuid::Uuid::new_v4().simple());
+        let counters = RedisKeyStore::new(connection).prefix(prefix);
+        let limits = TierLimits::default().with_rate_limit(Tier::FREE, RateLimit::per_minute(2));
+        let limit = RateLimitLayer::new(limits).global(counters);
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            let service = ServiceBuilder::new()
+                .layer(keys.layer())
+                .layer(limit.clone())
+                .service_fn(echo_identity);
+            statuses.push(send(service, &with_key(&created.key)).await.status);
+        }
+        statuses
+    });
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    assert_eq!(
+        report,
+        Report::from([
+            (decision("accepted", "none"), 3),
+            (format!("{RATE_LIMITED_TOTAL}{{mode=\"global\"}}"), 1),
+        ])
+    );
+}

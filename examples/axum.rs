@@ -79,6 +79,17 @@
 //! only the demo's own script and talks only to the demo. The pasted key lives in a JavaScript
 //! variable: never in a URL, storage or a cookie; reloading the page forgets it.
 //!
+//! Built with `--features metrics`, the demo also serves `GET /metrics`, outside the key layer:
+//! the crate's metrics ([`tower_api_key::metrics`]: decisions by outcome and code, store lookup
+//! latency, cache hits and misses, limit refusals) in Prometheus's text format, from
+//! `metrics-exporter-prometheus`. No label holds a key, a key id or an account id. (A real
+//! service would serve it on an internal port, or behind its own access control.)
+//!
+//! ```text
+//! cargo run --example axum --features metrics
+//! curl http://127.0.0.1:3000/metrics
+//! ```
+//!
 //! [`KeyInfo::may_manage`]: tower_api_key::manage::KeyInfo::may_manage
 
 use std::net::Ipv4Addr;
@@ -325,6 +336,58 @@ async fn health() -> &'static str {
     "ok"
 }
 
+/// What `GET /metrics` renders: the Prometheus recorder that `main` installed.
+#[cfg(feature = "metrics")]
+static METRICS: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+    std::sync::OnceLock::new();
+
+/// Installs the Prometheus recorder, with buckets for the store lookup histogram (otherwise it
+/// would be a summary), and its upkeep, which drains the histogram's samples every 5 seconds.
+#[cfg(feature = "metrics")]
+fn install_metrics() {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    use tower_api_key::metrics::STORE_LOOKUP_SECONDS;
+
+    let buckets = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(STORE_LOOKUP_SECONDS.to_owned()), &buckets)
+        .and_then(PrometheusBuilder::install_recorder)
+        .unwrap_or_else(|error| {
+            exit_with(1, &format!("cannot install the metrics recorder: {error}"))
+        });
+    tower_api_key::metrics::describe();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    _ = METRICS.set(handle);
+}
+
+/// `app`, and with the feature `metrics` `GET /metrics`, outside the key layer.
+fn with_metrics(app: Router) -> Router {
+    #[cfg(feature = "metrics")]
+    let app = app.route(
+        "/metrics",
+        get(|| async {
+            let body = METRICS
+                .get()
+                .map(|handle| handle.render())
+                .unwrap_or_default();
+            (
+                [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                body,
+            )
+        }),
+    );
+    app
+}
+
 #[tokio::main]
 async fn main() {
     // The crate's events (refusals, store failures) and the keys API's, filtered by RUST_LOG;
@@ -332,6 +395,8 @@ async fn main() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
+    #[cfg(feature = "metrics")]
+    install_metrics();
     let port = port_from_env();
     let limits = tier_limits(rate_limit_per_minute());
     let rate_limit = rate_limit(limits.clone());
@@ -491,7 +556,7 @@ async fn serve<S: WritableKeyStore + Clone>(
         banner(&address.to_string(), &account, &key, &test.key)
     );
 
-    axum::serve(listener, app(keys, rate_limit))
+    axum::serve(listener, with_metrics(app(keys, rate_limit)))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .unwrap_or_else(|error| exit_with(1, &format!("server error: {error}")));

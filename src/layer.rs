@@ -397,6 +397,7 @@ impl Config {
     ) -> Option<Response<Bytes>> {
         match verdict {
             Ok(identity) => {
+                crate::metrics::accepted();
                 log_acceptance(&identity, request.headers());
                 let extensions = request.extensions_mut();
                 extensions.insert(identity);
@@ -414,6 +415,7 @@ impl Config {
     /// The answer to a refused request: gRPC's for a gRPC call, else the hook's or the JSON
     /// envelope; with the error in its extensions.
     fn reject<B>(&self, error: AuthError, request: &Request<B>) -> Response<Bytes> {
+        crate::metrics::refused(&error);
         let rejection = self
             .refusals
             .rejection(error, request_id(request.headers()));
@@ -486,7 +488,7 @@ struct PresentedKey {
 
 /// Step 3, as the future that waits for the store: look up, then conclude.
 async fn authenticate(config: Arc<Config>, key: PresentedKey) -> Result<KeyIdentity, AuthError> {
-    let found = config.store.find(&key.digest.lookup_id()).await;
+    let found = crate::metrics::timed_lookup(config.store.find(&key.digest.lookup_id())).await;
     conclude(&config, found, &key)
 }
 
@@ -571,6 +573,7 @@ where
         let key = match self.config.read_key(&mut request) {
             Ok(key) => key,
             Err(AuthError::Missing) if self.config.optional => {
+                crate::metrics::anonymous();
                 let extensions = request.extensions_mut();
                 extensions.insert(Anonymous);
                 if self.config.error_response.is_some() {

@@ -321,7 +321,8 @@
 //! - `testing`: the `testing` module, the store suite that every shipped store passes, for a
 //!   store of your own (`tower_api_key::store_suite!(MyBackend::new());` in a test file), and a
 //!   guide to writing one.
-//!
+//! - `metrics`: decisions, store lookup latency, cache hits and misses and limit refusals
+//!   through the `metrics` facade; names and labels in `metrics`.
 //! - `cli`: the `tower-api-key` command line, which manages keys in a PostgreSQL, Redis or
 //!   SQLite store (`cargo install tower-api-key --features cli`).
 //!
@@ -371,6 +372,7 @@ pub mod keys_api;
 pub mod layer;
 pub mod limit;
 pub mod manage;
+pub mod metrics;
 mod mode;
 mod request_id;
 pub mod response;

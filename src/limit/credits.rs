@@ -478,6 +478,7 @@ async fn spend(layer: &CreditsLayer, identity: &KeyIdentity) -> Result<(), AuthE
     match spent {
         Ok(Some(Spend::Unmetered | Spend::Spent(_))) => Ok(()),
         Ok(Some(Spend::Exhausted(credits))) => {
+            crate::metrics::usage_exceeded();
             let refills_at = credits.refills_at();
             tracing::debug!(
                 outcome = "usage_exceeded",

@@ -25,6 +25,7 @@ use crate::clock::Clock;
 use crate::error::AuthError;
 use crate::identity::{KeyIdentity, Tier};
 use crate::manage::TierLimits;
+use crate::metrics::LimitMode;
 
 /// A [`Layer`] that refuses a key's requests beyond its [`RateLimit`] with `429`: put it
 /// inside [`ApiKeyLayer`](crate::ApiKeyLayer). See [the module](super) for the answer.
@@ -128,7 +129,7 @@ impl Limits {
         match &self.counters {
             Counters::Local(counters) => {
                 let counted = counters.check(self.subject(identity), limit);
-                Check::Now(decide(identity, limit, counted))
+                Check::Now(decide(identity, limit, counted, LimitMode::Local))
             }
             #[cfg(feature = "redis")]
             Counters::Global(counters) => {
@@ -140,7 +141,7 @@ impl Limits {
                 let identity = identity.clone();
                 Check::Later(Box::pin(async move {
                     match counters.check(&subject, limit).await {
-                        Ok(counted) => decide(&identity, limit, counted),
+                        Ok(counted) => decide(&identity, limit, counted, LimitMode::Global),
                         Err(error) if counters.fails_open() => {
                             tracing::warn!(
                                 error = &error as &dyn std::error::Error,
@@ -166,15 +167,17 @@ impl Limits {
     }
 }
 
-/// The answer to a counted request: what is left, or how long to wait.
+/// The answer to a request counted in `mode`: what is left, or how long to wait.
 fn decide(
     identity: &KeyIdentity,
     limit: RateLimit,
     counted: Result<u32, std::time::Duration>,
+    mode: LimitMode,
 ) -> Result<Option<Passed>, AuthError> {
     match counted {
         Ok(remaining) => Ok(Some(Passed { limit, remaining })),
         Err(retry_after) => {
+            crate::metrics::rate_limited(mode);
             tracing::debug!(
                 outcome = "rate_limited",
                 key_id = %identity.key_id(),

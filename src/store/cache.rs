@@ -332,6 +332,7 @@ impl<S: KeyStore> CachedKeyStore<S> {
                 .remove_if(lookup_id, |current| Arc::ptr_eq(current, &cached));
             return None;
         }
+        crate::metrics::cache_hit();
         Some(cached.record())
     }
 }
@@ -396,6 +397,7 @@ impl<S: KeyStore> KeyStore for CachedKeyStore<S> {
         if let Some(found) = self.cached(lookup_id) {
             return Ok(found);
         }
+        crate::metrics::cache_miss();
         self.start_feed();
         let filled = self.fill(lookup_id).await?;
         if filled.generation == self.generation(lookup_id).load(Ordering::SeqCst) {

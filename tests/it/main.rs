@@ -26,6 +26,7 @@ mod keys_api;
 mod layer;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod modes;
 mod optional;
 mod properties;

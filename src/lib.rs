@@ -318,6 +318,8 @@
 //!   tier's requests per period (free 60, pro 600 per minute by default), with the `429`,
 //!   `Retry-After` and `RateLimit` headers; counted in this process (GCRA), or with `redis` in
 //!   Redis, one limit across instances.
+//! - `utoipa`: `openapi::ApiKeySecurity` adds the key's security schemes, the error envelope and
+//!   the refusals (401, 403, 429, 503) to a `utoipa` OpenAPI document in one call.
 //!
 //! - `cli`: the `tower-api-key` command line, which manages keys in a PostgreSQL, Redis or
 //!   SQLite store (`cargo install tower-api-key --features cli`).
@@ -369,6 +371,8 @@ pub mod layer;
 pub mod limit;
 pub mod manage;
 mod mode;
+#[cfg(feature = "utoipa")]
+pub mod openapi;
 mod request_id;
 pub mod response;
 mod scope;

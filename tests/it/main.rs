@@ -27,6 +27,7 @@ mod layer;
 mod lifecycle;
 mod limits;
 mod modes;
+mod openapi;
 mod optional;
 mod properties;
 mod scopes;

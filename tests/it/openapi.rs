@@ -169,6 +169,16 @@ async fn the_document_has_the_crates_security_and_refusals() {
     assert_eq!(serde_json::to_value(again).unwrap(), document);
 }
 
+/// A request (method, path, key, body) and the status and code the demo answers it with.
+type Case<'a> = (
+    Method,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    StatusCode,
+    &'a str,
+);
+
 /// The demo's refusals: each one's status is documented for its operation, and its body
 /// matches the documented schema, its `code` one of the documented codes.
 #[tokio::test]
@@ -188,7 +198,7 @@ async fn the_demos_refusals_are_documented() {
         reader.expose_secret(),
     );
 
-    let cases: [(Method, &str, Option<&str>, &str, StatusCode, &str); 8] = [
+    let cases: [Case<'_>; 8] = [
         (
             Method::GET,
             "/api/v1/iocs",

@@ -178,13 +178,19 @@ pub fn app<S: WritableKeyStore + Clone>(keys: KeyManager<S>, rate_limit: RateLim
         // Outside the key layer: it answers browsers' preflights, which carry no key, and adds
         // its headers to refusals, so that a page on another origin can read their envelope.
         .layer(cors());
-    let app = Router::new()
+    Router::new()
         .route("/health", get(health))
         .merge(keys_page())
-        .nest("/api", api);
+        .merge(openapi())
+        .nest("/api", api)
+}
+
+/// `GET /openapi.json`, outside the key layer, with the `utoipa` feature; nothing without it.
+fn openapi() -> Router {
+    let router = Router::new();
     #[cfg(feature = "utoipa")]
-    let app = app.route("/openapi.json", get(|| async { Json(openapi_document()) }));
-    app
+    let router = router.route("/openapi.json", get(|| async { Json(openapi_document()) }));
+    router
 }
 
 /// The demo's OpenAPI document, served at `GET /openapi.json`: its routes, written by hand

@@ -90,6 +90,10 @@
 //! curl http://127.0.0.1:3000/metrics
 //! ```
 //!
+//! With `--features utoipa`, `GET /openapi.json` (outside the key layer) is the demo's OpenAPI
+//! 3.1 document: its routes, the keys in `X-API-Key` or `Authorization: Bearer`, and the
+//! refusals in the envelope, from `tower_api_key::openapi::ApiKeySecurity`.
+//!
 //! [`KeyInfo::may_manage`]: tower_api_key::manage::KeyInfo::may_manage
 
 use std::net::Ipv4Addr;
@@ -188,7 +192,130 @@ pub fn app<S: WritableKeyStore + Clone>(keys: KeyManager<S>, rate_limit: RateLim
     Router::new()
         .route("/health", get(health))
         .merge(keys_page())
+        .merge(openapi())
         .nest("/api", api)
+}
+
+/// `GET /openapi.json`, outside the key layer, with the `utoipa` feature; nothing without it.
+fn openapi() -> Router {
+    let router = Router::new();
+    #[cfg(feature = "utoipa")]
+    let router = router.route("/openapi.json", get(|| async { Json(openapi_document()) }));
+    router
+}
+
+/// The demo's OpenAPI document, served at `GET /openapi.json`: its routes, written by hand
+/// (bodies in outline), then the crate's security schemes, envelope and refusals, which every
+/// route under `/api` may answer.
+#[cfg(feature = "utoipa")]
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let envelope = json!({ "$ref": "#/components/schemas/ApiKeyError" });
+    let error = |description: &str| json!({ "description": description, "content": { "application/json": { "schema": envelope } } });
+    let object = |description: &str| json!({ "description": description, "content": { "application/json": { "schema": { "type": "object" } } } });
+    let body = |required: &[&str], properties: Value| {
+        json!({
+            "required": true,
+            "content": { "application/json": { "schema": {
+                "type": "object", "required": required, "properties": properties
+            } } }
+        })
+    };
+    let id = json!({
+        "name": "id", "in": "path", "required": true,
+        "description": "The key's id, `key_...`.", "schema": { "type": "string" }
+    });
+    let new_key = json!({
+        "name": { "type": "string" },
+        "expires_in": { "type": "integer", "minimum": 1, "description": "Seconds." },
+        "scopes": { "type": "array", "items": { "type": "string" } },
+        "mode": { "type": "string", "enum": ["live", "test"] }
+    });
+    let keys_errors = |mut responses: Value| {
+        responses["400"] = error("The body, query or id is not valid (`invalid_request`).");
+        responses["403"] = error(
+            "A scope or mode the key lacks, or a key it may not manage (`insufficient_scope`, \
+             `live_key_required`, `cannot_grant_scope`, `key_too_powerful`, `key_limit_reached`).",
+        );
+        responses["503"] = error("The key store cannot be reached (`service_unavailable`, `authentication_unavailable`).");
+        responses
+    };
+    let not_found = |mut responses: Value| {
+        responses["404"] = error("No key of the caller's account has this id (`not_found`).");
+        responses
+    };
+    let document = json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "tower-api-key demo",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Indicators of compromise, and the account's API keys, behind `ApiKeyLayer`."
+        },
+        "paths": {
+            "/health": { "get": {
+                "operationId": "health", "security": [{}],
+                "responses": { "200": { "description": "`ok`", "content": { "text/plain": { "schema": { "type": "string" } } } } }
+            } },
+            "/api/v1/iocs": {
+                "get": {
+                    "operationId": "listIocs", "summary": "List indicators (scope `iocs:read`).",
+                    "parameters": [
+                        { "name": "type", "in": "query", "required": false, "schema": { "type": "string" } },
+                        { "name": "limit", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 0, "maximum": MAX_LIMIT } }
+                    ],
+                    "responses": { "200": object("`{\"data\", \"count\", \"authenticated_as\"}`") }
+                },
+                "post": {
+                    "operationId": "submitIoc", "summary": "Submit an indicator (scope `iocs:write`, live keys only).",
+                    "requestBody": body(&["type", "value"], json!({ "type": { "type": "string" }, "value": { "type": "string" } })),
+                    "responses": {
+                        "202": object("Received for review."),
+                        "400": error("The body is not `{\"type\", \"value\"}` (`invalid_request`).")
+                    }
+                }
+            },
+            "/api/v1/keys": {
+                "get": {
+                    "operationId": "listKeys", "summary": "The account's keys (scope `keys:read`).",
+                    "responses": keys_errors(json!({ "200": object("`{\"data\": [...]}`: the keys, never their secrets.") }))
+                },
+                "post": {
+                    "operationId": "createKey", "summary": "Create a key (scope `keys:write`).",
+                    "requestBody": body(&["name"], new_key),
+                    "responses": keys_errors(json!({ "201": object("The new key, with its secret `key`, shown once.") }))
+                }
+            },
+            "/api/v1/keys/{id}": {
+                "parameters": [id],
+                "get": {
+                    "operationId": "getKey", "summary": "One key (scope `keys:read`).",
+                    "responses": not_found(keys_errors(json!({ "200": object("The key, without its secret.") })))
+                },
+                "delete": {
+                    "operationId": "revokeKey", "summary": "Revoke a key; `?permanent=true` deletes it (scope `keys:write`).",
+                    "parameters": [{ "name": "permanent", "in": "query", "required": false, "schema": { "type": "boolean" } }],
+                    "responses": not_found(keys_errors(json!({
+                        "204": { "description": "Revoked (the record stays), or with `?permanent=true` deleted." }
+                    })))
+                }
+            },
+            "/api/v1/keys/{id}/rotate": {
+                "parameters": [id],
+                "post": {
+                    "operationId": "rotateKey", "summary": "Replace a key; the old one works `grace_period` seconds more (scope `keys:write`).",
+                    "requestBody": {
+                        "content": { "application/json": { "schema": { "type": "object", "properties": {
+                            "grace_period": { "type": "integer", "minimum": 1, "description": "Seconds; 86400 by default." }
+                        } } } }
+                    },
+                    "responses": not_found(keys_errors(json!({ "201": object("The replacement, with its secret `key`, shown once.") })))
+                }
+            }
+        }
+    });
+    let mut document: utoipa::openapi::OpenApi =
+        serde_json::from_value(document).expect("the demo's document is an OpenAPI document");
+    tower_api_key::openapi::ApiKeySecurity::add_to(&mut document);
+    document
 }
 
 /// CORS for `/api`: any origin may call it, since the browser sends no credential of its own

@@ -323,12 +323,15 @@
 //!   guide to writing one.
 //! - `metrics`: decisions, store lookup latency, cache hits and misses and limit refusals
 //!   through the `metrics` facade; names and labels in `metrics`.
+//! - `utoipa`: `openapi::ApiKeySecurity` adds the key's security schemes, the error envelope and
+//!   the refusals (401, 403, 429, 503) to a `utoipa` OpenAPI document in one call.
 //! - `cli`: the `tower-api-key` command line, which manages keys in a PostgreSQL, Redis or
 //!   SQLite store (`cargo install tower-api-key --features cli`).
 //!
 //! Balances of credits (`limit::CreditsLayer`) need no feature: every shipped store keeps them.
 //!
-//! Minimum Rust: 1.85; the `postgres`, `sqlite` and `cli` features need 1.94 (sqlx 0.9).
+//! Minimum Rust: 1.85; the `utoipa` feature needs 1.88 (utoipa 6), and the `postgres`, `sqlite`
+//! and `cli` features 1.94 (sqlx 0.9).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
@@ -374,6 +377,8 @@ pub mod limit;
 pub mod manage;
 pub mod metrics;
 mod mode;
+#[cfg(feature = "utoipa")]
+pub mod openapi;
 mod request_id;
 pub mod response;
 mod scope;

@@ -28,6 +28,7 @@ mod lifecycle;
 mod limits;
 mod metrics;
 mod modes;
+mod openapi;
 mod optional;
 mod properties;
 mod scopes;

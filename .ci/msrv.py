@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CRATE_MSRV = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["rust-version"]
 # Features whose dependencies need a newer Rust than the crate; keep in step with the README.
-FEATURE_MSRV = {"postgres": "1.94", "sqlite": "1.94", "cli": "1.94"}
+FEATURE_MSRV = {"postgres": "1.94", "sqlite": "1.94", "cli": "1.94", "utoipa": "1.88"}
 
 
 def version(text):
@@ -56,7 +56,7 @@ def main():
         subprocess.run(["cargo", "generate-lockfile", "--quiet"], cwd=workdir, check=True,
                        env={**os.environ,
                             "CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS": "fallback"})
-        for feature in ["axum", "cache", "redis", "postgres", "sqlite", "rate-limit", "cli", "testing", "metrics"]:
+        for feature in ["axum", "cache", "redis", "postgres", "sqlite", "rate-limit", "cli", "testing", "metrics", "utoipa"]:
             promised = FEATURE_MSRV.get(feature, CRATE_MSRV)
             needed, name, ver = newest_requirements(workdir, ["--features", feature])[0]
             ok = needed <= version(promised)

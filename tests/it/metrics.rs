@@ -111,6 +111,23 @@ fn secrets_of(key: &ApiKey, key_id: &str, account_id: &str) -> Vec<String> {
 }
 
 /// What a layer over `store` answers to `key` (or to no key).
+/// What three requests with `$key` get through `$keys`'s layer and then `$limit`.
+macro_rules! three_calls {
+    ($keys:expr, $limit:expr, $key:expr) => {
+        async {
+            let mut statuses = Vec::new();
+            for _ in 0..3 {
+                let service = ServiceBuilder::new()
+                    .layer($keys.layer())
+                    .layer($limit.clone())
+                    .service_fn(echo_identity);
+                statuses.push(send(service, &with_key($key)).await.status);
+            }
+            statuses
+        }
+    };
+}
+
 async fn status(store: impl KeyStore, key: Option<&ApiKey>) -> StatusCode {
     let service = ServiceBuilder::new()
         .layer(ApiKeyLayer::new(store))
@@ -294,15 +311,7 @@ fn a_local_rate_limit_counts_its_refusals() {
         .unwrap();
     let secrets = secrets_of(&created.key, created.info.id.as_str(), "acct_limited");
     let (statuses, report) = measured(&secrets, async {
-        let mut statuses = Vec::new();
-        for _ in 0..3 {
-            let service = ServiceBuilder::new()
-                .layer(keys.layer())
-                .layer(limit.clone())
-                .service_fn(echo_identity);
-            statuses.push(send(service, &with_key(&created.key)).await.status);
-        }
-        statuses
+        three_calls!(keys, limit, &created.key).await
     });
     assert_eq!(
         statuses,
@@ -335,15 +344,7 @@ fn credits_count_the_requests_they_cannot_pay_for() {
     let secrets = secrets_of(&created.key, created.info.id.as_str(), "acct_metered");
     let (statuses, report) = measured(&secrets, async {
         let credits = CreditsLayer::new(keys.store().clone());
-        let mut statuses = Vec::new();
-        for _ in 0..3 {
-            let service = ServiceBuilder::new()
-                .layer(keys.layer())
-                .layer(credits.clone())
-                .service_fn(echo_identity);
-            statuses.push(send(service, &with_key(&created.key)).await.status);
-        }
-        statuses
+        three_calls!(keys, credits, &created.key).await
     });
     assert_eq!(
         statuses,
@@ -390,15 +391,7 @@ fn a_global_rate_limit_counts_its_refusals_as_global() {
         let counters = RedisKeyStore::new(connection).prefix(prefix);
         let limits = TierLimits::default().with_rate_limit(Tier::FREE, RateLimit::per_minute(2));
         let limit = RateLimitLayer::new(limits).global(counters);
-        let mut statuses = Vec::new();
-        for _ in 0..3 {
-            let service = ServiceBuilder::new()
-                .layer(keys.layer())
-                .layer(limit.clone())
-                .service_fn(echo_identity);
-            statuses.push(send(service, &with_key(&created.key)).await.status);
-        }
-        statuses
+        three_calls!(keys, limit, &created.key).await
     });
     assert_eq!(
         statuses,

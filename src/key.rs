@@ -24,6 +24,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::ops::Range;
 
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
@@ -356,6 +357,102 @@ impl KeyFormat {
         })
     }
 
+    /// The regular expression that matches this format's keys, for a secret scanner to
+    /// register (GitHub's secret scanning partner program, a pre-commit hook): an accepted
+    /// prefix, then the body's 38 base62 characters, between ASCII word boundaries (`(?-u:\b)`
+    /// in the syntax of Rust's `regex` and RE2: a letter such as `é` right before a key does not
+    /// hide it). For the default format:
+    ///
+    /// ```
+    /// use tower_api_key::key::KeyFormat;
+    ///
+    /// assert_eq!(
+    ///     KeyFormat::default().pattern(),
+    ///     r"(?-u:\b)(?:sk_live_|sk_test_)[0-9A-Za-z]{38}(?-u:\b)"
+    /// );
+    /// ```
+    ///
+    /// A match may still fail the checksum; [`find_keys`](KeyFormat::find_keys) keeps only the
+    /// keys that pass it, so a scanner can tell a real key from a lookalike without a lookup.
+    pub fn pattern(&self) -> String {
+        let prefixes: Vec<String> = self.prefixes().map(escape_for_regex).collect();
+        format!(
+            r"(?-u:\b)(?:{})[0-9A-Za-z]{{{BODY_LEN}}}(?-u:\b)",
+            prefixes.join("|")
+        )
+    }
+
+    /// The keys of this format in `text`, as byte ranges, in order: each an accepted prefix and
+    /// a body of the right length and alphabet whose checksum is right, not touching a letter,
+    /// digit or `_` on either side. (For an [`unchecked`](KeyFormat::unchecked) format, the
+    /// checksum is not asked.) For finding keys pasted in tickets, logs or commits.
+    ///
+    /// ```
+    /// use tower_api_key::key::KeyFormat;
+    ///
+    /// let format = KeyFormat::default();
+    /// let key = format.generate();
+    /// let text = format!("curl -H 'X-API-Key: {}' https://api.example.com", key.expose_secret());
+    /// let found: Vec<&str> = format.find_keys(&text).map(|range| &text[range]).collect();
+    /// assert_eq!(found, [key.expose_secret()]);
+    /// // The right shape with a wrong checksum is no key.
+    /// assert_eq!(format.find_keys("sk_live_00000000000000000000000000000000000000").count(), 0);
+    /// ```
+    pub fn find_keys<'t>(&'t self, text: &'t str) -> impl Iterator<Item = Range<usize>> + 't {
+        let bytes = text.as_bytes();
+        let mut found: Vec<Range<usize>> = self
+            .prefixes()
+            .flat_map(|prefix| {
+                text.match_indices(prefix)
+                    .map(move |(start, _)| (start, prefix))
+            })
+            .filter_map(move |(start, prefix)| {
+                let end = start + prefix.len() + BODY_LEN;
+                let candidate = bytes.get(start..end)?;
+                let is_word = |byte: &u8| byte.is_ascii_alphanumeric() || *byte == b'_';
+                let clear_before = start == 0 || !is_word(&bytes[start - 1]);
+                let clear_after = bytes.get(end).is_none_or(|byte| !is_word(byte));
+                let body = &candidate[prefix.len()..];
+                let shaped =
+                    clear_before && clear_after && every_byte(body, u8::is_ascii_alphanumeric);
+                (shaped && (!self.checked || has_valid_body(candidate, prefix)))
+                    .then_some(start..end)
+            })
+            .collect();
+        found.sort_by_key(|range| range.start);
+        found.dedup();
+        found.into_iter()
+    }
+
+    /// `text` with every key that [`find_keys`](KeyFormat::find_keys) finds replaced by its
+    /// prefix and `[REDACTED]`; `text` itself, not copied, when it holds none.
+    ///
+    /// ```
+    /// use tower_api_key::key::KeyFormat;
+    ///
+    /// let format = KeyFormat::default();
+    /// let key = format.generate();
+    /// let line = format!("retrying with key={}", key.expose_secret());
+    /// assert_eq!(format.redact(&line), "retrying with key=sk_live_[REDACTED]");
+    /// assert!(matches!(format.redact("no key here"), std::borrow::Cow::Borrowed(_)));
+    /// ```
+    pub fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        let mut keys = self.find_keys(text).peekable();
+        if keys.peek().is_none() {
+            return Cow::Borrowed(text);
+        }
+        let mut redacted = String::with_capacity(text.len());
+        let mut copied = 0;
+        for range in keys {
+            let prefix_len = range.len() - BODY_LEN;
+            redacted.push_str(&text[copied..range.start + prefix_len]);
+            redacted.push_str("[REDACTED]");
+            copied = range.end;
+        }
+        redacted.push_str(&text[copied..]);
+        Cow::Owned(redacted)
+    }
+
     /// Generates a new live key with this format's first prefix, from the operating system's
     /// cryptographically secure random number generator.
     ///
@@ -376,6 +473,18 @@ impl KeyFormat {
     pub fn generate_for(&self, mode: KeyMode) -> Option<ApiKey> {
         self.prefix_for(mode).map(generate_with)
     }
+}
+
+/// `prefix` with the characters that mean something in a regular expression escaped.
+fn escape_for_regex(prefix: &str) -> String {
+    let mut escaped = String::with_capacity(prefix.len());
+    for character in prefix.chars() {
+        if r"\.+*?()|[]{}^$#&-~".contains(character) {
+            escaped.push('\\');
+        }
+        escaped.push(character);
+    }
+    escaped
 }
 
 /// A new key: `prefix`, then random base62 characters and their checksum.
@@ -708,5 +817,33 @@ mod tests {
             assert!(debug.contains("<redacted>"), "{debug}");
             assert!(!debug.contains(&key.expose_secret()[8..]), "{debug}");
         }
+    }
+
+    #[test]
+    fn keys_are_found_only_as_whole_tokens() {
+        let format = KeyFormat::default();
+        let (one, two) = (
+            format.generate(),
+            format.generate_for(KeyMode::Test).unwrap(),
+        );
+        let (one, two) = (one.expose_secret(), two.expose_secret());
+        let text = format!("a={one}&b={two}");
+        let found: Vec<&str> = format.find_keys(&text).map(|range| &text[range]).collect();
+        assert_eq!(found, [one, two]);
+        assert_eq!(
+            format.redact(&text),
+            "a=sk_live_[REDACTED]&b=sk_test_[REDACTED]"
+        );
+        for glued in [
+            format!("x{one}"),
+            format!("{one}9"),
+            format!("_{one}"),
+            format!("{one}_"),
+        ] {
+            assert_eq!(format.find_keys(&glued).count(), 0, "{glued}");
+        }
+        let typo = format!("{}X{}", &one[..20], &one[21..]);
+        assert_eq!(format.find_keys(&typo).count(), usize::from(typo == one));
+        assert_eq!(format.find_keys(&one[..one.len() - 1]).count(), 0);
     }
 }

@@ -309,3 +309,58 @@ fn every_key() -> Vec<Vec<u8>> {
     .map(|key| key.expose_secret().as_bytes().to_vec())
     .collect()
 }
+
+/// Text around a key: anything, then a character that cannot continue a key (or nothing).
+fn surroundings() -> impl Strategy<Value = (String, String)> {
+    let text = "[ -~\n\u{e9}\u{4e2d}]{0,40}";
+    let edge = prop_oneof![
+        Just(String::new()),
+        "[ :=\"'\n,;/(){}<>-]".prop_map(String::from)
+    ];
+    (text, edge.clone(), edge, text).prop_map(|(before, open, close, after)| {
+        (format!("{before}{open}"), format!("{close}{after}"))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Every generated key, live or test, is found where it stands in any text, and redacted.
+    #[test]
+    fn every_generated_key_is_found_and_redacted((before, after) in surroundings(), test in any::<bool>()) {
+        let format = KeyFormat::default();
+        let mode = if test { tower_api_key::access::KeyMode::Test } else { tower_api_key::access::KeyMode::Live };
+        let key = format.generate_for(mode).unwrap();
+        // A word character right before the key would make it part of a longer token.
+        let before = if before.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            format!("{before} ")
+        } else {
+            before
+        };
+        let after = if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            format!(" {after}")
+        } else {
+            after
+        };
+        let text = format!("{before}{}{after}", key.expose_secret());
+        let found: Vec<_> = format.find_keys(&text).collect();
+        prop_assert_eq!(found, vec![before.len()..before.len() + key.expose_secret().len()]);
+        let pattern = regex::Regex::new(&format.pattern()).unwrap();
+        let matched: Vec<_> = pattern.find_iter(&text).map(|found| found.range()).collect();
+        prop_assert_eq!(matched, format.find_keys(&text).collect::<Vec<_>>(), "the scanner's pattern agrees");
+        let redacted = format.redact(&text);
+        prop_assert!(!redacted.contains(key.expose_secret()));
+        prop_assert!(redacted.contains("[REDACTED]"));
+    }
+
+    /// Random text, and random bodies of the key's exact shape after its prefix, give no key
+    /// that passes the checksum.
+    #[test]
+    fn random_text_gives_no_false_positive(text in "[ -~]{0,200}", body in "[0-9A-Za-z]{38}") {
+        let format = KeyFormat::default();
+        prop_assert_eq!(format.find_keys(&text).count(), 0);
+        let lookalike = format!("token sk_live_{body} end");
+        prop_assert_eq!(format.find_keys(&lookalike).count(), 0);
+        prop_assert_eq!(format.redact(&lookalike), lookalike.as_str());
+    }
+}

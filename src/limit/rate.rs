@@ -212,11 +212,8 @@ impl RateLimitLayer {
     /// the limit of the key that sends the request (keys of one account with different limits
     /// count apart, one counter per limit).
     pub fn per_account(self) -> Self {
-        self.with_limits(|limits| Limits {
-            tiers: limits.tiers.clone(),
-            per_account: true,
-            counters: limits.counters.fresh(),
-        })
+        let counters = self.limits.counters.fresh();
+        self.with_counters(true, counters)
     }
 
     /// Adds `RateLimit-Policy` and `RateLimit` to the responses that pass (unless the inner
@@ -234,11 +231,8 @@ impl RateLimitLayer {
     /// the Redis server.)
     pub fn clock(self, clock: impl Clock) -> Self {
         let counters = LocalCounters::new(LimitClock::Custom(Arc::new(clock)));
-        self.with_limits(|limits| Limits {
-            tiers: limits.tiers.clone(),
-            per_account: limits.per_account,
-            counters: Counters::Local(counters),
-        })
+        let per_account = self.limits.per_account;
+        self.with_counters(per_account, Counters::Local(counters))
     }
 
     /// Counts in `store`'s Redis instead of this process: one limit for every instance of the
@@ -246,12 +240,11 @@ impl RateLimitLayer {
     /// per request, or fewer with [`leases`](RateLimitLayer::leases).
     #[cfg(feature = "redis")]
     pub fn global(self, store: crate::store::RedisKeyStore) -> Self {
-        let counters = GlobalCounters::new(store);
-        self.with_limits(|limits| Limits {
-            tiers: limits.tiers.clone(),
-            per_account: limits.per_account,
-            counters: Counters::Global(Arc::new(counters)),
-        })
+        let per_account = self.limits.per_account;
+        self.with_counters(
+            per_account,
+            Counters::Global(Arc::new(GlobalCounters::new(store))),
+        )
     }
 
     /// In global mode, takes up to `size` requests at a time from Redis and spends them here,
@@ -275,11 +268,8 @@ impl RateLimitLayer {
             panic!("RateLimitLayer::leases: leases are for global limits: call `global` first");
         };
         let counters = counters.with_lease_size(size);
-        self.with_limits(|limits| Limits {
-            tiers: limits.tiers.clone(),
-            per_account: limits.per_account,
-            counters: Counters::Global(Arc::new(counters)),
-        })
+        let per_account = self.limits.per_account;
+        self.with_counters(per_account, Counters::Global(Arc::new(counters)))
     }
 
     /// In global mode, lets requests pass when Redis cannot be asked (by default they are
@@ -295,16 +285,19 @@ impl RateLimitLayer {
             panic!("RateLimitLayer::fail_open: only global limits can fail: call `global` first");
         };
         let counters = counters.failing_open();
-        self.with_limits(|limits| Limits {
-            tiers: limits.tiers.clone(),
-            per_account: limits.per_account,
-            counters: Counters::Global(Arc::new(counters)),
-        })
+        let per_account = self.limits.per_account;
+        self.with_counters(per_account, Counters::Global(Arc::new(counters)))
     }
 
-    fn with_limits(self, change: impl FnOnce(&Limits) -> Limits) -> Self {
+    /// The same limits, counted by `counters`, per account or per key.
+    fn with_counters(self, per_account: bool, counters: Counters) -> Self {
+        let limits = Limits {
+            tiers: self.limits.tiers.clone(),
+            per_account,
+            counters,
+        };
         Self {
-            limits: Arc::new(change(&self.limits)),
+            limits: Arc::new(limits),
             ..self
         }
     }

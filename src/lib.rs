@@ -360,6 +360,7 @@ macro_rules! inner_service_accessors {
 }
 
 pub mod access;
+pub mod audit;
 mod body;
 pub mod clock;
 mod credentials;

@@ -28,9 +28,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Serialize, Serializer};
 
+use crate::audit::{Actor, AuditAction, AuditEvent, AuditSink, SharedSink, TracingAudit};
 use crate::clock::{Clock, SystemClock};
 use crate::identity::{KeyId, KeyIdentity, Tier};
-use crate::key::{ApiKey, KeyFormat};
+use crate::key::{ApiKey, KeyDigest, KeyFormat};
 use crate::layer::ApiKeyLayer;
 use crate::limit::{Credits, RateLimit};
 use crate::mode::KeyMode;
@@ -543,6 +544,8 @@ pub struct KeyManager<S> {
     format: KeyFormat,
     limits: TierLimits,
     clock: Arc<dyn Clock>,
+    audit: SharedSink,
+    actor: Actor,
 }
 
 impl<S: WritableKeyStore> KeyManager<S> {
@@ -554,7 +557,38 @@ impl<S: WritableKeyStore> KeyManager<S> {
             format: KeyFormat::default(),
             limits: TierLimits::default(),
             clock: Arc::new(SystemClock),
+            audit: Arc::new(TracingAudit),
+            actor: Actor::Application,
         }
+    }
+
+    /// Sends the [audit events](crate::audit) of every change to `sink` instead of `tracing`.
+    pub fn audit(mut self, sink: impl AuditSink) -> Self {
+        self.audit = Arc::new(sink);
+        self
+    }
+
+    /// The same manager, naming `actor` in the audit events of the changes it makes: a clone
+    /// (the store and sink are shared) to make one request's changes with.
+    pub fn acting_as(&self, actor: Actor) -> Self
+    where
+        S: Clone,
+    {
+        Self {
+            actor,
+            ..self.clone()
+        }
+    }
+
+    /// Sends one audit event about `key_id` of `account_id`, by this manager's actor, now.
+    fn emit(&self, action: AuditAction, account_id: &str, key_id: &KeyId) {
+        self.audit.record(&AuditEvent {
+            at: self.clock.now(),
+            action,
+            account_id: account_id.to_owned(),
+            key_id: key_id.clone(),
+            actor: self.actor.clone(),
+        });
     }
 
     /// Generates keys of `format`: live keys with its first prefix, test keys with its
@@ -598,6 +632,7 @@ impl<S: WritableKeyStore> KeyManager<S> {
     /// like any other on every route that does not refuse test keys, so a separate allowance
     /// would let an account hold more working keys than its tier allows.
     pub async fn create(&self, new: NewKey) -> Result<CreatedKey, ManageError> {
+        let account_id = new.account_id.clone();
         let name = valid_name(&new.name)?;
         let scopes = new
             .scopes
@@ -626,8 +661,10 @@ impl<S: WritableKeyStore> KeyManager<S> {
             None => credits,
         });
         let quota = Quota::new(limit, now);
-        self.insert(identity, expires_at, credits, quota, new.creator.as_ref())
-            .await
+        let created =
+            (self.insert(identity, expires_at, credits, quota, new.creator.as_ref())).await?;
+        self.emit(AuditAction::Created, &account_id, &created.info.id);
+        Ok(created)
     }
 
     /// The account's keys, oldest first, revoked and expired ones included.
@@ -684,17 +721,45 @@ impl<S: WritableKeyStore> KeyManager<S> {
         let record = self
             .store
             .revoke(account_id, key_id, self.clock.now())
-            .await?;
-        record
-            .as_ref()
-            .map(|record| self.info(record))
-            .ok_or(ManageError::NotFound)
+            .await?
+            .ok_or(ManageError::NotFound)?;
+        self.emit(AuditAction::Revoked, account_id, key_id);
+        Ok(self.info(&record))
+    }
+
+    /// Revokes the key `key`, found by its digest whatever its account, because it was
+    /// published (a secret scanner found it at `url`): the audit event is
+    /// [`ReportedLeaked`](AuditAction::ReportedLeaked). The key's record as it is now, or `None`
+    /// if no store record has this key: a key of another deployment, or no key at all. A key
+    /// already revoked stays as it was.
+    pub async fn revoke_leaked(
+        &self,
+        key: &str,
+        url: Option<String>,
+    ) -> Result<Option<KeyInfo>, ManageError> {
+        let digest = KeyDigest::of(key);
+        let Some(record) = (self.store.find(&digest.lookup_id()).await?)
+            .filter(|record| record.digest.matches(&digest))
+        else {
+            return Ok(None);
+        };
+        if record.revoked_at.is_some() {
+            return Ok(Some(self.info(&record)));
+        }
+        let (account_id, key_id) = (record.identity.account_id(), record.identity.key_id());
+        let revoked = (self.store.revoke(account_id, key_id, self.clock.now()))
+            .await?
+            .unwrap_or(record.clone());
+        self.emit(AuditAction::ReportedLeaked { url }, account_id, key_id);
+        Ok(Some(self.info(&revoked)))
     }
 
     /// Deletes a key and its record: it is then unknown (`invalid_api_key`).
     pub async fn delete(&self, account_id: &str, key_id: &KeyId) -> Result<(), ManageError> {
         let deleted = self.store.delete(account_id, key_id).await?;
-        deleted.map(drop).ok_or(ManageError::NotFound)
+        deleted.ok_or(ManageError::NotFound)?;
+        self.emit(AuditAction::Deleted, account_id, key_id);
+        Ok(())
     }
 
     /// Creates a replacement for an active key and lets the old key work for `grace` more,
@@ -723,7 +788,10 @@ impl<S: WritableKeyStore> KeyManager<S> {
         let identity = old.identity.with_key_id(KeyId::random());
         let credits = old.credits.map(|credits| credits.as_of(now));
         let quota = Quota::new(limit, now).retiring(key_id.clone(), retire_at);
-        (self.insert(identity, old.expires_at, credits, quota, None)).await
+        let created = (self.insert(identity, old.expires_at, credits, quota, None)).await?;
+        let replacement = created.info.id.clone();
+        self.emit(AuditAction::Rotated { replacement }, account_id, key_id);
+        Ok(created)
     }
 
     fn limit(&self, tier: &Tier) -> Result<usize, ManageError> {

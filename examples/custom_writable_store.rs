@@ -177,7 +177,7 @@ impl WritableKeyStore for JsonFileStore {
                 Some((old, expires_at)) => {
                     let old = keys
                         .in_account(account_id, old)
-                        .filter(|old| old.is_active(quota.now))
+                        .filter(|old| old.counts_toward_quota(quota.now))
                         .ok_or(CreateError::RetiringKeyNotFound)?;
                     Some((old.digest.lookup_id(), *expires_at))
                 }
@@ -187,7 +187,7 @@ impl WritableKeyStore for JsonFileStore {
                 .records
                 .values()
                 .filter(|other| other.identity.account_id() == account_id)
-                .filter(|other| other.is_active(quota.now))
+                .filter(|other| other.counts_toward_quota(quota.now))
                 .filter(|other| Some(other.digest.lookup_id()) != retiring.map(|(id, _)| id))
                 .count();
             if active >= quota.limit {
@@ -242,6 +242,26 @@ impl WritableKeyStore for JsonFileStore {
         };
         self.persist(snapshot).await?;
         Ok(Some(revoked))
+    }
+
+    async fn set_disabled(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        at: Option<SystemTime>,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let (changed, snapshot) = {
+            let mut keys = self.keys();
+            let Some(record) = keys.in_account(account_id, key_id) else {
+                return Ok(None);
+            };
+            // Disabling again keeps the first time; `None` enables.
+            record.disabled_at = at.and(record.disabled_at.or(at));
+            let changed = record.clone();
+            (changed, keys.changed()?)
+        };
+        self.persist(snapshot).await?;
+        Ok(Some(changed))
     }
 
     async fn delete(

@@ -69,7 +69,7 @@ pub enum AuthError {
     /// The key is malformed, has a wrong checksum, is unknown or was deleted, or its record's
     /// mode is not the one its prefix says.
     Invalid,
-    /// The key was revoked or is past its expiry.
+    /// The key was revoked or disabled, or is past its expiry.
     Expired,
     /// The store could not be asked; the request is refused, not let through.
     Unavailable(StoreError),
@@ -168,7 +168,7 @@ impl fmt::Display for AuthError {
             Self::Conflicting => f.write_str("the request carries two different API keys"),
             Self::KeyInQuery => f.write_str("the request carries an API key in its query string"),
             Self::Invalid => f.write_str("the API key is not valid"),
-            Self::Expired => f.write_str("the API key was revoked or has expired"),
+            Self::Expired => f.write_str("the API key was revoked or disabled, or has expired"),
             Self::Unavailable(_) => f.write_str("the key store is unavailable"),
             Self::InsufficientScope { scope } => {
                 write!(f, "the API key lacks the scope \"{scope}\"")
@@ -488,8 +488,8 @@ impl Messages {
             invalid: "The API key is not valid. Check it for typos or extra whitespace, and \
                       make sure it has not been deleted."
                 .into(),
-            expired: "The API key has been revoked or has expired. Create a new key and update \
-                      your integration."
+            expired: "The API key has been deactivated or has expired. Create a new key and \
+                      update your integration."
                 .into(),
             unavailable: "API keys cannot be checked right now. Retry the request shortly.".into(),
             missing_identity: "The server could not authenticate this request: its API key \

@@ -22,6 +22,8 @@
 //! | `DELETE /{id}`                       | `keys:write` | `204`: revoked; the record stays, listed with `revoked_at` |
 //! | `DELETE /{id}?permanent=true`        | `keys:write` | `204`: deleted; the key is then unknown |
 //! | `POST /{id}/rotate` `{"grace_period"?}` | `keys:write` | `201`, as `POST /`: a replacement; the old key works `grace_period` seconds more (default 86,400) |
+//! | `POST /{id}/disable`                 | `keys:write` | `200` its [`KeyInfo`], with `disabled_at`: refused (`401 expired_api_key`) until enabled |
+//! | `POST /{id}/enable`                  | `keys:write` | `200` its [`KeyInfo`]: it works again |
 //!
 //! [`KeyInfo`] serializes with the key's id, name, mode, scopes, hint, times, rate limit and
 //! credits, never the key or its digest.
@@ -31,7 +33,7 @@
 //! The caller's account is its key's: a key only ever sees and changes its own account's keys,
 //! and another account's key id is `404 not_found`. A key with scopes needs `keys:read` to read
 //! and `keys:write` to change (`403 insufficient_scope`). No key creates, revokes, deletes or
-//! rotates a key more powerful than itself ([`KeyInfo::may_manage`]): a test key manages only
+//! rotates, disables or enables a key more powerful than itself ([`KeyInfo::may_manage`]): a test key manages only
 //! test keys (`403 live_key_required`), a restricted key only keys with some of its scopes
 //! (`403 cannot_grant_scope` on create, `403 key_too_powerful` otherwise), a key that expires
 //! only keys that expire no later (`403 key_too_powerful`). A new key takes, unless the body
@@ -80,6 +82,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::audit::Actor;
 use crate::identity::{KeyId, KeyIdentity, Tier};
 use crate::layer::Anonymous;
 use crate::manage::{KeyInfo, KeyManager, ManageError, NewKey, Overreach, MAX_LIFETIME};
@@ -97,6 +100,8 @@ pub fn router<S: WritableKeyStore + Clone>(keys: KeyManager<S>) -> Router {
         .route("/", get(list::<S>).post(create::<S>))
         .route("/{id}", get(get_one::<S>).delete(remove::<S>))
         .route("/{id}/rotate", post(rotate::<S>))
+        .route("/{id}/disable", post(disable::<S>))
+        .route("/{id}/enable", post(enable::<S>))
         .fallback(|| async { ApiError::not_found_route() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(keys)
@@ -154,6 +159,15 @@ impl Caller {
         match self {
             Self::Key(identity) => identity.account_id(),
             Self::Owner(account) => &account.id,
+        }
+    }
+
+    /// Who the audit events of the caller's changes name: its key, or for an owner the
+    /// application.
+    fn actor(&self) -> Actor {
+        match self {
+            Self::Key(identity) => Actor::Key(identity.key_id().clone()),
+            Self::Owner(_) => Actor::Application,
         }
     }
 
@@ -222,7 +236,7 @@ async fn get_one<S: WritableKeyStore>(
 }
 
 /// `POST /`: a new key for the account, in the only kind of answer that ever holds a key.
-async fn create<S: WritableKeyStore>(
+async fn create<S: WritableKeyStore + Clone>(
     State(keys): State<KeyManager<S>>,
     caller: Caller,
     body: Bytes,
@@ -240,6 +254,7 @@ async fn create<S: WritableKeyStore>(
     if let Some(own) = &own {
         new = new.created_by(own);
     }
+    let keys = keys.acting_as(caller.actor());
     let created = keys.create(new).await.map_err(|error| match error {
         ManageError::Overreach(overreach) => ApiError::cannot_create(overreach),
         error => error.into(),
@@ -271,7 +286,7 @@ struct RemoveQuery {
 
 /// `DELETE /{id}`: revokes (or, with `?permanent=true`, deletes) one of the account's keys that
 /// is no more powerful than the caller.
-async fn remove<S: WritableKeyStore>(
+async fn remove<S: WritableKeyStore + Clone>(
     State(keys): State<KeyManager<S>>,
     caller: Caller,
     Path(id): Path<String>,
@@ -285,6 +300,7 @@ async fn remove<S: WritableKeyStore>(
         own.may_manage(&target)
             .map_err(|overreach| ApiError::cannot_change(overreach, "revoke"))?;
     }
+    let keys = keys.acting_as(caller.actor());
     if query.permanent {
         keys.delete(account_id, &id).await?;
     } else {
@@ -301,7 +317,7 @@ struct RotateRequest {
 
 /// `POST /{id}/rotate`: a replacement for one of the account's active keys, which keeps working
 /// for the grace period.
-async fn rotate<S: WritableKeyStore>(
+async fn rotate<S: WritableKeyStore + Clone>(
     State(keys): State<KeyManager<S>>,
     caller: Caller,
     Path(id): Path<String>,
@@ -329,8 +345,52 @@ async fn rotate<S: WritableKeyStore>(
         own.may_manage(&target)
             .map_err(|overreach| ApiError::cannot_change(overreach, "rotate"))?;
     }
+    let keys = keys.acting_as(caller.actor());
     let created = keys.rotate(account_id, &id, grace).await?;
     Ok((StatusCode::CREATED, Json(with_key(&created))))
+}
+
+/// `POST /{id}/disable`: disables one of the account's keys that is no more powerful than the
+/// caller, until it is enabled again.
+async fn disable<S: WritableKeyStore + Clone>(
+    State(keys): State<KeyManager<S>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<KeyInfo>, ApiError> {
+    switch(keys, caller, KeyId::new(id), true).await
+}
+
+/// `POST /{id}/enable`: enables one of the account's disabled keys that is no more powerful
+/// than the caller.
+async fn enable<S: WritableKeyStore + Clone>(
+    State(keys): State<KeyManager<S>>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<KeyInfo>, ApiError> {
+    switch(keys, caller, KeyId::new(id), false).await
+}
+
+async fn switch<S: WritableKeyStore + Clone>(
+    keys: KeyManager<S>,
+    caller: Caller,
+    id: KeyId,
+    disable: bool,
+) -> Result<Json<KeyInfo>, ApiError> {
+    caller.require_scope("keys:write")?;
+    let account_id = caller.account_id();
+    let verb = if disable { "disable" } else { "enable" };
+    if let Some(own) = caller.info(&keys).await? {
+        let target = keys.get(account_id, &id).await?;
+        own.may_manage(&target)
+            .map_err(|overreach| ApiError::cannot_change(overreach, verb))?;
+    }
+    let keys = keys.acting_as(caller.actor());
+    let info = if disable {
+        keys.disable(account_id, &id).await?
+    } else {
+        keys.enable(account_id, &id).await?
+    };
+    Ok(Json(info))
 }
 
 #[derive(Deserialize)]

@@ -286,6 +286,9 @@ pub struct KeyInfo {
     /// When it was revoked, if it was.
     #[serde(serialize_with = "rfc3339")]
     pub revoked_at: Option<SystemTime>,
+    /// Since when it is disabled, if it is ([`KeyManager::disable`]).
+    #[serde(serialize_with = "rfc3339")]
+    pub disabled_at: Option<SystemTime>,
     /// When it last authenticated a request, to within the layer's
     /// [interval](crate::ApiKeyLayer::last_used_interval).
     #[serde(serialize_with = "rfc3339")]
@@ -309,6 +312,7 @@ impl From<&KeyRecord> for KeyInfo {
             created_at: record.created_at,
             expires_at: record.expires_at,
             revoked_at: record.revoked_at,
+            disabled_at: record.disabled_at,
             last_used_at: record.last_used_at,
             rate_limit: record.identity.rate_limit(),
             credits: record.credits,
@@ -727,6 +731,39 @@ impl<S: WritableKeyStore> KeyManager<S> {
         Ok(self.info(&record))
     }
 
+    /// Disables a key: it is refused (`401 expired_api_key`, "deactivated") until
+    /// [enabled](KeyManager::enable) again, at once on every instance whose cache is pushed
+    /// changes. Unlike a revocation it can be undone, and the key keeps counting toward its
+    /// account's quota (so that disabling one key to create another cannot exceed it). Disabling
+    /// a disabled key changes nothing.
+    pub async fn disable(&self, account_id: &str, key_id: &KeyId) -> Result<KeyInfo, ManageError> {
+        self.set_disabled(account_id, key_id, Some(self.clock.now()))
+            .await
+    }
+
+    /// Enables a [disabled](KeyManager::disable) key again: it works as before, unless it was
+    /// revoked or expired meanwhile. Enabling an enabled key changes nothing.
+    pub async fn enable(&self, account_id: &str, key_id: &KeyId) -> Result<KeyInfo, ManageError> {
+        self.set_disabled(account_id, key_id, None).await
+    }
+
+    async fn set_disabled(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        at: Option<SystemTime>,
+    ) -> Result<KeyInfo, ManageError> {
+        let record = (self.store.set_disabled(account_id, key_id, at))
+            .await?
+            .ok_or(ManageError::NotFound)?;
+        let action = match at {
+            Some(_) => AuditAction::Disabled,
+            None => AuditAction::Enabled,
+        };
+        self.emit(action, account_id, key_id);
+        Ok(self.info(&record))
+    }
+
     /// Revokes the key `key`, found by its digest whatever its account, because it was
     /// published (a secret scanner found it at `url`): the audit event is
     /// [`ReportedLeaked`](AuditAction::ReportedLeaked). The key's record as it is now, or `None`
@@ -908,6 +945,7 @@ mod tests {
             created_at: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
             expires_at: None,
             revoked_at: None,
+            disabled_at: None,
             last_used_at: None,
             rate_limit: Some(RateLimit::per_minute(60)),
             credits: None,
@@ -931,6 +969,7 @@ mod tests {
             created_at: None,
             expires_at: expires_at.map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
             revoked_at: None,
+            disabled_at: None,
             last_used_at: None,
             rate_limit: None,
             credits: None,

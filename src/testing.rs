@@ -119,15 +119,17 @@
 //! keys at `quota.now`, leaving out `quota.retiring`'s key; refuse with
 //! [`CreateError::LimitReached`] when the count is at `quota.limit`; and insert, in one
 //! transaction or under one lock, so that of N concurrent creates one below the limit exactly
-//! one succeeds. "Active" is [`KeyRecord::is_active`](crate::KeyRecord::is_active): not revoked
-//! and not expired at `quota.now`. With `quota.retiring = Some((old, at))`, `old` must be an
+//! one succeeds. "Active" here is
+//! [`KeyRecord::counts_toward_quota`](crate::KeyRecord::counts_toward_quota): not revoked and
+//! not expired at `quota.now`, disabled or not. With `quota.retiring = Some((old, at))`, `old` must be an
 //! active key of the account ([`CreateError::RetiringKeyNotFound`] otherwise), and in the same
 //! step its expiry becomes `at` or its own, whichever is earlier: a rotation.
 //!
 //! **`list`** answers every record of the account, revoked and expired ones included, in any
 //! order: the manager sorts. **`get`**, **`revoke`** and **`delete`** treat another account's
 //! key as absent (`None`); `revoke` keeps the record and its first revocation time; `delete`
-//! returns the record it removed.
+//! returns the record it removed. **`set_disabled`** sets `disabled_at` (keeping the first
+//! time) or clears it, and leaves the key in the quota's count.
 //!
 //! **Credits** ([`spend_credits`](WritableKeyStore::spend_credits) and
 //! [`top_up_credits`](WritableKeyStore::top_up_credits)) are provided methods that refuse by
@@ -891,6 +893,141 @@ pub async fn credits_refill_take_all_or_nothing_and_are_topped_up(backend: impl 
     assert_eq!(unknown.unwrap(), None);
 }
 
+/// A disabled key is refused (`expired_api_key`) through every instance until it is enabled,
+/// is listed with the time it was disabled (the first, when disabled twice), keeps its place
+/// in the quota, cannot be rotated, and stays revoked if revoked meanwhile; another account's
+/// key is not found. (An instance's cache learns of another's change by its feed or TTL, so
+/// each check reads through an instance that has not cached the key since, or made the change.)
+pub async fn disabling_refuses_a_key_until_enabled_and_keeps_its_quota_place(
+    backend: impl Backend,
+) {
+    let clock = clock();
+    let a = manager(backend.instance().await, &clock);
+    let b = manager(backend.instance().await, &clock);
+    let account = account();
+    let created = create(&a, &account).await;
+    let id = &created.info.id;
+    assert_eq!(verdict(&a, &created.key).await, "ok");
+    let disabled = a.disable(&account, id).await.unwrap();
+    assert_eq!(disabled.disabled_at, Some(clock.now()));
+    assert_eq!(verdict(&a, &created.key).await, "expired_api_key");
+    assert_eq!(verdict(&b, &created.key).await, "expired_api_key");
+    let first = clock.now();
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(
+        b.disable(&account, id).await.unwrap().disabled_at,
+        Some(first)
+    );
+    assert_eq!(b.list(&account).await.unwrap()[0].disabled_at, Some(first));
+    let elsewhere = b.disable(&self::account(), id).await;
+    assert!(
+        matches!(elsewhere, Err(ManageError::NotFound)),
+        "{elsewhere:?}"
+    );
+    let rotated = b.rotate(&account, id, Duration::from_secs(60)).await;
+    assert!(matches!(rotated, Err(ManageError::NotFound)), "{rotated:?}");
+
+    // The free tier's limit is 3: the disabled key still counts.
+    create(&a, &account).await;
+    create(&a, &account).await;
+    let over = a
+        .create(NewKey::new(&account, Tier::FREE, "one more"))
+        .await;
+    assert!(
+        matches!(over, Err(ManageError::KeyLimitReached { limit: 3, .. })),
+        "{over:?}"
+    );
+
+    let enabled = b.enable(&account, id).await.unwrap();
+    assert_eq!(enabled.disabled_at, None);
+    assert_eq!(verdict(&b, &created.key).await, "ok");
+    b.disable(&account, id).await.unwrap();
+    b.revoke(&account, id).await.unwrap();
+    b.enable(&account, id).await.unwrap();
+    assert_eq!(verdict(&b, &created.key).await, "expired_api_key");
+}
+
+/// The [audit events](crate::audit) of a key's whole life, in order, each with the manager's
+/// time, the account, the key id and the actor: created, rotated (naming the replacement),
+/// disabled, enabled, revoked, reported leaked (by the scanner), deleted. No event holds a
+/// secret.
+pub async fn audit_events_follow_a_key_s_whole_life(backend: impl Backend) {
+    use crate::audit::{Actor, AuditAction, AuditEvent};
+    use std::sync::Mutex;
+
+    let clock = clock();
+    let events = Arc::new(Mutex::new(Vec::<AuditEvent>::new()));
+    let sink = Arc::clone(&events);
+    let keys = manager(backend.instance().await, &clock)
+        .audit(move |event: &AuditEvent| sink.lock().unwrap().push(event.clone()));
+    let account = account();
+    let admin = Actor::User("ada@example.com".into());
+    let created = create(&keys, &account).await;
+    let id = created.info.id.clone();
+    clock.advance(Duration::from_secs(1));
+    let by_admin = keys.acting_as(admin.clone());
+    let replacement = (by_admin.rotate(&account, &id, Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let new = replacement.info.id.clone();
+    by_admin.disable(&account, &new).await.unwrap();
+    by_admin.enable(&account, &new).await.unwrap();
+    let by_key = keys.acting_as(Actor::Key(new.clone()));
+    by_key.revoke(&account, &id).await.unwrap();
+    let scanner = keys.acting_as(Actor::SecretScanner);
+    let url = Some("https://github.com/octo/repo/commit/1".to_owned());
+    let leaked = (scanner.revoke_leaked(replacement.key.expose_secret(), url.clone()))
+        .await
+        .unwrap();
+    assert!(leaked.is_some_and(|info| info.revoked_at == Some(clock.now())));
+    let unknown = crate::key::KeyFormat::default().generate();
+    assert_eq!(
+        scanner
+            .revoke_leaked(unknown.expose_secret(), None)
+            .await
+            .unwrap(),
+        None
+    );
+    keys.delete(&account, &id).await.unwrap();
+
+    let events = events.lock().unwrap().clone();
+    let seen: Vec<(AuditAction, &KeyId, &Actor)> = events
+        .iter()
+        .map(|event| (event.action.clone(), &event.key_id, &event.actor))
+        .collect();
+    let rotated = AuditAction::Rotated {
+        replacement: new.clone(),
+    };
+    assert_eq!(
+        seen,
+        [
+            (AuditAction::Created, &id, &Actor::Application),
+            (rotated, &id, &admin),
+            (AuditAction::Disabled, &new, &admin),
+            (AuditAction::Enabled, &new, &admin),
+            (AuditAction::Revoked, &id, &Actor::Key(new.clone())),
+            (
+                AuditAction::ReportedLeaked { url },
+                &new,
+                &Actor::SecretScanner
+            ),
+            (AuditAction::Deleted, &id, &Actor::Application),
+        ]
+    );
+    assert_eq!(events[0].at, clock.now() - Duration::from_secs(1));
+    assert!(events[1..].iter().all(|event| event.at == clock.now()));
+    assert!(events.iter().all(|event| event.account_id == account));
+    let written = format!("{events:?} {}", serde_json::to_string(&events).unwrap());
+    for key in [&created.key, &replacement.key] {
+        let secret = key.expose_secret();
+        assert!(!written.contains(&secret[8..]), "an event holds a key");
+        assert!(
+            !written.contains(&key.digest().to_hex()),
+            "an event holds a digest"
+        );
+    }
+}
+
 /// Generates one test per function of the [store suite](crate::testing), each with the backend
 /// that `$backend` evaluates to.
 ///
@@ -939,6 +1076,8 @@ macro_rules! store_suite {
             rate_limits_and_credits_survive_create_find_and_list,
             credits_are_spent_exactly_across_instances,
             credits_refill_take_all_or_nothing_and_are_topped_up,
+            disabling_refuses_a_key_until_enabled_and_keeps_its_quota_place,
+            audit_events_follow_a_key_s_whole_life,
         );
     };
     (@tests $backend:expr; $($name:ident),* $(,)?) => {

@@ -468,6 +468,21 @@ impl<S: WritableKeyStore> WritableKeyStore for CachedKeyStore<S> {
         self.write(write, changed_lookup_id).await
     }
 
+    async fn set_disabled(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        at: Option<SystemTime>,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let (inner, account_id, key_id) = (
+            Arc::clone(&self.inner),
+            account_id.to_owned(),
+            key_id.clone(),
+        );
+        let write = async move { inner.set_disabled(&account_id, &key_id, at).await };
+        self.write(write, changed_lookup_id).await
+    }
+
     async fn delete(
         &self,
         account_id: &str,

@@ -145,7 +145,8 @@ impl<S: KeyStore + ?Sized> KeyStore for Arc<S> {
 #[async_trait]
 pub trait WritableKeyStore: KeyStore {
     /// Adds `record`, unless a record with its key id or its key already exists, or it would
-    /// leave its account with more than `quota.limit` active keys. The count and the insert are one atomic step: of N concurrent creates for an
+    /// leave its account with more than `quota.limit` keys that
+    /// [count toward it](KeyRecord::counts_toward_quota). The count and the insert are one atomic step: of N concurrent creates for an
     /// account one below its limit, exactly one succeeds.
     ///
     /// With `quota.retiring`, that key is left out of the count and set to expire (no later than
@@ -167,6 +168,20 @@ pub trait WritableKeyStore: KeyStore {
         key_id: &KeyId,
         at: SystemTime,
     ) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Disables key `key_id` of `account_id` at `at`, or with `None` enables it again: a
+    /// disabled key is refused (`expired_api_key`) until enabled, and keeps counting toward its
+    /// account's quota. Disabling a disabled key keeps its first time. The record after the
+    /// change, or `None` if there is no such key. The default answers an error.
+    async fn set_disabled(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        at: Option<SystemTime>,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let _ = (account_id, key_id, at);
+        Err(StoreError::new("this key store cannot disable keys"))
+    }
 
     /// Deletes key `key_id` of `account_id`, returning its record, or `None` if there is no such
     /// key.
@@ -213,9 +228,10 @@ pub trait WritableKeyStore: KeyStore {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct Quota {
-    /// The most active keys the account may hold once the new one is added.
+    /// The most keys the account may hold once the new one is added, counting those that
+    /// [count toward the quota](KeyRecord::counts_toward_quota): active or disabled.
     pub limit: usize,
-    /// The time at which a key counts as active (neither revoked nor expired).
+    /// The time at which keys are counted (neither revoked nor expired).
     pub now: SystemTime,
     /// A key being rotated out, and when it is to expire: not counted.
     pub retiring: Option<(KeyId, SystemTime)>,
@@ -297,7 +313,7 @@ impl From<StoreError> for CreateError {
 /// - `digest`: the key's SHA-256 digest as 64 lowercase hexadecimal digits
 ///   ([`KeyDigest::to_hex`]); never the key itself, which no record holds.
 /// - `identity`: the [`KeyIdentity`] in the form it always serializes to (what handlers see).
-/// - `expires_at`, `revoked_at`, `created_at`, `last_used_at`: RFC 3339 times in UTC (`Z`),
+/// - `expires_at`, `revoked_at`, `disabled_at`, `created_at`, `last_used_at`: RFC 3339 times in UTC (`Z`),
 ///   whole seconds without a fraction, others with nine digits of nanoseconds;
 ///   a time outside the years 1970 to 9999 is a serialization error.
 /// - `hint`: the non-secret reminder of the key.
@@ -332,6 +348,9 @@ pub struct KeyRecord {
     pub expires_at: Option<SystemTime>,
     /// When the key was revoked, if it was.
     pub revoked_at: Option<SystemTime>,
+    /// Since when the key is disabled, if it is: refused until enabled again, unlike a
+    /// revocation, which is for good.
+    pub disabled_at: Option<SystemTime>,
     /// When the key was created, if the store knows.
     pub created_at: Option<SystemTime>,
     /// When the key last authenticated a request, give or take the layer's
@@ -353,6 +372,7 @@ impl KeyRecord {
             identity,
             expires_at: None,
             revoked_at: None,
+            disabled_at: None,
             created_at: None,
             last_used_at: None,
             hint: None,
@@ -369,6 +389,12 @@ impl KeyRecord {
     /// The same record, revoked at `revoked_at`.
     pub fn with_revoked_at(mut self, revoked_at: SystemTime) -> Self {
         self.revoked_at = Some(revoked_at);
+        self
+    }
+
+    /// The same record, disabled since `disabled_at`.
+    pub fn with_disabled_at(mut self, disabled_at: SystemTime) -> Self {
+        self.disabled_at = Some(disabled_at);
         self
     }
 
@@ -390,8 +416,15 @@ impl KeyRecord {
         self
     }
 
-    /// Whether the key works at `now`: neither revoked nor expired.
+    /// Whether the key works at `now`: neither revoked, expired nor disabled.
     pub fn is_active(&self, now: SystemTime) -> bool {
+        self.disabled_at.is_none() && self.counts_toward_quota(now)
+    }
+
+    /// Whether the key counts toward its account's [`Quota`] at `now`: neither revoked nor
+    /// expired. A disabled key counts, so that disabling a key, creating another and enabling
+    /// the first cannot take an account past its limit.
+    pub fn counts_toward_quota(&self, now: SystemTime) -> bool {
         is_active(self.revoked_at, self.expires_at, now)
     }
 }
@@ -406,6 +439,8 @@ struct RecordForm {
     expires_at: Option<SystemTime>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "times")]
     revoked_at: Option<SystemTime>,
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "times")]
+    disabled_at: Option<SystemTime>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "times")]
     created_at: Option<SystemTime>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "times")]
@@ -429,6 +464,7 @@ impl Serialize for KeyRecord {
             identity: record.identity,
             expires_at: record.expires_at,
             revoked_at: record.revoked_at,
+            disabled_at: record.disabled_at,
             created_at: record.created_at,
             last_used_at: record.last_used_at,
             hint: record.hint,
@@ -447,6 +483,7 @@ impl<'de> Deserialize<'de> for KeyRecord {
             identity: form.identity,
             expires_at: form.expires_at,
             revoked_at: form.revoked_at,
+            disabled_at: form.disabled_at,
             created_at: form.created_at,
             last_used_at: form.last_used_at,
             hint: form.hint,
@@ -558,7 +595,7 @@ mod stored_credits {
     }
 }
 
-/// The rule of [`KeyRecord::is_active`], for stores that keep the times in another form.
+/// [`KeyRecord::counts_toward_quota`], for stores that keep the times in another form.
 fn is_active(
     revoked_at: Option<SystemTime>,
     expires_at: Option<SystemTime>,

@@ -48,7 +48,7 @@ const MAX_IDENTIFIER_LEN: usize = 63 - "_account_id_idx".len();
 const COLUMNS: &str = "key_id, digest, account_id, name, tier, metadata, hint, \
                        created_at, expires_at, revoked_at, last_used_at, mode, scopes, \
                        rate_limit, credits_remaining, credits_refill_amount, \
-                       credits_refill_every, credits_refilled_at";
+                       credits_refill_every, credits_refilled_at, disabled_at";
 
 /// The columns of a balance of credits, in the order [`credits_from_row`] reads them.
 const CREDIT_COLUMNS: &str =
@@ -310,6 +310,7 @@ impl PgKeyStore {
             .bind(credits.refill_amount)
             .bind(credits.refill_every)
             .bind(credits.refilled_at.map(PgTime))
+            .bind(record.disabled_at.map(PgTime))
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::new)?;
@@ -402,6 +403,19 @@ impl WritableKeyStore for PgKeyStore {
         self.fetch_record(query).await
     }
 
+    async fn set_disabled(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        at: Option<SystemTime>,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let query = sqlx::query(sql(&self.statements.set_disabled))
+            .bind(account_id)
+            .bind(key_id.as_str())
+            .bind(at.map(PgTime));
+        self.fetch_record(query).await
+    }
+
     async fn delete(
         &self,
         account_id: &str,
@@ -487,6 +501,7 @@ struct Statements {
     revoke: Arc<str>,
     delete: Arc<str>,
     touch: Arc<str>,
+    set_disabled: Arc<str>,
     spend: Arc<str>,
     credits: Arc<str>,
     top_up: Arc<str>,
@@ -519,7 +534,7 @@ impl Statements {
             insert: statement(format!(
                 "INSERT INTO \"{table}\" (key_id, lookup_id, {columns}) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
-                         $16, $17, $18, $19) \
+                         $16, $17, $18, $19, $20) \
                  ON CONFLICT DO NOTHING",
                 columns = COLUMNS.trim_start_matches("key_id, "),
             )),
@@ -533,6 +548,12 @@ impl Statements {
             // `coalesce` keeps the first revocation's time.
             revoke: statement(format!(
                 "UPDATE \"{table}\" SET revoked_at = coalesce(revoked_at, $3) \
+                 WHERE account_id = $1 AND key_id = $2 RETURNING {COLUMNS}"
+            )),
+            // `coalesce` keeps the first time a key was disabled; $3 NULL enables it.
+            set_disabled: statement(format!(
+                "UPDATE \"{table}\" SET disabled_at = CASE WHEN $3::timestamptz IS NULL THEN NULL \
+                                              ELSE coalesce(disabled_at, $3) END \
                  WHERE account_id = $1 AND key_id = $2 RETURNING {COLUMNS}"
             )),
             delete: statement(format!(
@@ -736,6 +757,7 @@ fn record_from_row(row: &PgRow) -> Result<KeyRecord, StoreError> {
     record.created_at = time("created_at")?;
     record.expires_at = time("expires_at")?;
     record.revoked_at = time("revoked_at")?;
+    record.disabled_at = time("disabled_at")?;
     record.last_used_at = time("last_used_at")?;
     Ok(record)
 }
@@ -879,8 +901,8 @@ mod tests {
     #[test]
     fn insert_binds_every_column_and_replaces_nothing() {
         let insert = &Statements::new("api_keys").insert;
-        assert!(insert.contains("$19)"));
-        assert!(!insert.contains("$20"));
+        assert!(insert.contains("$20)"));
+        assert!(!insert.contains("$21"));
         assert!(insert.ends_with("ON CONFLICT DO NOTHING"));
     }
 

@@ -35,11 +35,14 @@ CREATE TABLE IF NOT EXISTS "api_keys" (
     credits_refill_amount BIGINT CHECK (credits_refill_amount >= 0),
     credits_refill_every TEXT CHECK (credits_refill_every IN ('day', 'month')),
     -- The start of the period of the last refill (or the key's creation).
-    credits_refilled_at TIMESTAMPTZ
+    credits_refilled_at TIMESTAMPTZ,
+    -- Since when the key is disabled (refused until enabled again); NULL if it is not.
+    disabled_at TIMESTAMPTZ
 );
 
--- Tables created before keys had modes, scopes, rate limits and credits get those columns:
--- their keys are live, with full access, their tier's rate limit and no balance. Looked up
+-- Tables created before keys had modes, scopes, rate limits, credits and could be disabled get
+-- those columns: their keys are live, with full access, their tier's rate limit, no balance,
+-- and enabled. Looked up
 -- first, because ALTER TABLE would lock out every key lookup, at every start, even when there
 -- is nothing to add.
 DO $$
@@ -48,8 +51,8 @@ BEGIN
         WHERE attrelid = '"api_keys"'::regclass
           AND attname IN ('mode', 'scopes', 'rate_limit', 'credits_remaining',
                           'credits_refill_amount', 'credits_refill_every',
-                          'credits_refilled_at')
-          AND NOT attisdropped) < 7
+                          'credits_refilled_at', 'disabled_at')
+          AND NOT attisdropped) < 8
     THEN
         ALTER TABLE "api_keys"
             ADD COLUMN IF NOT EXISTS mode TEXT NOT NULL DEFAULT 'live'
@@ -62,7 +65,8 @@ BEGIN
                 CHECK (credits_refill_amount >= 0),
             ADD COLUMN IF NOT EXISTS credits_refill_every TEXT
                 CHECK (credits_refill_every IN ('day', 'month')),
-            ADD COLUMN IF NOT EXISTS credits_refilled_at TIMESTAMPTZ;
+            ADD COLUMN IF NOT EXISTS credits_refilled_at TIMESTAMPTZ,
+            ADD COLUMN IF NOT EXISTS disabled_at TIMESTAMPTZ;
     END IF;
 END
 $$;

@@ -20,7 +20,7 @@
 //! A record's fields are `digest` (hex), `key_id`, `account_id`, `name`, `tier`, `mode` (`live`
 //! or `test`; a record without it, written by an earlier version, is live) and, when set,
 //! `scopes` (space-separated), `metadata` (JSON), `hint`, `created_at`, `expires_at`,
-//! `revoked_at` and `last_used_at` (integer microseconds since the Unix epoch), `rate_limit`
+//! `revoked_at`, `disabled_at` and `last_used_at` (integer microseconds since the Unix epoch), `rate_limit`
 //! (the key's own limit, JSON: `{"requests":60,"period_secs":60,"burst":60}`), and for a key
 //! with a balance of credits `credits_remaining` (a decimal `u64`), `credits_refill_amount`
 //! and `credits_refill_every` (`day` or `month`) if it is refilled, and `credits_refilled_at`
@@ -379,6 +379,20 @@ impl WritableKeyStore for RedisKeyStore {
         let at = [micros(at)?.to_string()];
         let revoke = self.redis.change(&REVOKE, account_id, key_id, &at);
         within("Redis", self.redis.timeout, revoke).await
+    }
+
+    async fn set_disabled(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        at: Option<SystemTime>,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let at = [at
+            .map(micros)
+            .transpose()?
+            .map_or(String::new(), |at| at.to_string())];
+        let change = self.redis.change(&SET_DISABLED, account_id, key_id, &at);
+        within("Redis", self.redis.timeout, change).await
     }
 
     async fn delete(
@@ -813,6 +827,7 @@ fn record_fields(record: &KeyRecord) -> Result<Vec<String>, StoreError> {
         ("created_at", record.created_at),
         ("expires_at", record.expires_at),
         ("revoked_at", record.revoked_at),
+        ("disabled_at", record.disabled_at),
         ("last_used_at", record.last_used_at),
         (
             "credits_refilled_at",
@@ -866,6 +881,7 @@ fn parse_record(fields: HashMap<String, String>) -> Result<Option<KeyRecord>, St
         identity,
         expires_at: fields.time("expires_at")?,
         revoked_at: fields.time("revoked_at")?,
+        disabled_at: fields.time("disabled_at")?,
         created_at: fields.time("created_at")?,
         last_used_at: fields.time("last_used_at")?,
         hint: fields.optional("hint").map(Into::into),
@@ -1091,6 +1107,21 @@ redis.call('PUBLISH', ARGV[1], ARGV[2])
 return redis.call('HGETALL', KEYS[2])
 "#;
 
+/// KEYS and ARGV as for revoking, with the time blank to enable the key. A disabled key stays
+/// in the active set: it counts toward the quota. `HSETNX` keeps the first time it was disabled.
+const SET_DISABLED_LUA: &str = r#"
+if redis.call('GET', KEYS[1]) ~= ARGV[2] then return false end
+local owner = redis.call('HMGET', KEYS[2], 'key_id', 'account_id')
+if owner[1] ~= ARGV[4] or owner[2] ~= ARGV[3] then return {} end
+if ARGV[5] == '' then
+  redis.call('HDEL', KEYS[2], 'disabled_at')
+else
+  redis.call('HSETNX', KEYS[2], 'disabled_at', ARGV[5])
+end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return redis.call('HGETALL', KEYS[2])
+"#;
+
 /// KEYS and ARGV as for revoking, without the time. The deleted record, an empty one, or nil.
 const DELETE_LUA: &str = r#"
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then return false end
@@ -1272,6 +1303,7 @@ fn credits_script(body: &str) -> Script {
 
 static CREATE: LazyLock<Script> = LazyLock::new(|| script(CREATE_LUA));
 static REVOKE: LazyLock<Script> = LazyLock::new(|| script(REVOKE_LUA));
+static SET_DISABLED: LazyLock<Script> = LazyLock::new(|| script(SET_DISABLED_LUA));
 static DELETE: LazyLock<Script> = LazyLock::new(|| script(DELETE_LUA));
 static RECORD_USE: LazyLock<Script> = LazyLock::new(|| script(RECORD_USE_LUA));
 static SPEND: LazyLock<Script> = LazyLock::new(|| credits_script(SPEND_LUA));

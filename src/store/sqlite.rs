@@ -45,7 +45,7 @@ macro_rules! columns {
         "key_id, digest, account_id, name, tier, metadata, hint, \
          created_at, expires_at, revoked_at, last_used_at, mode, scopes, \
          rate_limit, credits_remaining, credits_refill_amount, credits_refill_every, \
-         credits_refilled_at"
+         credits_refilled_at, disabled_at"
     };
 }
 
@@ -59,7 +59,7 @@ macro_rules! credit_columns {
 /// The columns added since the first schema, with their definitions as `sqlite.sql` writes
 /// them: [`SqliteKeyStore::migrate`] adds those a table lacks, as SQLite has no
 /// `ADD COLUMN IF NOT EXISTS`.
-const ADDED_COLUMNS: [(&str, &str); 5] = [
+const ADDED_COLUMNS: [(&str, &str); 6] = [
     ("rate_limit", "TEXT"),
     (
         "credits_remaining",
@@ -74,6 +74,7 @@ const ADDED_COLUMNS: [(&str, &str); 5] = [
         "TEXT CHECK (credits_refill_every IN ('day', 'month'))",
     ),
     ("credits_refilled_at", "INTEGER"),
+    ("disabled_at", "INTEGER"),
 ];
 
 /// Whether a refill fell due: the key has one, and was last refilled before the start of the
@@ -179,7 +180,7 @@ const INSERT: &str = concat!(
     "INSERT INTO api_keys (lookup_id, ",
     columns!(),
     ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
-       ?18, ?19) \
+       ?18, ?19, ?20) \
      ON CONFLICT DO NOTHING"
 );
 
@@ -199,6 +200,14 @@ const GET: &str = concat!(
 /// `coalesce` keeps the first revocation's time.
 const REVOKE: &str = concat!(
     "UPDATE api_keys SET revoked_at = coalesce(revoked_at, ?3) \
+     WHERE account_id = ?1 AND key_id = ?2 RETURNING ",
+    columns!()
+);
+
+/// `coalesce` keeps the first time a key was disabled; ?3 NULL enables it.
+const SET_DISABLED: &str = concat!(
+    "UPDATE api_keys SET disabled_at = CASE WHEN ?3 IS NULL THEN NULL \
+                                            ELSE coalesce(disabled_at, ?3) END \
      WHERE account_id = ?1 AND key_id = ?2 RETURNING ",
     columns!()
 );
@@ -418,6 +427,7 @@ impl SqliteKeyStore {
         let expires_at = encode(record.expires_at)?;
         let revoked_at = encode(record.revoked_at)?;
         let last_used_at = encode(record.last_used_at)?;
+        let disabled_at = encode(record.disabled_at)?;
 
         // IMMEDIATE: the write lock now, not at the insert. A deferred transaction would count
         // under a read snapshot, and two creates could both count below the limit.
@@ -473,6 +483,7 @@ impl SqliteKeyStore {
             .bind(credits.refill_amount)
             .bind(credits.refill_every)
             .bind(refilled_at)
+            .bind(disabled_at)
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::new)?;
@@ -555,6 +566,19 @@ impl WritableKeyStore for SqliteKeyStore {
             .bind(account_id)
             .bind(key_id.as_str())
             .bind(micros(at)?);
+        self.fetch_record(query).await
+    }
+
+    async fn set_disabled(
+        &self,
+        account_id: &str,
+        key_id: &KeyId,
+        at: Option<SystemTime>,
+    ) -> Result<Option<KeyRecord>, StoreError> {
+        let query = sqlx::query(SET_DISABLED)
+            .bind(account_id)
+            .bind(key_id.as_str())
+            .bind(at.map(micros).transpose()?);
         self.fetch_record(query).await
     }
 
@@ -706,6 +730,7 @@ fn record_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
     record.created_at = optional_time("created_at")?;
     record.expires_at = optional_time("expires_at")?;
     record.revoked_at = optional_time("revoked_at")?;
+    record.disabled_at = optional_time("disabled_at")?;
     record.last_used_at = optional_time("last_used_at")?;
     Ok(record)
 }
@@ -765,10 +790,10 @@ mod tests {
 
     #[test]
     fn insert_binds_every_column() {
-        assert!(INSERT.contains("?19)"));
-        assert!(!INSERT.contains("?20"));
+        assert!(INSERT.contains("?20)"));
+        assert!(!INSERT.contains("?21"));
         let columns = INSERT.split(['(', ')']).nth(1).unwrap();
-        assert_eq!(columns.split(',').count(), 19);
+        assert_eq!(columns.split(',').count(), 20);
     }
 
     /// The plan of `statement` on a fresh in-memory database holding the schema.

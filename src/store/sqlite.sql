@@ -43,12 +43,15 @@ CREATE TABLE IF NOT EXISTS api_keys (
     credits_refill_amount INTEGER CHECK (credits_refill_amount >= 0),
     credits_refill_every TEXT CHECK (credits_refill_every IN ('day', 'month')),
     -- The start of the period of the last refill (or the key's creation), in microseconds.
-    credits_refilled_at INTEGER
+    credits_refilled_at INTEGER,
+    -- Since when the key is disabled (refused until enabled again), in microseconds; NULL if
+    -- it is not.
+    disabled_at INTEGER
 ) STRICT;
 
 -- SQLite has no ADD COLUMN IF NOT EXISTS: `SqliteKeyStore::migrate` adds the columns from
--- `rate_limit` on, as written above, to a table created before keys had rate limits and
--- credits (ALTER TABLE api_keys ADD COLUMN ..., for each column the table lacks).
+-- `rate_limit` on, as written above, to a table created before keys had rate limits,
+-- credits and could be disabled (ALTER TABLE api_keys ADD COLUMN ..., for each column the table lacks).
 
 -- Listing an account's keys.
 CREATE INDEX IF NOT EXISTS api_keys_account_id_idx ON api_keys (account_id);

@@ -682,7 +682,7 @@ async fn writes_through_one_instance_reach_the_other_s_cache_at_once() {
     let two = pushed_instance(&table).await;
     let account = suite::account();
     let mut keys = Vec::new();
-    for name in ["revoked", "deleted", "rotated", "sql"] {
+    for name in ["revoked", "deleted", "rotated", "sql", "disabled"] {
         keys.push(
             one.create(NewKey::new(&account, Tier::PRO, name))
                 .await
@@ -706,9 +706,11 @@ async fn writes_through_one_instance_reach_the_other_s_cache_at_once() {
         &keys[3].info.id,
     )
     .await;
+    one.disable(&account, &keys[4].info.id).await.unwrap();
     let expected = [
         "expired_api_key",
         "invalid_api_key",
+        "expired_api_key",
         "expired_api_key",
         "expired_api_key",
     ];
@@ -721,6 +723,13 @@ async fn writes_through_one_instance_reach_the_other_s_cache_at_once() {
         );
     }
     assert_eq!(verdict_through(two.clone(), &rotated.key).await, "ok");
+    // Enabling is pushed too: the disabled record cached since is evicted.
+    one.enable(&account, &keys[4].info.id).await.unwrap();
+    assert_eq!(
+        verdict_within(two.clone(), &keys[4].key, "ok").await,
+        "ok",
+        "the enabled key is still cached as disabled"
+    );
 }
 
 /// Waits until `cache`'s feed listens: the cache serves what it holds only then.

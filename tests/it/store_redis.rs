@@ -922,6 +922,33 @@ pub mod changes {
             .await;
     }
 
+    pub async fn disabling_and_enabling_through_one_instance_reach_the_other(
+        deployment: impl Deployment,
+    ) {
+        let pair = pair(&deployment).await;
+        let id = &pair.created.info.id;
+        pair.writer.disable(&pair.account, id).await.unwrap();
+        pair.reader
+            .until_refused(&pair.created.key, "expired_api_key")
+            .await;
+        // The disabled record is now cached: a verdict reads nothing from Redis.
+        let finds = pair.reader.finds();
+        assert_eq!(
+            pair.reader.verdict(&pair.created.key).await,
+            "expired_api_key"
+        );
+        assert_eq!(pair.reader.finds(), finds);
+        pair.writer.enable(&pair.account, id).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while pair.reader.verdict(&pair.created.key).await != "ok" {
+            assert!(
+                Instant::now() < deadline,
+                "the other instance still refused the enabled key after 2 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn deletion_through_one_instance_is_refused_by_the_other(
         deployment: impl Deployment,
     ) {
@@ -1077,6 +1104,7 @@ macro_rules! redis_changes_suite {
     ($deployment:expr) => {
         $crate::redis_changes_suite!(@tests $deployment;
             revocation_through_one_instance_is_refused_by_the_other,
+            disabling_and_enabling_through_one_instance_reach_the_other,
             deletion_through_one_instance_is_refused_by_the_other,
             rotation_through_one_instance_is_seen_by_the_other,
             killed_feed_stops_the_cache_serving_until_it_resubscribes,

@@ -273,3 +273,68 @@ async fn a_store_failure_is_503_and_names_no_server() {
     );
     assert!(!String::from_utf8_lossy(&answer.body).contains("5432"));
 }
+
+#[tokio::test]
+async fn a_disabled_key_is_refused_until_enabled_and_the_audit_names_the_calling_key() {
+    use std::sync::{Arc, Mutex};
+    use tower_api_key::audit::{Actor, AuditAction, AuditEvent};
+
+    let events = Arc::new(Mutex::new(Vec::<AuditEvent>::new()));
+    let sink = Arc::clone(&events);
+    let mut api = Api::new();
+    api.keys = api
+        .keys
+        .clone()
+        .audit(move |event: &AuditEvent| sink.lock().unwrap().push(event.clone()));
+    api.app = Router::new()
+        .nest("/keys", keys_api::router(api.keys.clone()))
+        .layer(api.keys.layer());
+    let admin = api.key(|new| new).await;
+    let target = api.key(|new| new).await;
+    let disable = format!("/keys/{}/disable", target.info.id);
+    let enable = format!("/keys/{}/enable", target.info.id);
+
+    let disabled = api.call(Method::POST, &disable, &admin.key, "").await;
+    assert_eq!(disabled.status, StatusCode::OK);
+    assert_eq!(disabled.json()["disabled_at"], "2027-01-15T08:00:00Z");
+    assert_eq!(disabled.json()["revoked_at"], serde_json::Value::Null);
+    assert_eq!(api.verdict(&target.key).await, "expired_api_key");
+    let listed = api.call(Method::GET, "/keys", &admin.key, "").await.json();
+    let row = &listed["data"].as_array().unwrap()[1];
+    assert_eq!(row["id"], target.info.id.as_str());
+    assert_eq!(row["disabled_at"], "2027-01-15T08:00:00Z");
+
+    // A disabled key manages nothing, not even its own enabling.
+    let by_itself = api.call(Method::POST, &enable, &target.key, "").await;
+    assert_refused(&by_itself, StatusCode::UNAUTHORIZED, "expired_api_key");
+    // A test key cannot switch a live key; a reader cannot switch anything.
+    let test_key = api.key(|new| new.mode(KeyMode::Test)).await;
+    let refused = api.call(Method::POST, &enable, &test_key.key, "").await;
+    assert_refused(&refused, StatusCode::FORBIDDEN, "live_key_required");
+    let reader = api.key(|new| new.scopes(["keys:read"])).await;
+    let refused = api.call(Method::POST, &enable, &reader.key, "").await;
+    assert_refused(&refused, StatusCode::FORBIDDEN, "insufficient_scope");
+    let unknown = api
+        .call(Method::POST, "/keys/key_nope/disable", &admin.key, "")
+        .await;
+    assert_refused(&unknown, StatusCode::NOT_FOUND, "not_found");
+
+    let enabled = api.call(Method::POST, &enable, &admin.key, "").await;
+    assert_eq!(enabled.status, StatusCode::OK);
+    assert_eq!(enabled.json()["disabled_at"], serde_json::Value::Null);
+    assert_eq!(api.verdict(&target.key).await, "ok");
+
+    let by_admin = Actor::Key(admin.info.id.clone());
+    let changes: Vec<(AuditAction, Actor)> = (events.lock().unwrap().iter())
+        .filter(|event| event.key_id == target.info.id)
+        .map(|event| (event.action.clone(), event.actor.clone()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            (AuditAction::Created, Actor::Application),
+            (AuditAction::Disabled, by_admin.clone()),
+            (AuditAction::Enabled, by_admin),
+        ]
+    );
+}

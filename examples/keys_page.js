@@ -86,7 +86,7 @@ function render(keys) {
   }
   for (const key of keys) {
     const row = document.createElement("tr");
-    if (key.revoked_at) row.className = "revoked";
+    if (key.revoked_at || key.disabled_at) row.className = "revoked";
     cell(row, key.name);
     cell(row, key.hint || "—", true);
     cell(row, key.mode);
@@ -94,7 +94,8 @@ function render(keys) {
     cell(row, when(key.created_at, "—")).className = "when";
     cell(row, when(key.last_used_at, "never")).className = "when";
     cell(row, when(key.expires_at, "never")).className = "when";
-    cell(row, key.revoked_at ? "revoked " + when(key.revoked_at, "") : "active");
+    cell(row, key.revoked_at ? "revoked " + when(key.revoked_at, "")
+      : key.disabled_at ? "disabled " + when(key.disabled_at, "") : "active");
     const actions = cell(row, "");
     if (!key.revoked_at) {
       const button = document.createElement("button");

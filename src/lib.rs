@@ -246,6 +246,31 @@
 //! remove a key more powerful than itself in scopes, mode or expiry: [`KeyInfo::may_manage`](manage::KeyInfo::may_manage)
 //! decides, and [`NewKey::created_by`] has [`KeyManager::create`] apply it.
 //!
+//! [`KeyManager::disable`] switches a key off until [`KeyManager::enable`] switches it on
+//! again: meanwhile it is refused as `expired_api_key` ("deactivated"), listed with its
+//! `disabled_at`, and still counted in its account's quota, so that disabling cannot be used
+//! to hold more keys than the tier allows. Revocation is for good; disabling is for a key under
+//! suspicion, or an account on hold. Every change is an [audit event](audit): created, rotated,
+//! revoked, deleted, disabled, enabled, imported, reported leaked, with the time, the account,
+//! the key id and who acted ([`KeyManager::acting_as`]), never a secret; a `tracing` event
+//! unless the manager is given a sink of its own ([`KeyManager::audit`]).
+//!
+//! ```
+//! use tower_api_key::{audit::Actor, KeyManager, MemoryKeyStore, NewKey, Tier};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_api_key::manage::ManageError> {
+//! let keys = KeyManager::new(MemoryKeyStore::new());
+//! let created = keys.create(NewKey::new("acct_42", Tier::FREE, "ci")).await?;
+//! let support = keys.acting_as(Actor::User("support@example.com".into()));
+//! let info = support.disable("acct_42", &created.info.id).await?;
+//! assert!(info.disabled_at.is_some());
+//! let info = support.enable("acct_42", &created.info.id).await?;
+//! assert!(info.disabled_at.is_none());
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Over HTTP, [`keys_api::router`] (feature `axum`) is the "Settings → API Keys" API as an axum
 //! `Router` over any `KeyManager`: nest it inside the layer, and each key manages its own
 //! account's keys under those rules, every error answered in the envelope.

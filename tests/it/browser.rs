@@ -381,6 +381,18 @@ async fn person_lists_creates_copies_and_revokes_keys_on_the_page() {
     page.settled().await;
     assert_eq!(page.rows().await[1][7], "active");
 
+    // Disabled through the API, the key is listed as disabled once the page reads the list.
+    let test_key_id = listed["data"][1]["id"].as_str().unwrap();
+    let disable = format!("/api/v1/keys/{test_key_id}/disable");
+    let disabled = demo.call(Method::POST, &disable, live).await;
+    assert_eq!(disabled.status, StatusCode::OK);
+    page.use_key(live, 3).await;
+    assert!(
+        page.rows().await[1][7].starts_with("disabled"),
+        "{:?}",
+        page.rows().await[1]
+    );
+
     // The revoked key, pasted: the 401's message, and no list.
     page.use_key(&new_key, 0).await;
     let error = page.text("#error").await;

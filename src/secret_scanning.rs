@@ -99,6 +99,8 @@ pub use public_keys::{
     PublicKeyError, PublicKeys, CACHE_TTL, GITHUB_PUBLIC_KEYS_URL, MIN_FETCH_INTERVAL,
 };
 
+use std::collections::HashSet;
+
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware;
@@ -185,25 +187,18 @@ async fn report<S: WritableKeyStore + Clone>(
     if matches.len() > MAX_TOKENS {
         return Err(ScanError::TooManyTokens);
     }
-    let keys = &scanner.keys;
-    let labels: Vec<Label> = stream::iter(matches)
-        .map(|found| async move {
-            let url = found.url.filter(|url| !url.is_empty());
-            let revoked = keys.revoke_leaked(&found.token, url).await?;
-            Ok::<_, ManageError>(Label {
-                token_hash: hex::encode(Sha256::digest(found.token.as_bytes())),
-                token_type: found.token_type,
-                label: if revoked.is_some() {
-                    "true_positive"
-                } else {
-                    "false_positive"
-                },
-            })
+    let keys_found = revoke_each_once(&scanner.keys, &matches).await?;
+    let labels: Vec<Label> = (matches.iter())
+        .map(|found_match| Label {
+            label: if keys_found.contains(&found_match.token) {
+                "true_positive"
+            } else {
+                "false_positive"
+            },
+            token_hash: hex::encode(Sha256::digest(found_match.token.as_bytes())),
+            token_type: found_match.token_type.clone(),
         })
-        .buffered(CONCURRENT_REVOCATIONS)
-        .try_collect()
-        .await
-        .map_err(ScanError::Store)?;
+        .collect();
     let true_positives = labels
         .iter()
         .filter(|label| label.label == "true_positive")
@@ -214,6 +209,33 @@ async fn report<S: WritableKeyStore + Clone>(
         "a secret scanning report was handled"
     );
     Ok(Json(labels))
+}
+
+/// Revokes the keys of `matches`, [`CONCURRENT_REVOCATIONS`] at a time, each token once (a
+/// report may name one twice, and one revocation makes one audit event), with the `url` of its
+/// first match. The tokens that are keys of the store.
+async fn revoke_each_once<S: WritableKeyStore>(
+    keys: &KeyManager<S>,
+    matches: &[Match],
+) -> Result<HashSet<String>, ScanError> {
+    let mut seen = HashSet::new();
+    let unique: Vec<(String, Option<String>)> = (matches.iter())
+        .filter(|found| seen.insert(found.token.as_str()))
+        .map(|found| {
+            let url = found.url.clone().filter(|url| !url.is_empty());
+            (found.token.clone(), url)
+        })
+        .collect();
+    stream::iter(unique)
+        .map(|(token, url)| async move {
+            let revoked = keys.revoke_leaked(&token, url).await?;
+            Ok(revoked.is_some().then_some(token))
+        })
+        .buffer_unordered(CONCURRENT_REVOCATIONS)
+        .try_filter_map(|key| async move { Ok(key) })
+        .try_collect()
+        .await
+        .map_err(ScanError::Store)
 }
 
 /// Checks that `body` is signed by the public key that the headers name.

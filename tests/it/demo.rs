@@ -910,26 +910,19 @@ async fn a_key_reported_leaked_to_the_demo_s_secret_scanning_endpoint_is_refused
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let with_key = |key: &str| [("x-api-key", key.as_bytes().to_vec())];
-
-    let headers = with_key(live.key.expose_secret());
-    let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_slice())).collect();
+    let printed: &common::Headers<'_> = &[("x-api-key", live.key.expose_secret().as_bytes())];
     let created = common::http(
         address,
         Method::POST,
         "/api/v1/keys",
-        &headers,
+        printed,
         r#"{"name": "ci"}"#,
     )
     .await;
     assert_eq!(created.status, StatusCode::CREATED);
     let leaked = created.json()["key"].as_str().unwrap().to_owned();
-    let leaked_headers = with_key(&leaked);
-    let leaked_headers: Vec<(&str, &[u8])> = leaked_headers
-        .iter()
-        .map(|(n, v)| (*n, v.as_slice()))
-        .collect();
-    let before = common::http(address, Method::GET, "/api/v1/iocs", &leaked_headers, "").await;
+    let with_leaked: &common::Headers<'_> = &[("x-api-key", leaked.as_bytes())];
+    let before = common::http(address, Method::GET, "/api/v1/iocs", with_leaked, "").await;
     assert_eq!(before.status, StatusCode::OK);
 
     let report = serde_json::json!([{"token": leaked, "type": "tower_api_key", "url": "https://github.com/octo/demo/blob/main/.env", "source": "content"}]).to_string();
@@ -950,14 +943,10 @@ async fn a_key_reported_leaked_to_the_demo_s_secret_scanning_endpoint_is_refused
 
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.json()[0]["label"], "true_positive");
-    let after = common::http(address, Method::GET, "/api/v1/iocs", &leaked_headers, "").await;
+    let after = common::http(address, Method::GET, "/api/v1/iocs", with_leaked, "").await;
     assert_envelope(&after, StatusCode::UNAUTHORIZED, "expired_api_key");
-    let printed = common::http(address, Method::GET, "/api/v1/iocs", &headers, "").await;
-    assert_eq!(
-        printed.status,
-        StatusCode::OK,
-        "the keys not reported still work"
-    );
+    let still = common::http(address, Method::GET, "/api/v1/iocs", printed, "").await;
+    assert_eq!(still.status, StatusCode::OK, "unreported keys still work");
     let unsigned = common::http(
         address,
         Method::POST,

@@ -234,6 +234,25 @@ async fn each_revocation_is_an_audit_event_by_the_scanner_with_the_match_s_url()
     }
 }
 
+#[tokio::test]
+async fn a_key_named_twice_in_a_report_is_revoked_once_and_labelled_twice() {
+    let github = Github::new();
+    let events = Arc::new(Mutex::new(Vec::<AuditEvent>::new()));
+    let sink = Arc::clone(&events);
+    let (keys, created) = keys_with(MemoryKeyStore::new(), 1).await;
+    let keys = keys.audit(move |event: &AuditEvent| sink.lock().unwrap().push(event.clone()));
+    let token = created[0].key.expose_secret();
+    let app = secret_scanning::router(keys, github.public_keys());
+
+    let answer = send(&app, github.report(&matches(&[token, "x", token]))).await;
+
+    let labels: Vec<Value> = (answer.json().as_array().unwrap().iter())
+        .map(|label| label["label"].clone())
+        .collect();
+    assert_eq!(labels, ["true_positive", "false_positive", "true_positive"]);
+    assert_eq!(events.lock().unwrap().len(), 1, "one revocation, one event");
+}
+
 /// Sends the request that `request` makes of a report of an active key, for a router that
 /// trusts `github`'s key; asserts the refusal, and that the key still works.
 async fn assert_refused_and_nothing_revoked(

@@ -37,8 +37,10 @@ const MAX_LIST_BYTES: usize = 64 * 1024;
 /// fails, the last good list goes on being used, and the next fetch is tried a minute later. A
 /// report signed by a key that the list does not name makes it fetched again at once (GitHub
 /// rotates its keys), at most once per [`MIN_FETCH_INTERVAL`], so that unsigned garbage cannot
-/// make the service hammer GitHub. Until a first fetch succeeds, reports are answered `503`,
-/// which GitHub retries. Clones share the list.
+/// make the service hammer GitHub: at worst 60 fetches an hour, the limit of GitHub's API for
+/// requests without a token from one address, and a fetch refused for that keeps the last good
+/// list. Until a first fetch succeeds, reports are answered `503`, which GitHub retries. Clones
+/// share the list.
 ///
 /// ```
 /// use tower_api_key::secret_scanning::PublicKeys;

@@ -56,7 +56,7 @@ def main():
         subprocess.run(["cargo", "generate-lockfile", "--quiet"], cwd=workdir, check=True,
                        env={**os.environ,
                             "CARGO_RESOLVER_INCOMPATIBLE_RUST_VERSIONS": "fallback"})
-        for feature in ["axum", "cache", "redis", "postgres", "sqlite", "rate-limit", "cli", "testing", "metrics", "utoipa"]:
+        for feature in ["axum", "cache", "redis", "postgres", "sqlite", "rate-limit", "cli", "testing", "metrics", "utoipa", "secret-scanning"]:
             promised = FEATURE_MSRV.get(feature, CRATE_MSRV)
             needed, name, ver = newest_requirements(workdir, ["--features", feature])[0]
             ok = needed <= version(promised)

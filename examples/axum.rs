@@ -94,6 +94,29 @@
 //! 3.1 document: its routes, the keys in `X-API-Key` or `Authorization: Bearer`, and the
 //! refusals in the envelope, from `tower_api_key::openapi::ApiKeySecurity`.
 //!
+//! Built with `--features secret-scanning` and started with `SECRET_SCANNING_KEYS_FILE` naming
+//! a file of public keys in GitHub's format (`{"public_keys": [{"key_identifier", "key",
+//! "is_current"}]}`), the demo also takes GitHub's secret scanning reports at `POST
+//! /api/v1/secret-scanning`, outside the key layer (the scanner sends no key, it signs): a
+//! report signed by a key of the file revokes every demo key it names. To play GitHub, make a
+//! key pair and a file that names its public key, then report the printed live key (`K`):
+//!
+//! ```text
+//! openssl ecparam -genkey -name prime256v1 -noout -out github.pem
+//! openssl ec -in github.pem -pubout -out github.pub.pem
+//! jq -n --rawfile key github.pub.pem '{public_keys: [{key_identifier: "demo-key-1", key: $key, is_current: true}]}' > keys.json
+//! SECRET_SCANNING_KEYS_FILE=keys.json cargo run --example axum --features secret-scanning
+//! printf '[{"token":"%s","type":"tower_api_key","url":"https://github.com/octo/demo/blob/main/.env","source":"content"}]' "$K" > body.json
+//! curl -H "Github-Public-Key-Identifier: demo-key-1" \
+//!      -H "Github-Public-Key-Signature: $(openssl dgst -sha256 -sign github.pem body.json | base64 -w0)" \
+//!      --data-binary @body.json http://127.0.0.1:3000/api/v1/secret-scanning
+//! curl -H "X-API-Key: $K" http://127.0.0.1:3000/api/v1/iocs   # 401 expired_api_key
+//! ```
+//!
+//! The answer labels the key `true_positive` (`false_positive` for a string that is no key of
+//! this store) with the SHA-256 of the token, never the token; see
+//! `tower_api_key::secret_scanning`.
+//!
 //! [`KeyInfo::may_manage`]: tower_api_key::manage::KeyInfo::may_manage
 
 use std::net::Ipv4Addr;
@@ -683,10 +706,59 @@ async fn serve<S: WritableKeyStore + Clone>(
         banner(&address.to_string(), &account, &key, &test.key)
     );
 
-    axum::serve(listener, with_metrics(app(keys, rate_limit)))
+    let app = with_secret_scanning(with_metrics(app(keys.clone(), rate_limit)), keys);
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .unwrap_or_else(|error| exit_with(1, &format!("server error: {error}")));
+}
+
+/// `app`, and when `SECRET_SCANNING_KEYS_FILE` is set, `POST /api/v1/secret-scanning` (feature
+/// `secret-scanning`), outside the key layer, checked against that file's public keys.
+fn with_secret_scanning<S: WritableKeyStore + Clone>(app: Router, keys: KeyManager<S>) -> Router {
+    let Some(path) = std::env::var_os("SECRET_SCANNING_KEYS_FILE") else {
+        return app;
+    };
+    #[cfg(feature = "secret-scanning")]
+    {
+        let public_keys = read_public_keys(std::path::Path::new(&path))
+            .unwrap_or_else(|error| exit_with(2, &error));
+        secret_scanning(app, keys, public_keys)
+    }
+    #[cfg(not(feature = "secret-scanning"))]
+    {
+        let _ = (app, keys);
+        exit_with(
+            2,
+            &format!(
+                "SECRET_SCANNING_KEYS_FILE is set ({path:?}) but the demo was built without \
+                 --features secret-scanning"
+            ),
+        )
+    }
+}
+
+/// `app` with GitHub's secret scanning reports taken at `POST /api/v1/secret-scanning`, outside
+/// the key layer, signed by a key of `public_keys`.
+#[cfg(feature = "secret-scanning")]
+pub fn secret_scanning<S: WritableKeyStore + Clone>(
+    app: Router,
+    keys: KeyManager<S>,
+    public_keys: tower_api_key::secret_scanning::PublicKeys,
+) -> Router {
+    let reports = tower_api_key::secret_scanning::router(keys, public_keys);
+    app.nest("/api/v1/secret-scanning", reports)
+}
+
+/// The public keys in the file at `path`, in GitHub's format.
+#[cfg(feature = "secret-scanning")]
+pub fn read_public_keys(
+    path: &std::path::Path,
+) -> Result<tower_api_key::secret_scanning::PublicKeys, String> {
+    let json =
+        std::fs::read(path).map_err(|error| format!("cannot read {}: {error}", path.display()))?;
+    tower_api_key::secret_scanning::PublicKeys::from_json(&json)
+        .map_err(|error| format!("{}: {error}", path.display()))
 }
 
 /// What the demo prints at start: each key alone on its own line, under a line saying what it

@@ -350,6 +350,9 @@
 //!   through the `metrics` facade; names and labels in `metrics`.
 //! - `utoipa`: `openapi::ApiKeySecurity` adds the key's security schemes, the error envelope and
 //!   the refusals (401, 403, 429, 503) to a `utoipa` OpenAPI document in one call.
+//! - `secret-scanning`: `secret_scanning::router`, the endpoint of GitHub's secret scanning
+//!   partner program: it checks each report's signature and revokes the published keys; its
+//!   public keys are fixed or fetched from GitHub (reqwest with rustls). Turns on `axum`.
 //! - `cli`: the `tower-api-key` command line, which manages keys in a PostgreSQL, Redis or
 //!   SQLite store (`cargo install tower-api-key --features cli`).
 //!
@@ -408,6 +411,8 @@ pub mod openapi;
 mod request_id;
 pub mod response;
 mod scope;
+#[cfg(feature = "secret-scanning")]
+pub mod secret_scanning;
 pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -879,3 +879,81 @@ async fn a_browser_s_preflight_is_answered_and_a_refusal_is_readable_cross_origi
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.header("access-control-allow-origin"), "*");
 }
+
+/// Issue 19's end-to-end leak: a key created through the demo's API, pushed to a public
+/// repository, reported by GitHub's scanner to `POST /api/v1/secret-scanning` with a report
+/// signed by a key of the demo's keys file, and refused from then on.
+#[cfg(feature = "secret-scanning")]
+#[tokio::test]
+async fn a_key_reported_leaked_to_the_demo_s_secret_scanning_endpoint_is_refused() {
+    use base64::Engine;
+    use p256::ecdsa::{signature::Signer, DerSignature, SigningKey};
+    use p256::pkcs8::{EncodePublicKey, LineEnding};
+
+    // GitHub's key pair, and the keys file that names its public key.
+    let mut secret = [0; 32];
+    getrandom::fill(&mut secret).unwrap();
+    let github = SigningKey::from_slice(&secret).unwrap();
+    let pem = (github.verifying_key().to_public_key_pem(LineEnding::LF)).unwrap();
+    let file = std::env::temp_dir().join(format!("keys-{}.json", uuid::Uuid::new_v4().simple()));
+    let list = serde_json::json!({"public_keys": [{"key_identifier": "demo-key-1", "key": pem, "is_current": true}]});
+    std::fs::write(&file, list.to_string()).unwrap();
+    let public_keys = example::read_public_keys(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+
+    let store = MemoryKeyStore::new();
+    let keys = KeyManager::new(store.clone());
+    let account = common::suite::account();
+    let (live, _) = example::demo_keys(&keys, &account).await.unwrap();
+    let app = example::app(keys.clone(), example::rate_limit(example::tier_limits(60)));
+    let app = example::secret_scanning(app, keys, public_keys);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let printed: &common::Headers<'_> = &[("x-api-key", live.key.expose_secret().as_bytes())];
+    let created = common::http(
+        address,
+        Method::POST,
+        "/api/v1/keys",
+        printed,
+        r#"{"name": "ci"}"#,
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let leaked = created.json()["key"].as_str().unwrap().to_owned();
+    let with_leaked: &common::Headers<'_> = &[("x-api-key", leaked.as_bytes())];
+    let before = common::http(address, Method::GET, "/api/v1/iocs", with_leaked, "").await;
+    assert_eq!(before.status, StatusCode::OK);
+
+    let report = serde_json::json!([{"token": leaked, "type": "tower_api_key", "url": "https://github.com/octo/demo/blob/main/.env", "source": "content"}]).to_string();
+    let signature: DerSignature = github.sign(report.as_bytes());
+    let signature = base64::engine::general_purpose::STANDARD.encode(signature);
+    let signed: &common::Headers<'_> = &[
+        ("github-public-key-identifier", b"demo-key-1"),
+        ("github-public-key-signature", signature.as_bytes()),
+    ];
+    let answer = common::http(
+        address,
+        Method::POST,
+        "/api/v1/secret-scanning",
+        signed,
+        &report,
+    )
+    .await;
+
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.json()[0]["label"], "true_positive");
+    let after = common::http(address, Method::GET, "/api/v1/iocs", with_leaked, "").await;
+    assert_envelope(&after, StatusCode::UNAUTHORIZED, "expired_api_key");
+    let still = common::http(address, Method::GET, "/api/v1/iocs", printed, "").await;
+    assert_eq!(still.status, StatusCode::OK, "unreported keys still work");
+    let unsigned = common::http(
+        address,
+        Method::POST,
+        "/api/v1/secret-scanning",
+        &[],
+        &report,
+    )
+    .await;
+    assert_envelope(&unsigned, StatusCode::UNAUTHORIZED, "invalid_signature");
+}

@@ -32,6 +32,7 @@ mod openapi;
 mod optional;
 mod properties;
 mod scopes;
+mod secret_scanning;
 mod store_cache;
 mod store_custom;
 mod store_memory;

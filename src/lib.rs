@@ -325,6 +325,8 @@
 //!   through the `metrics` facade; names and labels in `metrics`.
 //! - `utoipa`: `openapi::ApiKeySecurity` adds the key's security schemes, the error envelope and
 //!   the refusals (401, 403, 429, 503) to a `utoipa` OpenAPI document in one call.
+//! - `tracing-redaction`: `redact::RedactKeys`, a writer for `tracing_subscriber`'s `fmt`
+//!   layer that redacts every key from each log line before it is written.
 //! - `cli`: the `tower-api-key` command line, which manages keys in a PostgreSQL, Redis or
 //!   SQLite store (`cargo install tower-api-key --features cli`).
 //!
@@ -380,6 +382,8 @@ pub mod metrics;
 mod mode;
 #[cfg(feature = "utoipa")]
 pub mod openapi;
+#[cfg(feature = "tracing-redaction")]
+pub mod redact;
 mod request_id;
 pub mod response;
 mod scope;

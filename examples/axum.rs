@@ -541,10 +541,13 @@ fn with_metrics(app: Router) -> Router {
 #[tokio::main]
 async fn main() {
     // The crate's events (refusals, store failures) and the keys API's, filtered by RUST_LOG;
-    // none of them holds a key.
+    // none of them holds a key. With `tracing-redaction`, a key in any other event is redacted.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    #[cfg(feature = "tracing-redaction")]
+    let logs = logs.with_writer(tower_api_key::redact::RedactKeys::new(std::io::stdout));
+    logs.init();
     #[cfg(feature = "metrics")]
     install_metrics();
     let port = port_from_env();

@@ -18,12 +18,19 @@
 //! - No key at all is `missing_api_key`.
 //! - A key in the URL query string is refused, even beside a good key in a header: a parameter
 //!   named `access_token`, `api_key`, `apikey`, `api-key` or `x-api-key` (any case) with a value,
-//!   or any parameter whose name or value starts with an accepted key prefix.
+//!   or any parameter whose name or value (percent-decoded, `+` as a space) holds something
+//!   shaped like a key, checksum or not: an accepted prefix and a body of the key's length and
+//!   alphabet, not glued to a letter, digit or `_` (the shape
+//!   [`KeyFormat::find_keys`](crate::key::KeyFormat::find_keys) looks for), alone
+//!   (`?token=sk_live_...`) or within a longer value (`?q=see+sk_live_...`). A leaked key with
+//!   a typo is still a leak; a value that merely starts with a prefix (`?type=sk_test_x`) is not
+//!   one. For an [`unchecked`](crate::key::KeyFormat::unchecked) format, whose keys may have any
+//!   shape, the body is at least 16 characters of base64url.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::percent_decode_str;
 
-use crate::key::{every_byte, MAX_KEY_LEN};
+use crate::key::{every_byte, KeyFormat, MAX_KEY_LEN};
 
 /// Why no key could be read from a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,19 +123,11 @@ const CREDENTIAL_PARAMETERS: [&str; 5] =
 /// The name of the first query parameter that carries a key, by the rule of this module, as it
 /// may be logged: a name that could hold a key itself (longer than a key's body could hide in,
 /// or holding a key prefix) is replaced by a placeholder.
-pub(crate) fn key_in_query<'q, 'p>(
-    query: &'q str,
-    prefixes: impl Iterator<Item = &'p str> + Clone,
-) -> Option<&'q str> {
-    let is_key = |component: &str| {
-        prefixes
-            .clone()
-            .any(|prefix| percent_decoded_starts_with(component, prefix))
-    };
+pub(crate) fn key_in_query<'q>(query: &'q str, format: &KeyFormat) -> Option<&'q str> {
     let loggable = |name: &'q str| {
         let plain = name.len() <= MAX_LOGGED_NAME_LEN
             && (name.bytes()).all(|byte| byte.is_ascii_alphanumeric() || b"_-.[]%".contains(&byte))
-            && !prefixes.clone().any(|prefix| name.contains(prefix));
+            && !format.prefixes().any(|prefix| name.contains(prefix));
         if plain {
             name
         } else {
@@ -143,14 +142,25 @@ pub(crate) fn key_in_query<'q, 'p>(
                 .iter()
                 .any(|known| percent_decoded_eq_ignore_case(name, known))
         };
-        let carries_key =
-            is_key(name) || (!value.is_empty() && (credential_name() || is_key(value)));
+        let carries_key = holds_key(name, format)
+            || (!value.is_empty() && (credential_name() || holds_key(value, format)));
         carries_key.then(|| loggable(name))
     })
 }
 
 /// Longer parameter names are not logged: a key's random part (38 characters) cannot hide in one.
 const MAX_LOGGED_NAME_LEN: usize = 32;
+
+/// Whether a query component, decoded, holds something shaped like a key of `format`.
+fn holds_key(component: &str, format: &KeyFormat) -> bool {
+    // Most components are plain text: decoded, they are themselves.
+    if !component.contains(['%', '+']) {
+        return format.contains_key_shape(component);
+    }
+    let decoded: Vec<u8> = percent_decoded(component).collect();
+    // A key is ASCII: bytes that are not UTF-8 become U+FFFD, which no key touches either.
+    format.contains_key_shape(&String::from_utf8_lossy(&decoded))
+}
 
 /// The bytes of a query component, percent-decoded, with `+` as a space.
 fn percent_decoded(component: &str) -> impl Iterator<Item = u8> + '_ {
@@ -168,11 +178,6 @@ fn percent_decoded_eq_ignore_case(component: &str, expected: &str) -> bool {
             .next()
             .is_some_and(|got| got.eq_ignore_ascii_case(&want))
     }) && decoded.next().is_none()
-}
-
-fn percent_decoded_starts_with(component: &str, prefix: &str) -> bool {
-    let mut decoded = percent_decoded(component);
-    prefix.bytes().all(|want| decoded.next() == Some(want))
 }
 
 /// The bytes after `Bearer ` in an `Authorization` value, or `None` for another scheme.
@@ -232,7 +237,13 @@ mod tests {
     }
 
     fn query_key(query: &str) -> Option<&str> {
-        key_in_query(query, ["sk_live_", "sk_test_"].into_iter())
+        key_in_query(query, &KeyFormat::default())
+    }
+
+    /// A key of the default format: `prefix`, then 38 base62 characters, whose checksum is
+    /// wrong unless by chance (one in 2^32).
+    fn shaped(prefix: &str) -> String {
+        format!("{prefix}{}", "aB3".repeat(12) + "xY")
     }
 
     #[test]
@@ -241,31 +252,86 @@ mod tests {
         assert_eq!(query_key("ACCESS_TOKEN=x"), Some("ACCESS_TOKEN"));
         assert_eq!(query_key("api%5Fkey=x"), Some("api%5Fkey"));
         assert_eq!(query_key("X-Api-Key=x&b=c"), Some("X-Api-Key"));
-    }
-
-    #[test]
-    fn query_with_a_key_as_any_value_carries_a_key() {
-        assert_eq!(query_key("token=sk_live_abc"), Some("token"));
-        assert_eq!(query_key("a=1&k=sk%5Ftest%5Fabc"), Some("k"));
         assert_eq!(query_key("q=1;api_key=abc"), Some("api_key"));
     }
 
     #[test]
+    fn query_with_a_generated_key_as_any_value_carries_a_key() {
+        let format = KeyFormat::default();
+        let key = format.generate();
+        let query = format!("page=2&token={}", key.expose_secret());
+        assert_eq!(key_in_query(&query, &format), Some("token"));
+    }
+
+    #[test]
+    fn query_with_a_key_shaped_value_carries_a_key_whatever_its_checksum() {
+        let live = shaped("sk_live_");
+        assert!(!KeyFormat::default().is_well_formed(&live));
+        assert_eq!(query_key(&format!("q={live}")), Some("q"));
+        assert_eq!(
+            query_key(&format!("a=1&k={}", shaped("sk_test_"))),
+            Some("k")
+        );
+    }
+
+    #[test]
+    fn query_with_a_percent_encoded_key_carries_a_key() {
+        let encoded = shaped("sk_live_").replace('_', "%5F").replace('a', "%61");
+        assert_eq!(query_key(&format!("q={encoded}")), Some("q"));
+    }
+
+    #[test]
+    fn query_with_a_key_within_a_longer_value_carries_a_key() {
+        let live = shaped("sk_live_");
+        for query in [
+            format!("q=foo+{live}"),
+            format!("q=foo%20{live}%20bar"),
+            format!("q=see:{live}."),
+            format!("q=%FF{live}"),
+        ] {
+            assert_eq!(query_key(&query), Some("q"), "{query}");
+        }
+    }
+
+    #[test]
+    fn query_with_a_prefix_but_no_key_shape_carries_none() {
+        let live = shaped("sk_live_");
+        for query in [
+            "type=sk_test_x".to_owned(),
+            "filter=sk_abc".to_owned(),
+            "note=sk_live_".to_owned(),
+            "q=sk_live_abc".to_owned(),
+            // One character short, one too many, glued to a word: not the key's shape.
+            format!("q={}", &live[..live.len() - 1]),
+            format!("q={live}0"),
+            format!("q=x{live}"),
+            format!("q={live}_"),
+            // A character outside base62 within the body.
+            format!("q={}-{}", &live[..20], &live[21..]),
+        ] {
+            assert_eq!(query_key(&query), None, "{query}");
+        }
+    }
+
+    #[test]
     fn query_with_a_key_as_a_name_never_returns_the_name() {
-        let name = query_key("sk_live_abc").unwrap();
+        let live = shaped("sk_live_");
+        let name = query_key(&live).unwrap();
         assert!(!name.contains("sk_live_"));
-        assert!(query_key("a=1&sk_live_abc=1").is_some_and(|name| !name.contains("abc")));
+        let query = format!("a=1&{live}=1");
+        assert!(query_key(&query).is_some_and(|name| !name.contains(&live[8..])));
     }
 
     #[test]
     fn names_that_could_hide_a_key_are_never_returned() {
+        let live = shaped("sk_live_");
         for query in [
-            "note_sk_live_abc=sk_live_def",
-            "abcdefghijklmnopqrstuvwxyz0123456789AB=sk_live_x",
-            "a+b=sk_live_x",
+            format!("note_sk_live_abc={live}"),
+            format!("abcdefghijklmnopqrstuvwxyz0123456789AB={live}"),
+            format!("a+b={live}"),
         ] {
             assert_eq!(
-                query_key(query),
+                query_key(&query),
                 Some("(a parameter whose name is not shown)"),
                 "{query}"
             );
@@ -278,6 +344,7 @@ mod tests {
             "",
             "page=2",
             "api_key=",
+            "api_key",
             "key=abc",
             "q=sk_live",
             "a=%zz",
@@ -286,6 +353,38 @@ mod tests {
         ] {
             assert_eq!(query_key(query), None, "{query}");
         }
+    }
+
+    #[test]
+    fn an_unchecked_format_refuses_a_prefix_and_16_base64url_characters() {
+        let format = KeyFormat::default().unchecked();
+        for query in [
+            "q=sk_live_0123456789abcdef",
+            "q=sk_live_550e8400-e29b-41d4",
+            "sk_test_0123456789_abcdef=1",
+        ] {
+            assert!(key_in_query(query, &format).is_some(), "{query}");
+        }
+        for query in [
+            "type=sk_test_x",
+            "q=sk_live_0123456789abcde",
+            "q=sk_abcdefghijklmnopqrstuv",
+        ] {
+            assert_eq!(key_in_query(query, &format), None, "{query}");
+        }
+    }
+
+    #[test]
+    fn another_format_s_prefix_is_no_key() {
+        let format = KeyFormat::new("acme_");
+        assert_eq!(
+            key_in_query(&format!("q={}", shaped("sk_live_")), &format),
+            None
+        );
+        assert_eq!(
+            key_in_query(&format!("q={}", shaped("acme_")), &format),
+            Some("q")
+        );
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! [`LookupId`], the first half of that digest, which reveals nothing usable about the key.
 
 use std::borrow::Cow;
+use std::cmp::Reverse;
 use std::fmt;
 use std::ops::Range;
 
@@ -40,6 +41,10 @@ pub(crate) const CHECKSUM_LEN: usize = 6;
 
 /// Length of a key's body: the random characters and the checksum.
 const BODY_LEN: usize = RANDOM_LEN + CHECKSUM_LEN;
+
+/// The fewest characters after a prefix that make a key of an
+/// [`unchecked`](KeyFormat::unchecked) format, in a text: about 64 bits as hex, 95 as base62.
+const MIN_UNCHECKED_BODY_LEN: usize = 16;
 
 /// The longest key the layer hashes; longer credentials are rejected unread.
 pub const MAX_KEY_LEN: usize = 256;
@@ -370,22 +375,35 @@ impl KeyFormat {
     ///     KeyFormat::default().pattern(),
     ///     r"(?-u:\b)(?:sk_live_|sk_test_)[0-9A-Za-z]{38}(?-u:\b)"
     /// );
+    /// // Keys of any shape: at least 16 characters of base64url after the prefix.
+    /// assert_eq!(
+    ///     KeyFormat::default().unchecked().pattern(),
+    ///     r"(?-u:\b)(?:sk_live_|sk_test_)[0-9A-Za-z_-]{16,}"
+    /// );
     /// ```
     ///
     /// A match may still fail the checksum; [`find_keys`](KeyFormat::find_keys) keeps only the
     /// keys that pass it, so a scanner can tell a real key from a lookalike without a lookup.
     pub fn pattern(&self) -> String {
         let prefixes: Vec<String> = self.prefixes().map(escape_for_regex).collect();
-        format!(
-            r"(?-u:\b)(?:{})[0-9A-Za-z]{{{BODY_LEN}}}(?-u:\b)",
-            prefixes.join("|")
-        )
+        let prefixes = prefixes.join("|");
+        if self.checked {
+            format!(r"(?-u:\b)(?:{prefixes})[0-9A-Za-z]{{{BODY_LEN}}}(?-u:\b)")
+        } else {
+            format!(r"(?-u:\b)(?:{prefixes})[0-9A-Za-z_-]{{{MIN_UNCHECKED_BODY_LEN},}}")
+        }
     }
 
     /// The keys of this format in `text`, as byte ranges, in order: each an accepted prefix and
     /// a body of the right length and alphabet whose checksum is right, not touching a letter,
-    /// digit or `_` on either side. (For an [`unchecked`](KeyFormat::unchecked) format, the
-    /// checksum is not asked.) For finding keys pasted in tickets, logs or commits.
+    /// digit or `_` on either side. For finding keys pasted in tickets, logs or commits.
+    ///
+    /// An [`unchecked`](KeyFormat::unchecked) format accepts keys of any shape, so here its keys
+    /// are an accepted prefix followed by at least 16 characters of base64url (letters, digits,
+    /// `-`, `_`: the alphabets of hex, base62, base64url and UUIDs), all of them: 16 such
+    /// characters is less than any random secret needs, and more than the identifiers and words
+    /// that happen to start with a prefix (`sk_test_x`). A key holding other characters (`.`,
+    /// `+`, `/`) is found up to the first of them.
     ///
     /// ```
     /// use tower_api_key::key::KeyFormat;
@@ -399,29 +417,76 @@ impl KeyFormat {
     /// assert_eq!(format.find_keys("sk_live_00000000000000000000000000000000000000").count(), 0);
     /// ```
     pub fn find_keys<'t>(&'t self, text: &'t str) -> impl Iterator<Item = Range<usize>> + 't {
+        self.keys_in(text).map(|key| key.range)
+    }
+
+    /// Whether `text` holds something shaped like a key of this format, right checksum or not:
+    /// what [`find_keys`](KeyFormat::find_keys) finds, before it asks the checksum. A leaked key
+    /// with a typo is still a leak.
+    pub(crate) fn contains_key_shape(&self, text: &str) -> bool {
+        !self.shaped(text).is_empty()
+    }
+
+    /// The spans of `text` that [`find_keys`](KeyFormat::find_keys) finds.
+    fn keys_in<'t>(&'t self, text: &'t str) -> impl Iterator<Item = Shaped> + 't {
+        self.shaped(text).into_iter().filter(move |key| {
+            let prefix = &text[key.range.start..key.range.start + key.prefix_len];
+            !self.checked || has_valid_body(&text.as_bytes()[key.range.clone()], prefix)
+        })
+    }
+
+    /// The spans of `text` shaped like a key of this format (an accepted prefix not touching a
+    /// letter, digit or `_` before it, then a body as [`KeyFormat::body_len`] reads it), in
+    /// order and not overlapping: the one rule of [`find_keys`](KeyFormat::find_keys) and the
+    /// query-string refusal.
+    fn shaped(&self, text: &str) -> Vec<Shaped> {
         let bytes = text.as_bytes();
-        let mut found: Vec<Range<usize>> = self
+        let mut found: Vec<Shaped> = self
             .prefixes()
-            .flat_map(|prefix| {
-                text.match_indices(prefix)
-                    .map(move |(start, _)| (start, prefix))
-            })
-            .filter_map(move |(start, prefix)| {
-                let end = start + prefix.len() + BODY_LEN;
-                let candidate = bytes.get(start..end)?;
-                let is_word = |byte: &u8| byte.is_ascii_alphanumeric() || *byte == b'_';
-                let clear_before = start == 0 || !is_word(&bytes[start - 1]);
-                let clear_after = bytes.get(end).is_none_or(|byte| !is_word(byte));
-                let body = &candidate[prefix.len()..];
-                let shaped =
-                    clear_before && clear_after && every_byte(body, u8::is_ascii_alphanumeric);
-                (shaped && (!self.checked || has_valid_body(candidate, prefix)))
-                    .then_some(start..end)
+            .flat_map(|prefix| text.match_indices(prefix))
+            .filter(|&(start, _)| start == 0 || !is_word(&bytes[start - 1]))
+            .filter_map(|(start, prefix)| {
+                let body_start = start + prefix.len();
+                let body_len = self.body_len(&bytes[body_start..])?;
+                Some(Shaped {
+                    range: start..body_start + body_len,
+                    prefix_len: prefix.len(),
+                })
             })
             .collect();
-        found.sort_by_key(|range| range.start);
-        found.dedup();
-        found.into_iter()
+        // Where two prefixes match at one place, the longer span, then the longer prefix.
+        found.sort_by_key(|key| {
+            (
+                key.range.start,
+                Reverse(key.range.end),
+                Reverse(key.prefix_len),
+            )
+        });
+        let mut end = 0;
+        found.retain(|key| {
+            let apart = key.range.start >= end;
+            if apart {
+                end = key.range.end;
+            }
+            apart
+        });
+        found
+    }
+
+    /// The length of the key body at the start of `rest` (what follows a prefix), if one is
+    /// there: [`BODY_LEN`] base62 characters not followed by a letter, digit or `_`; for an
+    /// [`unchecked`](KeyFormat::unchecked) format, the whole run of base64url characters if it
+    /// is at least [`MIN_UNCHECKED_BODY_LEN`] long.
+    fn body_len(&self, rest: &[u8]) -> Option<usize> {
+        if self.checked {
+            let body = rest.get(..BODY_LEN)?;
+            let clear_after = rest.get(BODY_LEN).is_none_or(|byte| !is_word(byte));
+            (clear_after && every_byte(body, u8::is_ascii_alphanumeric)).then_some(BODY_LEN)
+        } else {
+            let is_base64url = |byte: &&u8| is_word(byte) || **byte == b'-';
+            let len = rest.iter().take_while(is_base64url).count();
+            (len >= MIN_UNCHECKED_BODY_LEN).then_some(len)
+        }
     }
 
     /// `text` with every key that [`find_keys`](KeyFormat::find_keys) finds replaced by its
@@ -437,17 +502,16 @@ impl KeyFormat {
     /// assert!(matches!(format.redact("no key here"), std::borrow::Cow::Borrowed(_)));
     /// ```
     pub fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        let mut keys = self.find_keys(text).peekable();
+        let mut keys = self.keys_in(text).peekable();
         if keys.peek().is_none() {
             return Cow::Borrowed(text);
         }
         let mut redacted = String::with_capacity(text.len());
         let mut copied = 0;
-        for range in keys {
-            let prefix_len = range.len() - BODY_LEN;
-            redacted.push_str(&text[copied..range.start + prefix_len]);
+        for key in keys {
+            redacted.push_str(&text[copied..key.range.start + key.prefix_len]);
             redacted.push_str("[REDACTED]");
-            copied = range.end;
+            copied = key.range.end;
         }
         redacted.push_str(&text[copied..]);
         Cow::Owned(redacted)
@@ -473,6 +537,17 @@ impl KeyFormat {
     pub fn generate_for(&self, mode: KeyMode) -> Option<ApiKey> {
         self.prefix_for(mode).map(generate_with)
     }
+}
+
+/// A span of a text shaped like a key: where it is, and how long its prefix is.
+struct Shaped {
+    range: Range<usize>,
+    prefix_len: usize,
+}
+
+/// Whether `byte` is a letter, a digit or `_`: what a key may not touch.
+fn is_word(byte: &u8) -> bool {
+    byte.is_ascii_alphanumeric() || *byte == b'_'
 }
 
 /// `prefix` with the characters that mean something in a regular expression escaped.
@@ -845,5 +920,67 @@ mod tests {
         let typo = format!("{}X{}", &one[..20], &one[21..]);
         assert_eq!(format.find_keys(&typo).count(), usize::from(typo == one));
         assert_eq!(format.find_keys(&one[..one.len() - 1]).count(), 0);
+    }
+
+    #[test]
+    fn a_key_shape_is_found_whatever_its_checksum() {
+        let format = KeyFormat::default();
+        let lookalike = format!("sk_live_{}", "0".repeat(BODY_LEN));
+        assert_eq!(format.find_keys(&lookalike).count(), 0);
+        assert!(format.contains_key_shape(&lookalike));
+        assert!(format.contains_key_shape(&format!("see {lookalike}.")));
+        for text in ["sk_test_x", "sk_abc", "sk_live_", &lookalike[1..]] {
+            assert!(!format.contains_key_shape(text), "{text}");
+        }
+        assert!(!format.contains_key_shape(&format!("x{lookalike}")));
+        assert!(!format.contains_key_shape(&format!("{lookalike}0")));
+    }
+
+    #[test]
+    fn an_unchecked_format_finds_a_prefix_and_16_or_more_base64url_characters() {
+        let format = KeyFormat::default().unchecked();
+        let text =
+            "a sk_live_550e8400-e29b-41d4 b sk_test_0123456789abcde c sk_test_ab_cd-0123456789";
+        let found: Vec<&str> = format.find_keys(text).map(|range| &text[range]).collect();
+        assert_eq!(
+            found,
+            ["sk_live_550e8400-e29b-41d4", "sk_test_ab_cd-0123456789"]
+        );
+        assert_eq!(
+            format.redact(text),
+            "a sk_live_[REDACTED] b sk_test_0123456789abcde c sk_test_[REDACTED]"
+        );
+        let generated = format.generate();
+        assert_eq!(format.find_keys(generated.expose_secret()).count(), 1);
+    }
+
+    #[test]
+    fn the_pattern_finds_what_find_keys_finds_before_the_checksum() {
+        let key = KeyFormat::default().generate();
+        let key = key.expose_secret();
+        let text = format!(
+            "{key} x{key} {key}_ sk_live_550e8400-e29b-41d4-a716 é{key} sk_test_short sk_live_{}",
+            "Z".repeat(40)
+        );
+        for format in [KeyFormat::default(), KeyFormat::default().unchecked()] {
+            let pattern = regex::Regex::new(&format.pattern()).unwrap();
+            let matched: Vec<_> = pattern.find_iter(&text).map(|m| m.range()).collect();
+            let shaped: Vec<_> = format.shaped(&text).into_iter().map(|s| s.range).collect();
+            assert_eq!(matched, shaped, "{}", format.pattern());
+            assert!(!matched.is_empty());
+        }
+    }
+
+    #[test]
+    fn overlapping_prefixes_give_one_span() {
+        let format = KeyFormat::new("sk_").also_accept("sk_live_").unchecked();
+        let text = "sk_live_0123456789abcdef";
+        let spans = format.shaped(text);
+        assert_eq!(spans.len(), 1);
+        assert_eq!(
+            (spans[0].range.clone(), spans[0].prefix_len),
+            (0..text.len(), 8)
+        );
+        assert_eq!(format.redact(text), "sk_live_[REDACTED]");
     }
 }

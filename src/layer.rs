@@ -9,8 +9,9 @@
 //! - Never from a cookie or the body. A key in the URL query string is refused with
 //!   `invalid_api_key`, even beside a good key in a header, because it has already leaked into
 //!   logs and browser history: a parameter named `access_token`, `api_key`, `apikey`, `api-key` or
-//!   `x-api-key` (any case) with a value, or any parameter whose name or value starts with a key
-//!   prefix. The warning in the log names the parameter (when short enough that no key fits in
+//!   `x-api-key` (any case) with a value, or any parameter whose name or value holds something
+//!   shaped like a key (a prefix, then the body's length and alphabet; checksum or not), alone or
+//!   within a longer value. `?type=sk_test_x` is no key. The warning in the log names the parameter (when short enough that no key fits in
 //!   it), never its value.
 //! - Spaces and tabs around the key are ignored. An `Authorization` header of another scheme
 //!   (`Basic ...`) is ignored, so `X-API-Key` still works beside it.
@@ -454,8 +455,7 @@ impl Config {
 
 /// The name of the query parameter that carries a key, if one does.
 fn query_parameter_with_key<'u>(uri: &'u Uri, format: &KeyFormat) -> Option<&'u str> {
-    uri.query()
-        .and_then(|query| key_in_query(query, format.prefixes()))
+    uri.query().and_then(|query| key_in_query(query, format))
 }
 
 /// The one event of an accepted request.

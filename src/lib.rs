@@ -353,6 +353,8 @@
 //! - `secret-scanning`: `secret_scanning::router`, the endpoint of GitHub's secret scanning
 //!   partner program: it checks each report's signature and revokes the published keys; its
 //!   public keys are fixed or fetched from GitHub (reqwest with rustls). Turns on `axum`.
+//! - `tracing-redaction`: `redact::RedactKeys`, a writer for `tracing_subscriber`'s `fmt`
+//!   layer that redacts every key from each log line before it is written.
 //! - `cli`: the `tower-api-key` command line, which manages keys in a PostgreSQL, Redis or
 //!   SQLite store (`cargo install tower-api-key --features cli`).
 //!
@@ -408,6 +410,8 @@ pub mod metrics;
 mod mode;
 #[cfg(feature = "utoipa")]
 pub mod openapi;
+#[cfg(feature = "tracing-redaction")]
+pub mod redact;
 mod request_id;
 pub mod response;
 mod scope;

@@ -154,10 +154,11 @@ const UNKNOWN: &str = "layer step 4: a well-formed key with no record (unknown, 
 const INACTIVE: &str = "layer step 4: a revoked or expired key is expired_api_key";
 const QUERY: &str = "credentials: a non-empty access_token/api_key/apikey/api-key/x-api-key \
                      parameter (any case, percent-decoded), or a parameter whose decoded name or \
-                     value starts with an accepted prefix (sk_live_, sk_test_), is refused with \
-                     invalid_request, even beside a valid header";
-const QUERY_OTHER: &str = "credentials: other parameters, empty ones, values not starting with a \
-                           prefix are fine; parameters are separated by `&` or `;`";
+                     value holds a key shape (an accepted prefix, 38 base62 characters, checksum \
+                     or not), is refused with invalid_request, even beside a valid header";
+const QUERY_OTHER: &str = "credentials: other parameters, empty ones, values that merely start \
+                           with a prefix or hold one glued to a word are fine; parameters are \
+                           separated by `&` or `;`";
 const COOKIE: &str = "credentials: keys are read from the two headers only; a Cookie is ignored";
 const HEADER_NAME: &str = "HTTP: header names are case-insensitive; only the configured names \
                            are read";
@@ -539,8 +540,15 @@ fn rows(keys: &Keys) -> Vec<Row> {
         )
         .query(format!("q={percent_encoded_key}"))
         .header("x-api-key", active),
-        Row::new("bare prefix as a parameter value", QUERY, KeyInQuery)
-            .query("note=sk_live_")
+        Row::new(
+            "key shape with a wrong checksum as a value",
+            QUERY,
+            KeyInQuery,
+        )
+        .query(format!("q={}", substituted(active, letter_at, b'0')))
+        .header("x-api-key", active),
+        Row::new("key within a longer value", QUERY, KeyInQuery)
+            .query(format!("q=leaked+{active}+here"))
             .header("x-api-key", active),
         Row::new("percent-encoded parameter name", QUERY, KeyInQuery)
             .query("%41pi%5Fkey=abc")
@@ -548,8 +556,11 @@ fn rows(keys: &Keys) -> Vec<Row> {
         Row::new("key as a parameter name", QUERY, KeyInQuery)
             .query(active)
             .header("x-api-key", active),
-        Row::new("test-prefix value as a parameter", QUERY, KeyInQuery)
+        Row::new("test-prefix value, not a key shape", QUERY_OTHER, Pass)
             .query("q=sk_test_abc")
+            .header("x-api-key", active),
+        Row::new("bare prefix as a parameter value", QUERY_OTHER, Pass)
+            .query("note=sk_live_")
             .header("x-api-key", active),
         Row::new("api_key after a semicolon", QUERY, KeyInQuery)
             .query("q=1;api_key=abc")

@@ -132,6 +132,77 @@ async fn key_in_query_string_is_refused_over_http() {
     assert_envelope(&answer, StatusCode::UNAUTHORIZED, "invalid_api_key");
 }
 
+/// A key of the default shape (`sk_live_` and 38 base62 characters) whose checksum is wrong.
+fn key_with_a_wrong_checksum(key: &str) -> String {
+    let last = key.len() - 1;
+    let swapped = if key.ends_with('0') { "1" } else { "0" };
+    let typo = format!("{}{swapped}", &key[..last]);
+    assert!(!tower_api_key::key::KeyFormat::default().is_well_formed(&typo));
+    typo
+}
+
+/// The answer to a key in the query string: 401 `invalid_api_key`, `invalid_request`.
+fn assert_key_in_query_refusal(answer: &Answer, query: &str) {
+    assert_envelope(answer, StatusCode::UNAUTHORIZED, "invalid_api_key");
+    assert_eq!(
+        answer.header("www-authenticate"),
+        r#"Bearer error="invalid_request""#,
+        "{query}"
+    );
+}
+
+#[tokio::test]
+async fn query_values_that_merely_start_with_a_prefix_pass_over_http() {
+    let keys = Keys::new();
+    let key = keys.active.expose_secret().to_owned();
+    let address = serve(ApiKeyLayer::new(keys.store)).await;
+    for query in ["type=sk_test_x", "filter=sk_abc", "q=sk_live_abc&page=2"] {
+        let path = format!("/api/whoami?{query}");
+        let answer = get_with(address, &path, &[("x-api-key", key.as_bytes())]).await;
+        assert_eq!(answer.status, StatusCode::OK, "{query}");
+        assert_eq!(answer.json()["key_id"], "key_active", "{query}");
+    }
+}
+
+#[tokio::test]
+async fn key_shaped_query_values_are_refused_over_http() {
+    let keys = Keys::new();
+    let key = keys.active.expose_secret().to_owned();
+    let unknown = keys.unknown.expose_secret().to_owned();
+    let address = serve(ApiKeyLayer::new(keys.store)).await;
+    for query in [
+        format!("q={}", key_with_a_wrong_checksum(&unknown)),
+        format!("token={unknown}"),
+        format!("token={key}"),
+        format!("q={}", unknown.replace('_', "%5F")),
+        format!("q=foo+{unknown}"),
+        format!("q=see%20{unknown}%2C"),
+    ] {
+        let path = format!("/api/whoami?{query}");
+        let answer = get_with(address, &path, &[("x-api-key", key.as_bytes())]).await;
+        assert_key_in_query_refusal(&answer, &query);
+    }
+}
+
+#[tokio::test]
+async fn key_shaped_query_parameter_name_is_refused_and_never_echoed_over_http() {
+    let keys = Keys::new();
+    let key = keys.active.expose_secret().to_owned();
+    let name = key_with_a_wrong_checksum(keys.unknown.expose_secret());
+    let address = serve(ApiKeyLayer::new(keys.store)).await;
+    for query in [name.clone(), format!("page=2&{name}=1")] {
+        let path = format!("/api/whoami?{query}");
+        let answer = get_with(address, &path, &[("x-api-key", key.as_bytes())]).await;
+        assert_key_in_query_refusal(&answer, &query);
+        let body = String::from_utf8_lossy(&answer.body);
+        assert!(!body.contains(&name["sk_live_".len()..]), "{body}");
+        assert!(answer
+            .headers
+            .values()
+            .all(|value| !String::from_utf8_lossy(value.as_bytes()).contains(&name[8..])));
+    }
+}
+
 #[tokio::test]
 async fn store_failure_is_503_over_http() {
     let keys = Keys::new();

@@ -31,6 +31,7 @@ mod modes;
 mod openapi;
 mod optional;
 mod properties;
+mod redaction;
 mod scopes;
 mod secret_scanning;
 mod store_cache;

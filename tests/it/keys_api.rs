@@ -300,8 +300,10 @@ async fn a_disabled_key_is_refused_until_enabled_and_the_audit_names_the_calling
     assert_eq!(disabled.json()["revoked_at"], serde_json::Value::Null);
     assert_eq!(api.verdict(&target.key).await, "expired_api_key");
     let listed = api.call(Method::GET, "/keys", &admin.key, "").await.json();
-    let row = &listed["data"].as_array().unwrap()[1];
-    assert_eq!(row["id"], target.info.id.as_str());
+    let rows = listed["data"].as_array().unwrap();
+    let row = (rows.iter())
+        .find(|row| row["id"] == target.info.id.as_str())
+        .unwrap();
     assert_eq!(row["disabled_at"], "2027-01-15T08:00:00Z");
 
     // A disabled key manages nothing, not even its own enabling.

@@ -164,6 +164,7 @@ async fn listing_shows_the_account_s_keys_without_secrets() {
         [
             "created_at",
             "credits",
+            "disabled_at",
             "expires_at",
             "hint",
             "id",

@@ -310,6 +310,25 @@
 //! # }
 //! ```
 //!
+//! # When a key leaks
+//!
+//! The keys' prefix and checksum exist so that leaked keys can be found:
+//!
+//! - [`KeyFormat::pattern`](key::KeyFormat::pattern) is the regular expression to register with
+//!   a secret scanner (`(?-u:\b)(?:sk_live_|sk_test_)[0-9A-Za-z]{38}(?-u:\b)`);
+//!   [`KeyFormat::find_keys`](key::KeyFormat::find_keys) finds the checksum-valid keys in a
+//!   text, and [`KeyFormat::redact`](key::KeyFormat::redact) removes them.
+//! - [`redact::RedactKeys`] (feature `tracing-redaction`) redacts every key from each log line
+//!   that `tracing_subscriber`'s `fmt` layer writes, whatever field it was pasted into.
+//! - A query parameter whose name or value has a key's prefix, length and alphabet is refused,
+//!   checksum or not: a mistyped key in a URL has leaked all the same.
+//! - [`secret_scanning::router`] (feature `secret-scanning`) is the endpoint of GitHub's secret
+//!   scanning partner program: GitHub reports the keys it finds in public code, signed, and each
+//!   one is revoked at once ([`KeyManager::revoke_leaked`]), on every instance whose cache is
+//!   pushed changes.
+//! - [`KeyManager::disable`] takes a key under suspicion out of service until it is cleared;
+//!   every change is an [audit event](audit), the scanner's included.
+//!
 //! # Security model
 //!
 //! - Keys are `sk_live_` plus 32 random base62 characters from the OS CSPRNG (~190 bits) and a

@@ -220,8 +220,8 @@ impl fmt::Debug for LookupId {
 ///
 /// The default accepts live keys (`sk_live_`) and test keys (`sk_test_`) whose checksum is
 /// right, and generates live keys unless asked for a test key ([`KeyMode`]). Add prefixes with
-/// [`KeyFormat::also_accept`]; keys of another shape (issued before this crate) are accepted with
-/// [`KeyFormat::unchecked`].
+/// [`KeyFormat::also_accept`]; keys of another shape (issued before this crate, and
+/// [imported](crate::manage::ImportedKey)) are accepted with [`KeyFormat::legacy_prefix`].
 ///
 /// ```
 /// use tower_api_key::{access::KeyMode, key::KeyFormat};
@@ -245,7 +245,8 @@ impl fmt::Debug for LookupId {
 pub struct KeyFormat {
     prefixes: Vec<Cow<'static, str>>,
     test_prefix: Option<Cow<'static, str>>,
-    checked: bool,
+    /// Prefixes of keys accepted without a checksum, each with the mode it names.
+    legacy: Vec<(Cow<'static, str>, KeyMode)>,
 }
 
 /// `sk_live_` and `sk_test_` keys.
@@ -267,7 +268,7 @@ impl KeyFormat {
         Self {
             prefixes: vec![valid_prefix(prefix.into())],
             test_prefix: None,
-            checked: true,
+            legacy: Vec::new(),
         }
     }
 
@@ -281,6 +282,7 @@ impl KeyFormat {
     pub fn test_prefix(mut self, prefix: impl Into<Cow<'static, str>>) -> Self {
         let prefix = valid_prefix(prefix.into());
         assert_one_mode(self.prefixes.contains(&prefix), &prefix);
+        self.assert_not_legacy(&prefix);
         self.test_prefix = Some(prefix);
         self
     }
@@ -294,17 +296,54 @@ impl KeyFormat {
     pub fn also_accept(mut self, prefix: impl Into<Cow<'static, str>>) -> Self {
         let prefix = valid_prefix(prefix.into());
         assert_one_mode(self.test_prefix.as_ref() == Some(&prefix), &prefix);
+        self.assert_not_legacy(&prefix);
         self.prefixes.push(prefix);
         self
     }
 
-    /// Accepts keys of any shape: only their digest is looked up.
+    /// Also accepts keys of `mode` that start with `prefix` without checking their body: keys
+    /// issued before this crate (by another system, of another shape, with no checksum), kept
+    /// when a service moves to it ([`KeyManager::import`](crate::KeyManager::import)). Only
+    /// their digest is looked up, so a typo in one costs a store lookup.
     ///
-    /// For keys issued before this crate. A typo then costs a store lookup instead of being
-    /// rejected by the checksum.
-    pub fn unchecked(mut self) -> Self {
-        self.checked = false;
+    /// The format's own keys stay checked: a key that starts with one of its prefixes (its live
+    /// or test prefix, or one it [also accepts](KeyFormat::also_accept)) must pass the checksum,
+    /// unless a longer legacy prefix matches it. So `legacy_prefix("", KeyMode::Live)` accepts a
+    /// key of any shape, yet still rejects a made-up `sk_live_` key without a lookup. A legacy
+    /// key is, like any key, 1 to [`MAX_KEY_LEN`] visible ASCII characters. Legacy keys have no
+    /// shape to look for: [`pattern`](KeyFormat::pattern) and [`find_keys`](KeyFormat::find_keys)
+    /// leave them out.
+    ///
+    /// ```
+    /// use tower_api_key::{access::KeyMode, key::KeyFormat};
+    ///
+    /// let format = KeyFormat::default().legacy_prefix("ak_", KeyMode::Live);
+    /// assert!(format.is_well_formed("ak_3f1c9a7e-0b1d-4c55"));
+    /// assert!(format.is_well_formed(format.generate().expose_secret()));
+    /// assert!(!format.is_well_formed("sk_live_made-up"));
+    /// assert!(!format.is_well_formed("ak_with space"));
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`KeyFormat::new`], and if `prefix` is one of the format's checked prefixes (or
+    /// already a legacy prefix): a prefix is either checked or not, and names one mode.
+    pub fn legacy_prefix(mut self, prefix: impl Into<Cow<'static, str>>, mode: KeyMode) -> Self {
+        let prefix = valid_prefix(prefix.into());
+        assert!(
+            !self.prefixes().any(|checked| checked == prefix),
+            "the key prefix {prefix:?} cannot be both checked and legacy"
+        );
+        self.assert_not_legacy(&prefix);
+        self.legacy.push((prefix, mode));
         self
+    }
+
+    fn assert_not_legacy(&self, prefix: &str) {
+        assert!(
+            !self.legacy.iter().any(|(legacy, _)| legacy == prefix),
+            "the key prefix {prefix:?} is already a legacy prefix"
+        );
     }
 
     /// The prefix of generated live keys, shown in the `missing_api_key` message.
@@ -330,31 +369,52 @@ impl KeyFormat {
     }
 
     /// Whether `key` has an accepted prefix, a body of the right length and alphabet, and the
-    /// right checksum. Always true for an [`unchecked`](KeyFormat::unchecked) format.
+    /// right checksum; or starts with a [legacy prefix](KeyFormat::legacy_prefix) and is 1 to
+    /// [`MAX_KEY_LEN`] visible ASCII characters.
     pub fn is_well_formed(&self, key: &str) -> bool {
         self.mode_of(key.as_bytes()).is_some()
     }
 
     /// The mode that `key`'s prefix says, if the key is [well formed](KeyFormat::is_well_formed):
-    /// test for the [test prefix](KeyFormat::test_prefix), live for any other. A key of an
-    /// [`unchecked`](KeyFormat::unchecked) format that is well formed under no prefix is a test
-    /// key if the longest accepted prefix it starts with is the test prefix.
+    /// test for the [test prefix](KeyFormat::test_prefix), live for any other checked prefix,
+    /// and for a legacy key the mode of the longest [legacy prefix](KeyFormat::legacy_prefix) it
+    /// starts with.
     pub(crate) fn mode_of(&self, key: &[u8]) -> Option<KeyMode> {
-        let well_formed = self.prefixes().find(|prefix| has_valid_body(key, prefix));
-        let prefix = match (well_formed, self.checked) {
-            (Some(prefix), _) => Some(prefix),
-            (None, true) => return None,
-            (None, false) => self
-                .prefixes()
-                .filter(|prefix| key.starts_with(prefix.as_bytes()))
-                .max_by_key(|prefix| prefix.len()),
-        };
-        let is_test = prefix.is_some() && prefix == self.test_prefix.as_deref();
-        Some(if is_test {
-            KeyMode::Test
-        } else {
-            KeyMode::Live
-        })
+        self.prefix_of(key).map(|(_, mode)| mode)
+    }
+
+    /// The prefix under which `key` is [well formed](KeyFormat::is_well_formed), and the mode
+    /// it names.
+    pub(crate) fn prefix_of(&self, key: &[u8]) -> Option<(&str, KeyMode)> {
+        if let Some(prefix) = self.prefixes().find(|prefix| has_valid_body(key, prefix)) {
+            let is_test = Some(prefix) == self.test_prefix.as_deref();
+            let mode = if is_test {
+                KeyMode::Test
+            } else {
+                KeyMode::Live
+            };
+            return Some((prefix, mode));
+        }
+        self.legacy_prefix_of(key)
+    }
+
+    /// `key`'s prefix and mode as a legacy key: `None` unless the longest prefix it starts
+    /// with, of the checked and legacy ones, is a legacy prefix (a key under a checked prefix
+    /// must pass the checksum), and it is 1 to [`MAX_KEY_LEN`] visible ASCII characters.
+    fn legacy_prefix_of(&self, key: &[u8]) -> Option<(&str, KeyMode)> {
+        let (legacy, mode) = self
+            .legacy
+            .iter()
+            .filter(|(prefix, _)| key.starts_with(prefix.as_bytes()))
+            .max_by_key(|(prefix, _)| prefix.len())?;
+        let checked = self
+            .prefixes()
+            .filter(|prefix| key.starts_with(prefix.as_bytes()))
+            .map(str::len)
+            .max();
+        let bounded =
+            (1..=MAX_KEY_LEN).contains(&key.len()) && every_byte(key, u8::is_ascii_graphic);
+        (bounded && checked.is_none_or(|checked| checked < legacy.len())).then_some((legacy, *mode))
     }
 
     /// The regular expression that matches this format's keys, for a secret scanner to
@@ -384,8 +444,7 @@ impl KeyFormat {
 
     /// The keys of this format in `text`, as byte ranges, in order: each an accepted prefix and
     /// a body of the right length and alphabet whose checksum is right, not touching a letter,
-    /// digit or `_` on either side. (For an [`unchecked`](KeyFormat::unchecked) format, the
-    /// checksum is not asked.) For finding keys pasted in tickets, logs or commits.
+    /// digit or `_` on either side. For finding keys pasted in tickets, logs or commits.
     ///
     /// ```
     /// use tower_api_key::key::KeyFormat;
@@ -415,8 +474,7 @@ impl KeyFormat {
                 let body = &candidate[prefix.len()..];
                 let shaped =
                     clear_before && clear_after && every_byte(body, u8::is_ascii_alphanumeric);
-                (shaped && (!self.checked || has_valid_body(candidate, prefix)))
-                    .then_some(start..end)
+                (shaped && has_valid_body(candidate, prefix)).then_some(start..end)
             })
             .collect();
         found.sort_by_key(|range| range.start);
@@ -689,24 +747,60 @@ mod tests {
             format.mode_of(live.expose_secret().as_bytes()),
             Some(KeyMode::Live)
         );
-        let unchecked = format.unchecked();
-        assert_eq!(unchecked.mode_of(b"sk_live_legacy"), Some(KeyMode::Live));
-        assert_eq!(unchecked.mode_of(b"sk_legacy"), Some(KeyMode::Test));
-        assert_eq!(unchecked.mode_of(b"legacy"), Some(KeyMode::Live));
     }
 
     #[test]
-    fn an_unchecked_format_reads_a_well_formed_key_s_mode_from_its_body() {
-        let format = KeyFormat::new("sk_").test_prefix("sk_t").unchecked();
-        // One live key in 62 has a body that starts with `t`, so it starts with the test prefix.
-        let live = std::iter::repeat_with(|| format.generate())
-            .take(100_000)
-            .find(|key| key.expose_secret().starts_with("sk_t"))
-            .expect("a live key starting with sk_t");
+    fn a_legacy_key_s_mode_is_its_longest_legacy_prefix_s() {
+        let format = KeyFormat::default()
+            .legacy_prefix("ak_", KeyMode::Live)
+            .legacy_prefix("ak_test_", KeyMode::Test);
+        assert_eq!(format.mode_of(b"ak_123"), Some(KeyMode::Live));
+        assert_eq!(format.mode_of(b"ak_test_123"), Some(KeyMode::Test));
+        assert_eq!(format.mode_of(b"bk_123"), None);
+    }
+
+    #[test]
+    fn the_format_s_own_keys_stay_checked_beside_legacy_keys() {
+        let format = KeyFormat::default().legacy_prefix("", KeyMode::Live);
+        assert_eq!(format.mode_of(b"3f1c9a7e-legacy"), Some(KeyMode::Live));
+        assert_eq!(format.mode_of(b"sk_live_made-up"), None);
+        assert_eq!(format.mode_of(b"sk_test_made-up"), None);
+        let test = format.generate_for(KeyMode::Test).unwrap();
         assert_eq!(
-            format.mode_of(live.expose_secret().as_bytes()),
-            Some(KeyMode::Live)
+            format.mode_of(test.expose_secret().as_bytes()),
+            Some(KeyMode::Test)
         );
+        // A longer legacy prefix under a checked one wins.
+        let nested = KeyFormat::new("sk_").legacy_prefix("sk_old_", KeyMode::Live);
+        assert_eq!(nested.mode_of(b"sk_old_123"), Some(KeyMode::Live));
+        assert_eq!(nested.mode_of(b"sk_123"), None);
+    }
+
+    #[test]
+    fn legacy_keys_are_bounded_visible_ascii() {
+        let format = KeyFormat::default().legacy_prefix("ak_", KeyMode::Live);
+        let longest = format!("ak_{}", "a".repeat(MAX_KEY_LEN - 3));
+        assert!(format.is_well_formed(&longest));
+        assert!(!format.is_well_formed(&format!("{longest}a")));
+        assert!(!format.is_well_formed("ak_a b"));
+        assert!(!format.is_well_formed("ak_é"));
+        assert!(!KeyFormat::default()
+            .legacy_prefix("", KeyMode::Live)
+            .is_well_formed(""));
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot be both checked and legacy")]
+    fn a_checked_prefix_cannot_be_legacy() {
+        let _ = KeyFormat::default().legacy_prefix("sk_test_", KeyMode::Test);
+    }
+
+    #[test]
+    #[should_panic(expected = "already a legacy prefix")]
+    fn a_legacy_prefix_cannot_be_checked_later() {
+        let _ = KeyFormat::new("sk_live_")
+            .legacy_prefix("ak_", KeyMode::Live)
+            .also_accept("ak_");
     }
 
     #[test]
@@ -744,9 +838,9 @@ mod tests {
     }
 
     #[test]
-    fn unchecked_format_accepts_any_shape() {
+    fn an_empty_legacy_prefix_accepts_any_other_shape() {
         assert!(KeyFormat::default()
-            .unchecked()
+            .legacy_prefix("", KeyMode::Live)
             .is_well_formed("legacy-key-123"));
         assert!(!KeyFormat::default().is_well_formed("legacy-key-123"));
     }

@@ -13,6 +13,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_api_key::{
+    access::KeyMode,
     key::{KeyDigest, KeyFormat},
     response::Rejection,
     ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, KeyStore, MemoryKeyStore, Tier,
@@ -447,7 +448,7 @@ async fn additional_prefix_is_accepted() {
 }
 
 #[tokio::test]
-async fn unchecked_format_accepts_legacy_keys() {
+async fn a_legacy_prefix_accepts_keys_of_another_shape() {
     let store = MemoryKeyStore::new();
     let legacy = "3f1c9a7e-legacy-key";
     let identity = KeyIdentity::new(KeyId::new("key_l"), "acct_1", "legacy", Tier::FREE);
@@ -458,7 +459,8 @@ async fn unchecked_format_accepts_legacy_keys() {
     )
     .await;
     assert_eq!(strict.status, StatusCode::UNAUTHORIZED);
-    let layer = ApiKeyLayer::new(store).key_format(KeyFormat::default().unchecked());
+    let format = KeyFormat::default().legacy_prefix("", KeyMode::Live);
+    let layer = ApiKeyLayer::new(store).key_format(format);
     assert!(send(layer, &[("x-api-key", legacy.as_bytes())])
         .await
         .reached_inner_service());

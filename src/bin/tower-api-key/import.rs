@@ -139,6 +139,10 @@ pub async fn run<S: WritableKeyStore>(
         let row = rows.next_row();
         let done = row.is_none();
         if let Some((line, row)) = row {
+            // Told before the next row rather than after the last, which the totals tell.
+            if tally.rows > 0 && tally.rows % PROGRESS_EVERY == 0 {
+                eprintln!("{}", tally.line());
+            }
             tally.rows += 1;
             batch.push((line, row.and_then(imported_key)));
         }
@@ -147,9 +151,6 @@ pub async fn run<S: WritableKeyStore>(
         }
         if done {
             break;
-        }
-        if tally.rows % PROGRESS_EVERY == 0 {
-            eprintln!("{}", tally.line());
         }
     }
     if json {

@@ -407,3 +407,116 @@ fn hint_of(key: &str, prefix: &str) -> String {
         format!("{prefix}...")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::audit::AuditEvent;
+    use crate::key::KeyFormat;
+    use crate::MemoryKeyStore;
+
+    fn digest_key(id: &str) -> ImportedKey {
+        let digest = KeyDigest::of(&format!("ak_{id}"));
+        ImportedKey::digest(digest, KeyId::new(id), "acct_1", Tier::FREE, "old")
+    }
+
+    fn reason(outcome: &ImportOutcome) -> String {
+        match outcome {
+            ImportOutcome::Rejected(error) => error.to_string(),
+            other => panic!("not rejected: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn each_invalid_key_is_rejected_for_its_own_reason_and_the_rest_go_on() {
+        let format = KeyFormat::default().legacy_prefix("ak_", KeyMode::Live);
+        let keys = KeyManager::new(MemoryKeyStore::new()).key_format(format);
+        let before_1970 = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        let created = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let plain = |key: &str, id: &str| {
+            ImportedKey::key(
+                ApiKey::new(key),
+                KeyId::new(id),
+                "acct_1",
+                Tier::FREE,
+                "old",
+            )
+        };
+        let batch = vec![
+            digest_key(""),
+            ImportedKey::digest(KeyDigest::of("x"), KeyId::new("a"), "", Tier::FREE, "old"),
+            ImportedKey::digest(
+                KeyDigest::of("y"),
+                KeyId::new("b"),
+                "acct_1",
+                Tier::FREE,
+                " ",
+            ),
+            digest_key("c").scopes(Vec::<String>::new()),
+            ImportedKey::digest(
+                KeyDigest::of("z"),
+                KeyId::new("d"),
+                "acct_1",
+                Tier::new("gold"),
+                "x",
+            ),
+            digest_key("e").created_at(before_1970),
+            digest_key("f").created_at(created).expires_at(created),
+            plain("zz_not_accepted", "g"),
+            plain("ak_a_test_key_as_live", "h").mode(KeyMode::Test),
+            digest_key("ok"),
+        ];
+        let outcomes = keys.import(batch, ImportQuota::Bypassed).await.unwrap();
+        let reasons: Vec<String> = outcomes[..9].iter().map(reason).collect();
+        assert!(
+            reasons[0].contains("key id and an account id"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].contains("key id and an account id"),
+            "{reasons:?}"
+        );
+        assert!(reasons[2].contains("key name"), "{reasons:?}");
+        assert!(reasons[3].contains("scope"), "{reasons:?}");
+        assert!(reasons[4].contains("\"gold\""), "{reasons:?}");
+        assert!(reasons[5].contains("1970 to 9999"), "{reasons:?}");
+        assert!(reasons[6].contains("before its creation"), "{reasons:?}");
+        assert!(reasons[7].contains("does not accept"), "{reasons:?}");
+        assert!(reasons[8].contains("another mode"), "{reasons:?}");
+        assert!(matches!(outcomes[9], ImportOutcome::Imported));
+        assert_eq!(keys.list("acct_1").await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn only_keys_imported_are_audit_events() {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&events);
+        let keys = KeyManager::new(MemoryKeyStore::new())
+            .audit(move |event: &AuditEvent| sink.lock().unwrap().push(event.clone()));
+        let batch = || vec![digest_key("one"), digest_key("two"), digest_key("")];
+        for quota in [ImportQuota::Respected, ImportQuota::Bypassed] {
+            keys.import(batch(), quota).await.unwrap();
+        }
+        let events = events.lock().unwrap();
+        let imported: Vec<&str> = events.iter().map(|event| event.key_id.as_str()).collect();
+        assert_eq!(
+            imported,
+            ["one", "two"],
+            "a second run and a rejected key are no events"
+        );
+        assert!(events
+            .iter()
+            .all(|event| event.action == AuditAction::Imported));
+        assert!(events.iter().all(|event| event.account_id == "acct_1"));
+    }
+
+    #[test]
+    fn a_hint_shows_four_characters_of_a_long_body_only() {
+        assert_eq!(hint_of("ak_0123456789abcdefWXYZ", "ak_"), "ak_...WXYZ");
+        assert_eq!(hint_of("ak_0123456789abcde", "ak_"), "ak_...");
+        assert_eq!(hint_of("0123456789abcdefWXYZ", ""), "...WXYZ");
+    }
+}

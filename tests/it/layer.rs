@@ -467,6 +467,44 @@ async fn a_legacy_prefix_accepts_keys_of_another_shape() {
 }
 
 #[tokio::test]
+async fn an_imported_legacy_key_authenticates_and_a_made_up_own_key_is_refused_unlooked_up() {
+    use tower_api_key::manage::{ImportOutcome, ImportQuota, ImportedKey};
+    use tower_api_key::{ApiKey, KeyManager};
+
+    let memory = MemoryKeyStore::new();
+    let format = KeyFormat::default().legacy_prefix("ak_", KeyMode::Live);
+    let keys = KeyManager::new(memory.clone()).key_format(format.clone());
+    let legacy = ApiKey::new("ak_9f8e7d6c5b4a3f2e1d0c");
+    let imported = ImportedKey::key(
+        legacy.clone(),
+        KeyId::new("old_1"),
+        "acct_1",
+        Tier::FREE,
+        "ci",
+    );
+    let outcomes = keys.import(vec![imported], ImportQuota::Respected).await;
+    assert!(matches!(outcomes.unwrap()[..], [ImportOutcome::Imported]));
+
+    let store = CountingStore::new(memory);
+    let layer = ApiKeyLayer::new(store.clone()).key_format(format);
+    let answer = send(
+        layer.clone(),
+        &[("x-api-key", legacy.expose_secret().as_bytes())],
+    )
+    .await;
+    assert!(answer.reached_inner_service());
+    assert_eq!(store.lookups(), 1);
+    let made_up = format!("sk_live_{}", "a".repeat(38));
+    let answer = send(layer, &[("x-api-key", made_up.as_bytes())]).await;
+    assert_envelope(&answer, StatusCode::UNAUTHORIZED, "invalid_api_key");
+    assert_eq!(
+        store.lookups(),
+        1,
+        "a bad checksum is refused before any lookup"
+    );
+}
+
+#[tokio::test]
 async fn custom_header_names_replace_the_defaults() {
     let keys = Keys::new();
     let layer = ApiKeyLayer::new(keys.store)

@@ -140,6 +140,10 @@
 //! refused (a refill may have fallen due); `spend_credits` is for any account's key (the layer
 //! spends for the key that authenticated), `top_up_credits` for the account's only.
 //!
+//! **Importing** ([`import`](WritableKeyStore::import)) is provided: a `create` per record
+//! with no limit, a record already stored answering `false`. Override it to insert many records
+//! at once (the SQL stores take 1,000 to a transaction), keeping that answer.
+//!
 //! **Keeping records whole**: [`KeyRecord`](crate::KeyRecord) serializes with serde to a
 //! stable form (digest in hex, RFC 3339 times, the exact balance, never a key), so that a file
 //! or document store need not map fields by hand.

@@ -849,3 +849,29 @@ fn help_documents_the_exit_codes_and_hides_the_store_from_the_environment() {
     }
     assert!(!help.contains("pw-s3cret-9"), "{help}");
 }
+
+#[test]
+fn import_help_documents_the_file_format_and_its_exit_code() {
+    let help = run(["import", "--help"]).ok().stdout;
+    for field in [
+        "id ",
+        "account_id",
+        "tier",
+        "name",
+        "created_at",
+        "expires_at",
+        "key ",
+        "sha256",
+        "mode",
+        "scopes",
+        "hint",
+        "--legacy-prefix",
+        "--bypass-quota",
+        "line N: reason",
+        "Exit code 6",
+    ] {
+        assert!(help.contains(field), "{field} is not in:\n{help}");
+    }
+    let top = run(["--help"]).ok().stdout;
+    assert!(top.contains("6  import: some rows were rejected"), "{top}");
+}

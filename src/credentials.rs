@@ -24,8 +24,8 @@
 //!   [`KeyFormat::find_keys`](crate::key::KeyFormat::find_keys) looks for), alone
 //!   (`?token=sk_live_...`) or within a longer value (`?q=see+sk_live_...`). A leaked key with
 //!   a typo is still a leak; a value that merely starts with a prefix (`?type=sk_test_x`) is not
-//!   one. For an [`unchecked`](crate::key::KeyFormat::unchecked) format, whose keys may have any
-//!   shape, the body is at least 16 characters of base64url.
+//!   one. After a [legacy prefix](crate::key::KeyFormat::legacy_prefix), whose keys may have
+//!   any shape, the body is at least 16 characters of base64url.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::percent_decode_str;
@@ -127,7 +127,8 @@ pub(crate) fn key_in_query<'q>(query: &'q str, format: &KeyFormat) -> Option<&'q
     let loggable = |name: &'q str| {
         let plain = name.len() <= MAX_LOGGED_NAME_LEN
             && (name.bytes()).all(|byte| byte.is_ascii_alphanumeric() || b"_-.[]%".contains(&byte))
-            && !format.prefixes().any(|prefix| name.contains(prefix));
+            && !(format.prefixes().chain(format.legacy_prefixes()))
+                .any(|prefix| name.contains(prefix));
         if plain {
             name
         } else {
@@ -356,18 +357,19 @@ mod tests {
     }
 
     #[test]
-    fn an_unchecked_format_refuses_a_prefix_and_16_base64url_characters() {
-        let format = KeyFormat::default().unchecked();
+    fn a_legacy_prefix_refuses_it_and_16_base64url_characters() {
+        let format = KeyFormat::default().legacy_prefix("ak_", crate::access::KeyMode::Live);
         for query in [
-            "q=sk_live_0123456789abcdef",
-            "q=sk_live_550e8400-e29b-41d4",
-            "sk_test_0123456789_abcdef=1",
+            "q=ak_0123456789abcdef",
+            "q=ak_550e8400-e29b-41d4",
+            "ak_0123456789_abcdef=1",
         ] {
             assert!(key_in_query(query, &format).is_some(), "{query}");
         }
         for query in [
-            "type=sk_test_x",
-            "q=sk_live_0123456789abcde",
+            "type=ak_x",
+            "q=ak_0123456789abcde",
+            "q=sk_live_0123456789abcdef",
             "q=sk_abcdefghijklmnopqrstuv",
         ] {
             assert_eq!(key_in_query(query, &format), None, "{query}");

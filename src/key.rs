@@ -42,9 +42,9 @@ pub(crate) const CHECKSUM_LEN: usize = 6;
 /// Length of a key's body: the random characters and the checksum.
 const BODY_LEN: usize = RANDOM_LEN + CHECKSUM_LEN;
 
-/// The fewest characters after a prefix that make a key of an
-/// [`unchecked`](KeyFormat::unchecked) format, in a text: about 64 bits as hex, 95 as base62.
-const MIN_UNCHECKED_BODY_LEN: usize = 16;
+/// The fewest characters after a [legacy prefix](KeyFormat::legacy_prefix) that make a legacy
+/// key, in a text: about 64 bits as hex, 95 as base62.
+const MIN_LEGACY_BODY_LEN: usize = 16;
 
 /// The longest key the layer hashes; longer credentials are rejected unread.
 pub const MAX_KEY_LEN: usize = 256;
@@ -225,8 +225,8 @@ impl fmt::Debug for LookupId {
 ///
 /// The default accepts live keys (`sk_live_`) and test keys (`sk_test_`) whose checksum is
 /// right, and generates live keys unless asked for a test key ([`KeyMode`]). Add prefixes with
-/// [`KeyFormat::also_accept`]; keys of another shape (issued before this crate) are accepted with
-/// [`KeyFormat::unchecked`].
+/// [`KeyFormat::also_accept`]; keys of another shape (issued before this crate, and
+/// [imported](crate::manage::ImportedKey)) are accepted with [`KeyFormat::legacy_prefix`].
 ///
 /// ```
 /// use tower_api_key::{access::KeyMode, key::KeyFormat};
@@ -250,7 +250,8 @@ impl fmt::Debug for LookupId {
 pub struct KeyFormat {
     prefixes: Vec<Cow<'static, str>>,
     test_prefix: Option<Cow<'static, str>>,
-    checked: bool,
+    /// Prefixes of keys accepted without a checksum, each with the mode it names.
+    legacy: Vec<(Cow<'static, str>, KeyMode)>,
 }
 
 /// `sk_live_` and `sk_test_` keys.
@@ -272,7 +273,7 @@ impl KeyFormat {
         Self {
             prefixes: vec![valid_prefix(prefix.into())],
             test_prefix: None,
-            checked: true,
+            legacy: Vec::new(),
         }
     }
 
@@ -286,6 +287,7 @@ impl KeyFormat {
     pub fn test_prefix(mut self, prefix: impl Into<Cow<'static, str>>) -> Self {
         let prefix = valid_prefix(prefix.into());
         assert_one_mode(self.prefixes.contains(&prefix), &prefix);
+        self.assert_not_legacy(&prefix);
         self.test_prefix = Some(prefix);
         self
     }
@@ -299,17 +301,54 @@ impl KeyFormat {
     pub fn also_accept(mut self, prefix: impl Into<Cow<'static, str>>) -> Self {
         let prefix = valid_prefix(prefix.into());
         assert_one_mode(self.test_prefix.as_ref() == Some(&prefix), &prefix);
+        self.assert_not_legacy(&prefix);
         self.prefixes.push(prefix);
         self
     }
 
-    /// Accepts keys of any shape: only their digest is looked up.
+    /// Also accepts keys of `mode` that start with `prefix` without checking their body: keys
+    /// issued before this crate (by another system, of another shape, with no checksum), kept
+    /// when a service moves to it ([`KeyManager::import`](crate::KeyManager::import)). Only
+    /// their digest is looked up, so a typo in one costs a store lookup.
     ///
-    /// For keys issued before this crate. A typo then costs a store lookup instead of being
-    /// rejected by the checksum.
-    pub fn unchecked(mut self) -> Self {
-        self.checked = false;
+    /// The format's own keys stay checked: a key that starts with one of its prefixes (its live
+    /// or test prefix, or one it [also accepts](KeyFormat::also_accept)) must pass the checksum,
+    /// unless a longer legacy prefix matches it. So `legacy_prefix("", KeyMode::Live)` accepts a
+    /// key of any shape, yet still rejects a made-up `sk_live_` key without a lookup. A legacy
+    /// key is, like any key, 1 to [`MAX_KEY_LEN`] visible ASCII characters. Legacy keys have no
+    /// shape to look for: [`pattern`](KeyFormat::pattern) and [`find_keys`](KeyFormat::find_keys)
+    /// leave them out.
+    ///
+    /// ```
+    /// use tower_api_key::{access::KeyMode, key::KeyFormat};
+    ///
+    /// let format = KeyFormat::default().legacy_prefix("ak_", KeyMode::Live);
+    /// assert!(format.is_well_formed("ak_3f1c9a7e-0b1d-4c55"));
+    /// assert!(format.is_well_formed(format.generate().expose_secret()));
+    /// assert!(!format.is_well_formed("sk_live_made-up"));
+    /// assert!(!format.is_well_formed("ak_with space"));
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`KeyFormat::new`], and if `prefix` is one of the format's checked prefixes (or
+    /// already a legacy prefix): a prefix is either checked or not, and names one mode.
+    pub fn legacy_prefix(mut self, prefix: impl Into<Cow<'static, str>>, mode: KeyMode) -> Self {
+        let prefix = valid_prefix(prefix.into());
+        assert!(
+            !self.prefixes().any(|checked| checked == prefix),
+            "the key prefix {prefix:?} cannot be both checked and legacy"
+        );
+        self.assert_not_legacy(&prefix);
+        self.legacy.push((prefix, mode));
         self
+    }
+
+    fn assert_not_legacy(&self, prefix: &str) {
+        assert!(
+            !self.legacy.iter().any(|(legacy, _)| legacy == prefix),
+            "the key prefix {prefix:?} is already a legacy prefix"
+        );
     }
 
     /// The prefix of generated live keys, shown in the `missing_api_key` message.
@@ -335,31 +374,52 @@ impl KeyFormat {
     }
 
     /// Whether `key` has an accepted prefix, a body of the right length and alphabet, and the
-    /// right checksum. Always true for an [`unchecked`](KeyFormat::unchecked) format.
+    /// right checksum; or starts with a [legacy prefix](KeyFormat::legacy_prefix) and is 1 to
+    /// [`MAX_KEY_LEN`] visible ASCII characters.
     pub fn is_well_formed(&self, key: &str) -> bool {
         self.mode_of(key.as_bytes()).is_some()
     }
 
     /// The mode that `key`'s prefix says, if the key is [well formed](KeyFormat::is_well_formed):
-    /// test for the [test prefix](KeyFormat::test_prefix), live for any other. A key of an
-    /// [`unchecked`](KeyFormat::unchecked) format that is well formed under no prefix is a test
-    /// key if the longest accepted prefix it starts with is the test prefix.
+    /// test for the [test prefix](KeyFormat::test_prefix), live for any other checked prefix,
+    /// and for a legacy key the mode of the longest [legacy prefix](KeyFormat::legacy_prefix) it
+    /// starts with.
     pub(crate) fn mode_of(&self, key: &[u8]) -> Option<KeyMode> {
-        let well_formed = self.prefixes().find(|prefix| has_valid_body(key, prefix));
-        let prefix = match (well_formed, self.checked) {
-            (Some(prefix), _) => Some(prefix),
-            (None, true) => return None,
-            (None, false) => self
-                .prefixes()
-                .filter(|prefix| key.starts_with(prefix.as_bytes()))
-                .max_by_key(|prefix| prefix.len()),
-        };
-        let is_test = prefix.is_some() && prefix == self.test_prefix.as_deref();
-        Some(if is_test {
-            KeyMode::Test
-        } else {
-            KeyMode::Live
-        })
+        self.prefix_of(key).map(|(_, mode)| mode)
+    }
+
+    /// The prefix under which `key` is [well formed](KeyFormat::is_well_formed), and the mode
+    /// it names.
+    pub(crate) fn prefix_of(&self, key: &[u8]) -> Option<(&str, KeyMode)> {
+        if let Some(prefix) = self.prefixes().find(|prefix| has_valid_body(key, prefix)) {
+            let is_test = Some(prefix) == self.test_prefix.as_deref();
+            let mode = if is_test {
+                KeyMode::Test
+            } else {
+                KeyMode::Live
+            };
+            return Some((prefix, mode));
+        }
+        self.legacy_prefix_of(key)
+    }
+
+    /// `key`'s prefix and mode as a legacy key: `None` unless the longest prefix it starts
+    /// with, of the checked and legacy ones, is a legacy prefix (a key under a checked prefix
+    /// must pass the checksum), and it is 1 to [`MAX_KEY_LEN`] visible ASCII characters.
+    fn legacy_prefix_of(&self, key: &[u8]) -> Option<(&str, KeyMode)> {
+        let (legacy, mode) = self
+            .legacy
+            .iter()
+            .filter(|(prefix, _)| key.starts_with(prefix.as_bytes()))
+            .max_by_key(|(prefix, _)| prefix.len())?;
+        let checked = self
+            .prefixes()
+            .filter(|prefix| key.starts_with(prefix.as_bytes()))
+            .map(str::len)
+            .max();
+        let bounded =
+            (1..=MAX_KEY_LEN).contains(&key.len()) && every_byte(key, u8::is_ascii_graphic);
+        (bounded && checked.is_none_or(|checked| checked < legacy.len())).then_some((legacy, *mode))
     }
 
     /// The regular expression that matches this format's keys, for a secret scanner to
@@ -375,35 +435,49 @@ impl KeyFormat {
     ///     KeyFormat::default().pattern(),
     ///     r"(?-u:\b)(?:sk_live_|sk_test_)[0-9A-Za-z]{38}(?-u:\b)"
     /// );
-    /// // Keys of any shape: at least 16 characters of base64url after the prefix.
+    /// // Legacy keys, of any shape: at least 16 characters of base64url after their prefix.
+    /// use tower_api_key::access::KeyMode;
     /// assert_eq!(
-    ///     KeyFormat::default().unchecked().pattern(),
-    ///     r"(?-u:\b)(?:sk_live_|sk_test_)[0-9A-Za-z_-]{16,}"
+    ///     KeyFormat::default().legacy_prefix("ak_", KeyMode::Live).pattern(),
+    ///     r"(?-u:\b)(?:(?:sk_live_|sk_test_)[0-9A-Za-z]{38}(?-u:\b)|(?:ak_)[0-9A-Za-z_-]{16,})"
     /// );
     /// ```
     ///
     /// A match may still fail the checksum; [`find_keys`](KeyFormat::find_keys) keeps only the
     /// keys that pass it, so a scanner can tell a real key from a lookalike without a lookup.
     pub fn pattern(&self) -> String {
-        let prefixes: Vec<String> = self.prefixes().map(escape_for_regex).collect();
-        let prefixes = prefixes.join("|");
-        if self.checked {
-            format!(r"(?-u:\b)(?:{prefixes})[0-9A-Za-z]{{{BODY_LEN}}}(?-u:\b)")
+        let checked: Vec<String> = self.prefixes().map(escape_for_regex).collect();
+        let checked = format!(
+            r"(?:{})[0-9A-Za-z]{{{BODY_LEN}}}(?-u:\b)",
+            checked.join("|")
+        );
+        let legacy: Vec<String> = self.legacy_prefixes().map(escape_for_regex).collect();
+        if legacy.is_empty() {
+            format!(r"(?-u:\b){checked}")
         } else {
-            format!(r"(?-u:\b)(?:{prefixes})[0-9A-Za-z_-]{{{MIN_UNCHECKED_BODY_LEN},}}")
+            let legacy = legacy.join("|");
+            format!(r"(?-u:\b)(?:{checked}|(?:{legacy})[0-9A-Za-z_-]{{{MIN_LEGACY_BODY_LEN},}})")
         }
+    }
+
+    /// The non-empty [legacy prefixes](KeyFormat::legacy_prefix): a legacy key without a
+    /// prefix has no shape to look for in a text.
+    pub(crate) fn legacy_prefixes(&self) -> impl Iterator<Item = &str> + Clone {
+        (self.legacy.iter())
+            .map(|(prefix, _)| &**prefix)
+            .filter(|prefix| !prefix.is_empty())
     }
 
     /// The keys of this format in `text`, as byte ranges, in order: each an accepted prefix and
     /// a body of the right length and alphabet whose checksum is right, not touching a letter,
     /// digit or `_` on either side. For finding keys pasted in tickets, logs or commits.
     ///
-    /// An [`unchecked`](KeyFormat::unchecked) format accepts keys of any shape, so here its keys
-    /// are an accepted prefix followed by at least 16 characters of base64url (letters, digits,
+    /// [Legacy keys](KeyFormat::legacy_prefix) may have any shape, so here they are a legacy
+    /// prefix (not empty) followed by at least 16 characters of base64url (letters, digits,
     /// `-`, `_`: the alphabets of hex, base62, base64url and UUIDs), all of them: 16 such
     /// characters is less than any random secret needs, and more than the identifiers and words
-    /// that happen to start with a prefix (`sk_test_x`). A key holding other characters (`.`,
-    /// `+`, `/`) is found up to the first of them.
+    /// that happen to start with a prefix (`ak_x`). A key holding other characters (`.`, `+`,
+    /// `/`) is found up to the first of them.
     ///
     /// ```
     /// use tower_api_key::key::KeyFormat;
@@ -431,7 +505,7 @@ impl KeyFormat {
     fn keys_in<'t>(&'t self, text: &'t str) -> impl Iterator<Item = Shaped> + 't {
         self.shaped(text).into_iter().filter(move |key| {
             let prefix = &text[key.range.start..key.range.start + key.prefix_len];
-            !self.checked || has_valid_body(&text.as_bytes()[key.range.clone()], prefix)
+            !key.checked || has_valid_body(&text.as_bytes()[key.range.clone()], prefix)
         })
     }
 
@@ -441,16 +515,22 @@ impl KeyFormat {
     /// query-string refusal.
     fn shaped(&self, text: &str) -> Vec<Shaped> {
         let bytes = text.as_bytes();
-        let mut found: Vec<Shaped> = self
-            .prefixes()
-            .flat_map(|prefix| text.match_indices(prefix))
-            .filter(|&(start, _)| start == 0 || !is_word(&bytes[start - 1]))
-            .filter_map(|(start, prefix)| {
+        let checked = self.prefixes().map(|prefix| (prefix, true));
+        let legacy = self.legacy_prefixes().map(|prefix| (prefix, false));
+        let mut found: Vec<Shaped> = checked
+            .chain(legacy)
+            .flat_map(|(prefix, checked)| {
+                let starts = text.match_indices(prefix).map(|(start, _)| start);
+                starts.map(move |start| (start, prefix, checked))
+            })
+            .filter(|&(start, _, _)| start == 0 || !is_word(&bytes[start - 1]))
+            .filter_map(|(start, prefix, checked)| {
                 let body_start = start + prefix.len();
-                let body_len = self.body_len(&bytes[body_start..])?;
+                let body_len = Self::body_len(&bytes[body_start..], checked)?;
                 Some(Shaped {
                     range: start..body_start + body_len,
                     prefix_len: prefix.len(),
+                    checked,
                 })
             })
             .collect();
@@ -474,18 +554,18 @@ impl KeyFormat {
     }
 
     /// The length of the key body at the start of `rest` (what follows a prefix), if one is
-    /// there: [`BODY_LEN`] base62 characters not followed by a letter, digit or `_`; for an
-    /// [`unchecked`](KeyFormat::unchecked) format, the whole run of base64url characters if it
-    /// is at least [`MIN_UNCHECKED_BODY_LEN`] long.
-    fn body_len(&self, rest: &[u8]) -> Option<usize> {
-        if self.checked {
+    /// there: after a `checked` prefix, [`BODY_LEN`] base62 characters not followed by a letter,
+    /// digit or `_`; after a legacy prefix, the whole run of base64url characters if it is at
+    /// least [`MIN_LEGACY_BODY_LEN`] long.
+    fn body_len(rest: &[u8], checked: bool) -> Option<usize> {
+        if checked {
             let body = rest.get(..BODY_LEN)?;
             let clear_after = rest.get(BODY_LEN).is_none_or(|byte| !is_word(byte));
             (clear_after && every_byte(body, u8::is_ascii_alphanumeric)).then_some(BODY_LEN)
         } else {
             let is_base64url = |byte: &&u8| is_word(byte) || **byte == b'-';
             let len = rest.iter().take_while(is_base64url).count();
-            (len >= MIN_UNCHECKED_BODY_LEN).then_some(len)
+            (len >= MIN_LEGACY_BODY_LEN).then_some(len)
         }
     }
 
@@ -543,6 +623,8 @@ impl KeyFormat {
 struct Shaped {
     range: Range<usize>,
     prefix_len: usize,
+    /// Whether its prefix is one of the format's own, whose keys have a checksum.
+    checked: bool,
 }
 
 /// Whether `byte` is a letter, a digit or `_`: what a key may not touch.
@@ -764,24 +846,60 @@ mod tests {
             format.mode_of(live.expose_secret().as_bytes()),
             Some(KeyMode::Live)
         );
-        let unchecked = format.unchecked();
-        assert_eq!(unchecked.mode_of(b"sk_live_legacy"), Some(KeyMode::Live));
-        assert_eq!(unchecked.mode_of(b"sk_legacy"), Some(KeyMode::Test));
-        assert_eq!(unchecked.mode_of(b"legacy"), Some(KeyMode::Live));
     }
 
     #[test]
-    fn an_unchecked_format_reads_a_well_formed_key_s_mode_from_its_body() {
-        let format = KeyFormat::new("sk_").test_prefix("sk_t").unchecked();
-        // One live key in 62 has a body that starts with `t`, so it starts with the test prefix.
-        let live = std::iter::repeat_with(|| format.generate())
-            .take(100_000)
-            .find(|key| key.expose_secret().starts_with("sk_t"))
-            .expect("a live key starting with sk_t");
+    fn a_legacy_key_s_mode_is_its_longest_legacy_prefix_s() {
+        let format = KeyFormat::default()
+            .legacy_prefix("ak_", KeyMode::Live)
+            .legacy_prefix("ak_test_", KeyMode::Test);
+        assert_eq!(format.mode_of(b"ak_123"), Some(KeyMode::Live));
+        assert_eq!(format.mode_of(b"ak_test_123"), Some(KeyMode::Test));
+        assert_eq!(format.mode_of(b"bk_123"), None);
+    }
+
+    #[test]
+    fn the_format_s_own_keys_stay_checked_beside_legacy_keys() {
+        let format = KeyFormat::default().legacy_prefix("", KeyMode::Live);
+        assert_eq!(format.mode_of(b"3f1c9a7e-legacy"), Some(KeyMode::Live));
+        assert_eq!(format.mode_of(b"sk_live_made-up"), None);
+        assert_eq!(format.mode_of(b"sk_test_made-up"), None);
+        let test = format.generate_for(KeyMode::Test).unwrap();
         assert_eq!(
-            format.mode_of(live.expose_secret().as_bytes()),
-            Some(KeyMode::Live)
+            format.mode_of(test.expose_secret().as_bytes()),
+            Some(KeyMode::Test)
         );
+        // A longer legacy prefix under a checked one wins.
+        let nested = KeyFormat::new("sk_").legacy_prefix("sk_old_", KeyMode::Live);
+        assert_eq!(nested.mode_of(b"sk_old_123"), Some(KeyMode::Live));
+        assert_eq!(nested.mode_of(b"sk_123"), None);
+    }
+
+    #[test]
+    fn legacy_keys_are_bounded_visible_ascii() {
+        let format = KeyFormat::default().legacy_prefix("ak_", KeyMode::Live);
+        let longest = format!("ak_{}", "a".repeat(MAX_KEY_LEN - 3));
+        assert!(format.is_well_formed(&longest));
+        assert!(!format.is_well_formed(&format!("{longest}a")));
+        assert!(!format.is_well_formed("ak_a b"));
+        assert!(!format.is_well_formed("ak_é"));
+        assert!(!KeyFormat::default()
+            .legacy_prefix("", KeyMode::Live)
+            .is_well_formed(""));
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot be both checked and legacy")]
+    fn a_checked_prefix_cannot_be_legacy() {
+        let _ = KeyFormat::default().legacy_prefix("sk_test_", KeyMode::Test);
+    }
+
+    #[test]
+    #[should_panic(expected = "already a legacy prefix")]
+    fn a_legacy_prefix_cannot_be_checked_later() {
+        let _ = KeyFormat::new("sk_live_")
+            .legacy_prefix("ak_", KeyMode::Live)
+            .also_accept("ak_");
     }
 
     #[test]
@@ -819,9 +937,9 @@ mod tests {
     }
 
     #[test]
-    fn unchecked_format_accepts_any_shape() {
+    fn an_empty_legacy_prefix_accepts_any_other_shape() {
         assert!(KeyFormat::default()
-            .unchecked()
+            .legacy_prefix("", KeyMode::Live)
             .is_well_formed("legacy-key-123"));
         assert!(!KeyFormat::default().is_well_formed("legacy-key-123"));
     }
@@ -937,18 +1055,18 @@ mod tests {
     }
 
     #[test]
-    fn an_unchecked_format_finds_a_prefix_and_16_or_more_base64url_characters() {
-        let format = KeyFormat::default().unchecked();
-        let text =
-            "a sk_live_550e8400-e29b-41d4 b sk_test_0123456789abcde c sk_test_ab_cd-0123456789";
+    fn legacy_keys_are_found_as_a_prefix_and_16_or_more_base64url_characters() {
+        let format = KeyFormat::default()
+            .legacy_prefix("ak_", KeyMode::Live)
+            .legacy_prefix("", KeyMode::Live);
+        let text = "a ak_550e8400-e29b-41d4 b ak_0123456789abcde c ak_ab_cd-0123456789 \
+                    d sk_live_0123456789abcdef0123456789abcdef012345";
         let found: Vec<&str> = format.find_keys(text).map(|range| &text[range]).collect();
-        assert_eq!(
-            found,
-            ["sk_live_550e8400-e29b-41d4", "sk_test_ab_cd-0123456789"]
-        );
+        assert_eq!(found, ["ak_550e8400-e29b-41d4", "ak_ab_cd-0123456789"]);
         assert_eq!(
             format.redact(text),
-            "a sk_live_[REDACTED] b sk_test_0123456789abcde c sk_test_[REDACTED]"
+            "a ak_[REDACTED] b ak_0123456789abcde c ak_[REDACTED] \
+                    d sk_live_0123456789abcdef0123456789abcdef012345"
         );
         let generated = format.generate();
         assert_eq!(format.find_keys(generated.expose_secret()).count(), 1);
@@ -962,7 +1080,9 @@ mod tests {
             "{key} x{key} {key}_ sk_live_550e8400-e29b-41d4-a716 é{key} sk_test_short sk_live_{}",
             "Z".repeat(40)
         );
-        for format in [KeyFormat::default(), KeyFormat::default().unchecked()] {
+        let text = format!("{text} ak_550e8400-e29b-41d4-a716 ak_short x_ak_0123456789abcdef");
+        let legacy = KeyFormat::default().legacy_prefix("ak_", KeyMode::Live);
+        for format in [KeyFormat::default(), legacy] {
             let pattern = regex::Regex::new(&format.pattern()).unwrap();
             let matched: Vec<_> = pattern.find_iter(&text).map(|m| m.range()).collect();
             let shaped: Vec<_> = format.shaped(&text).into_iter().map(|s| s.range).collect();
@@ -973,8 +1093,9 @@ mod tests {
 
     #[test]
     fn overlapping_prefixes_give_one_span() {
-        let format = KeyFormat::new("sk_").also_accept("sk_live_").unchecked();
-        let text = "sk_live_0123456789abcdef";
+        let format = KeyFormat::new("sk_live_").legacy_prefix("sk_", KeyMode::Live);
+        let key = format.generate();
+        let text = key.expose_secret();
         let spans = format.shaped(text);
         assert_eq!(spans.len(), 1);
         assert_eq!(

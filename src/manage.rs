@@ -38,6 +38,9 @@ use crate::mode::KeyMode;
 use crate::scope::{ScopeError, Scopes};
 use crate::store::{CreateError, KeyRecord, Quota, StoreError, WritableKeyStore};
 
+mod import;
+pub use import::{ImportError, ImportOutcome, ImportQuota, ImportedKey};
+
 /// The longest key name, in characters.
 pub const MAX_NAME_LEN: usize = 100;
 

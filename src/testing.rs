@@ -66,6 +66,9 @@
 //! - last use: recorded within 2 s of a request;
 //! - credits: 150 concurrent spends through three instances on a balance of 50 spend exactly
 //!   50; spends take all or nothing; refills fall due at 00:00 UTC; top-ups add.
+//! - import ([`WritableKeyStore::import`], through [`KeyManager::import`]): 1,010 keys stored
+//!   in bulk, found by their digests, and none twice on a second run; a stored key id or key
+//!   left as it is; imported legacy keys authenticate; the quota respected or bypassed.
 //!
 //! A store that keeps no credits fails the last two credit tests (`credits_are_spent_...`,
 //! `credits_refill_...`): call the other functions from tests of your own instead of the
@@ -138,6 +141,10 @@
 //! stored balance in one atomic step, and store the balance they return even when a spend is
 //! refused (a refill may have fallen due); `spend_credits` is for any account's key (the layer
 //! spends for the key that authenticated), `top_up_credits` for the account's only.
+//!
+//! **Importing** ([`import`](WritableKeyStore::import)) is provided: a `create` per record
+//! with no limit, a record already stored answering `false`. Override it to insert many records
+//! at once (the SQL stores take 1,000 to a transaction), keeping that answer.
 //!
 //! **Keeping records whole**: [`KeyRecord`](crate::KeyRecord) serializes with serde to a
 //! stable form (digest in hex, RFC 3339 times, the exact balance, never a key), so that a file
@@ -1028,6 +1035,215 @@ pub async fn audit_events_follow_a_key_s_whole_life(backend: impl Backend) {
     }
 }
 
+/// `n` keys of an older system (`ak_`, no checksum) for `account` on `tier`, imported from their
+/// digests, created a day before `clock`'s time: the keys and what to import.
+fn legacy_keys(
+    account: &str,
+    tier: Tier,
+    n: usize,
+    clock: &ManualClock,
+) -> (Vec<ApiKey>, Vec<crate::manage::ImportedKey>) {
+    let created_at = clock.now() - Duration::from_secs(86_400);
+    (0..n)
+        .map(|index| {
+            let key = ApiKey::new(format!("ak_{}", uuid::Uuid::new_v4().simple()));
+            let imported = crate::manage::ImportedKey::digest(
+                key.digest(),
+                KeyId::new(format!("old_{}", uuid::Uuid::new_v4().simple())),
+                account,
+                tier.clone(),
+                format!("old key {index}"),
+            )
+            .created_at(created_at);
+            (key, imported)
+        })
+        .unzip()
+}
+
+/// Counts the outcomes of an import: imported, already present, rejected.
+fn tally(outcomes: &[crate::manage::ImportOutcome]) -> (usize, usize, usize) {
+    use crate::manage::ImportOutcome;
+    outcomes.iter().fold(
+        (0, 0, 0),
+        |(imported, present, rejected), outcome| match outcome {
+            ImportOutcome::Imported => (imported + 1, present, rejected),
+            ImportOutcome::AlreadyPresent => (imported, present + 1, rejected),
+            _ => (imported, present, rejected + 1),
+        },
+    )
+}
+
+/// A bulk import past the quota ([`ImportQuota::Bypassed`](crate::manage::ImportQuota), more
+/// keys than one SQL transaction takes) stores every key, found by its digest with its id,
+/// name and creation time; the same import again stores nothing.
+pub async fn import_in_bulk_stores_each_key_once(backend: impl Backend) {
+    use crate::manage::ImportQuota;
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let account = account();
+    let (plain, imported) = legacy_keys(&account, Tier::PRO, 1_010, &clock);
+    let first = keys.import(imported.clone(), ImportQuota::Bypassed).await;
+    assert_eq!(tally(&first.unwrap()), (1_010, 0, 0));
+    let listed = keys.list(&account).await.unwrap();
+    assert_eq!(listed.len(), 1_010);
+    for (index, key) in plain.iter().enumerate().step_by(101) {
+        let found = (keys.store().find(&key.digest().lookup_id()).await.unwrap())
+            .expect("an imported key is found by its digest");
+        assert!(found.digest.matches(&key.digest()));
+        assert_eq!(found.identity.name(), format!("old key {index}"));
+        assert_eq!(found.identity.account_id(), account);
+        assert_eq!(
+            found.created_at,
+            Some(clock.now() - Duration::from_secs(86_400))
+        );
+        assert_eq!(found.hint, None, "a digest gives no hint");
+    }
+    let again = keys.import(imported, ImportQuota::Bypassed).await;
+    assert_eq!(tally(&again.unwrap()), (0, 1_010, 0));
+    assert_eq!(keys.list(&account).await.unwrap().len(), 1_010);
+}
+
+/// An import, past the quota or not, leaves a stored key as it is when a key to import has
+/// its id (in any account) or its secret: reported already present, nothing taken over.
+pub async fn import_leaves_an_existing_id_or_key_as_it_is(backend: impl Backend) {
+    use crate::manage::{ImportQuota, ImportedKey};
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let account = account();
+    let created = create(&keys, &account).await;
+    let other_key = ApiKey::new(format!("ak_{}", uuid::Uuid::new_v4().simple()));
+    for quota in [ImportQuota::Bypassed, ImportQuota::Respected] {
+        let same_id = ImportedKey::digest(
+            other_key.digest(),
+            created.info.id.clone(),
+            "acct_thief",
+            Tier::PRO,
+            "thief",
+        );
+        let same_key = ImportedKey::digest(
+            created.key.digest(),
+            KeyId::random(),
+            "acct_thief",
+            Tier::PRO,
+            "thief",
+        );
+        let outcomes = keys.import(vec![same_id, same_key], quota).await.unwrap();
+        assert_eq!(tally(&outcomes), (0, 2, 0), "{quota:?}: {outcomes:?}");
+    }
+    let found = (keys.store().find(&created.key.digest().lookup_id()).await)
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.identity.key_id(), &created.info.id);
+    assert_eq!(found.identity.name(), "ci");
+    assert_eq!(found.identity.account_id(), account);
+    assert!(keys
+        .store()
+        .find(&other_key.digest().lookup_id())
+        .await
+        .unwrap()
+        .is_none());
+    assert!(keys.list("acct_thief").await.unwrap().is_empty());
+    assert_eq!(verdict(&keys, &created.key).await, "ok");
+}
+
+/// Imported keys authenticate through the layer of a manager whose format has their legacy
+/// prefix: a plaintext key and a key imported from its digest alone; an imported key whose
+/// expiry is past is refused as expired, and a made-up key of the crate's own prefix as
+/// invalid.
+pub async fn imported_legacy_keys_authenticate(backend: impl Backend) {
+    use crate::manage::{ImportQuota, ImportedKey};
+    let clock = clock();
+    let format = crate::key::KeyFormat::default().legacy_prefix("ak_", KeyMode::Live);
+    let keys = manager(backend.instance().await, &clock).key_format(format);
+    let account = account();
+    let plain = ApiKey::new(format!("ak_{}", uuid::Uuid::new_v4().simple()));
+    let by_digest = ApiKey::new(format!("ak_{}", uuid::Uuid::new_v4().simple()));
+    let expired = ApiKey::new(format!("ak_{}", uuid::Uuid::new_v4().simple()));
+    let import = |key: ImportedKey| {
+        key.created_at(clock.now() - Duration::from_secs(7_200))
+            .expires_at(clock.now() + Duration::from_secs(3_600))
+    };
+    let plain_id = KeyId::random();
+    let outcomes = keys
+        .import(
+            vec![
+                import(ImportedKey::key(
+                    plain.clone(),
+                    plain_id.clone(),
+                    &account,
+                    Tier::FREE,
+                    "plain",
+                )),
+                import(ImportedKey::digest(
+                    by_digest.digest(),
+                    KeyId::random(),
+                    &account,
+                    Tier::FREE,
+                    "digest",
+                )),
+                ImportedKey::key(
+                    expired.clone(),
+                    KeyId::random(),
+                    &account,
+                    Tier::FREE,
+                    "expired",
+                )
+                .created_at(clock.now() - Duration::from_secs(7_200))
+                .expires_at(clock.now() - Duration::from_secs(3_600)),
+            ],
+            ImportQuota::Respected,
+        )
+        .await
+        .unwrap();
+    assert_eq!(tally(&outcomes), (3, 0, 0), "{outcomes:?}");
+    assert_eq!(verdict(&keys, &plain).await, "ok");
+    assert_eq!(verdict(&keys, &by_digest).await, "ok");
+    assert_eq!(verdict(&keys, &expired).await, "expired_api_key");
+    let made_up = ApiKey::new(format!("sk_live_{}", "a".repeat(38)));
+    assert_eq!(verdict(&keys, &made_up).await, "invalid_api_key");
+    let info = keys.get(&account, &plain_id).await.unwrap();
+    assert_eq!(
+        info.expires_at,
+        Some(clock.now() + Duration::from_secs(3_600))
+    );
+    let hint = info.hint.expect("a plaintext key's hint");
+    assert!(
+        hint.starts_with("ak_...") && plain.expose_secret().ends_with(&hint[6..]),
+        "{hint}"
+    );
+}
+
+/// An import that respects the quota stores keys up to the tier's limit of active keys and
+/// rejects the rest, and says the same when run again; bypassing it stores them.
+pub async fn import_respecting_the_quota_stops_at_the_limit(backend: impl Backend) {
+    use crate::manage::{ImportError, ImportOutcome, ImportQuota};
+    let clock = clock();
+    let keys = manager(backend.instance().await, &clock);
+    let account = account();
+    let (_, imported) = legacy_keys(&account, Tier::FREE, 5, &clock);
+    for run in 0..2 {
+        let outcomes = keys
+            .import(imported.clone(), ImportQuota::Respected)
+            .await
+            .unwrap();
+        let expected = if run == 0 { (3, 0, 2) } else { (0, 3, 2) };
+        assert_eq!(tally(&outcomes), expected, "run {run}: {outcomes:?}");
+        let refused = outcomes.iter().filter(|outcome| {
+            matches!(
+                outcome,
+                ImportOutcome::Rejected(ImportError::Refused(ManageError::KeyLimitReached {
+                    limit: 3,
+                    ..
+                }))
+            )
+        });
+        assert_eq!(refused.count(), 2);
+    }
+    let bypassed = keys.import(imported, ImportQuota::Bypassed).await.unwrap();
+    assert_eq!(tally(&bypassed), (2, 3, 0));
+    assert_eq!(keys.list(&account).await.unwrap().len(), 5);
+}
+
 /// Generates one test per function of the [store suite](crate::testing), each with the backend
 /// that `$backend` evaluates to.
 ///
@@ -1078,6 +1294,10 @@ macro_rules! store_suite {
             credits_refill_take_all_or_nothing_and_are_topped_up,
             disabling_refuses_a_key_until_enabled_and_keeps_its_quota_place,
             audit_events_follow_a_key_s_whole_life,
+            import_in_bulk_stores_each_key_once,
+            import_leaves_an_existing_id_or_key_as_it_is,
+            imported_legacy_keys_authenticate,
+            import_respecting_the_quota_stops_at_the_limit,
         );
     };
     (@tests $backend:expr; $($name:ident),* $(,)?) => {

@@ -519,6 +519,18 @@ impl<S: WritableKeyStore> WritableKeyStore for CachedKeyStore<S> {
             .top_up_credits(account_id, key_id, amount, now)
             .await
     }
+
+    /// The inner store's import; then every imported key is forgotten, so that a lookup made
+    /// before the import (cached as unknown) does not outlive it.
+    async fn import(&self, records: Vec<KeyRecord>) -> Result<Vec<bool>, StoreError> {
+        let changed: Vec<LookupId> = records
+            .iter()
+            .map(|record| record.digest.lookup_id())
+            .collect();
+        let inner = Arc::clone(&self.inner);
+        let write = async move { inner.import(records).await };
+        self.write(write, |_| Some(changed)).await
+    }
 }
 
 /// Retires every cached entry when dropped: a write whose caller went away may have changed any.

@@ -222,7 +222,35 @@ pub trait WritableKeyStore: KeyStore {
         let _ = (account_id, key_id, amount, now);
         Err(StoreError::new("this key store keeps no credits"))
     }
+
+    /// Adds each of `records` that is not stored yet, counting no quota: the bulk path of
+    /// [`KeyManager::import`](crate::KeyManager::import) when a migration bypasses the quota.
+    /// Whether each record was inserted, in order: `false` for one whose key id or key is
+    /// stored already (in any account, or earlier in `records`), which is left as it is. Running
+    /// an import twice inserts nothing the second time.
+    ///
+    /// Not atomic as a whole: on an error, some records may be stored, and importing them all
+    /// again inserts the rest. The default calls [`create`](WritableKeyStore::create) for each
+    /// record with no limit; the SQL stores insert a batch in one transaction.
+    async fn import(&self, records: Vec<KeyRecord>) -> Result<Vec<bool>, StoreError> {
+        let mut inserted = Vec::with_capacity(records.len());
+        for record in records {
+            match self.create(record, Quota::unlimited()).await {
+                Ok(()) => inserted.push(true),
+                Err(CreateError::AlreadyExists) => inserted.push(false),
+                Err(CreateError::Store(error)) => return Err(error),
+                Err(refusal) => return Err(StoreError::new(refusal.to_string())),
+            }
+        }
+        Ok(inserted)
+    }
 }
+
+/// How many records the SQL stores' [`import`](WritableKeyStore::import) inserts in one
+/// transaction: large enough that the commits cost little, small enough that one transaction
+/// finishes well within a store's timeout.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+const IMPORT_BATCH: usize = 1_000;
 
 /// The rule that [`WritableKeyStore::create`] checks atomically with the insert.
 #[derive(Clone, Debug)]
@@ -245,6 +273,11 @@ impl Quota {
             now,
             retiring: None,
         }
+    }
+
+    /// No limit at all: what [`WritableKeyStore::import`] creates records with by default.
+    pub fn unlimited() -> Self {
+        Self::new(usize::MAX, SystemTime::now())
     }
 
     /// The same quota, while key `key_id` is rotated out to expire at `expires_at`.

@@ -279,6 +279,25 @@ impl PgKeyStore {
                 .await
                 .map_err(StoreError::new)?;
         }
+        let inserted = self
+            .insert(record)?
+            .execute(&mut *transaction)
+            .await
+            .map_err(StoreError::new)?;
+        if inserted.rows_affected() == 0 {
+            // Dropping the transaction rolls the retirement back.
+            return Err(CreateError::AlreadyExists);
+        }
+        transaction.commit().await.map_err(StoreError::new)?;
+        Ok(())
+    }
+
+    /// The insert of `record`, written once for `create` and `import`: nothing if its key id
+    /// or lookup id is taken.
+    fn insert<'q>(
+        &self,
+        record: &'q KeyRecord,
+    ) -> Result<Query<'q, Postgres, PgArguments>, StoreError> {
         let identity = &record.identity;
         let rate_limit = identity
             .rate_limit()
@@ -286,11 +305,11 @@ impl PgKeyStore {
             .transpose()
             .map_err(StoreError::new)?;
         let credits = CreditColumns::of(record.credits.as_ref());
-        let inserted = sqlx::query(sql(&self.statements.insert))
+        let query = sqlx::query(sql(&self.statements.insert))
             .bind(identity.key_id().as_str())
             .bind(&record.digest.lookup_id().as_bytes()[..])
             .bind(&record.digest.as_bytes()[..])
-            .bind(account_id)
+            .bind(identity.account_id())
             .bind(identity.name())
             .bind(identity.tier().as_str())
             .bind(identity.metadata())
@@ -310,16 +329,8 @@ impl PgKeyStore {
             .bind(credits.refill_amount)
             .bind(credits.refill_every)
             .bind(credits.refilled_at.map(PgTime))
-            .bind(record.disabled_at.map(PgTime))
-            .execute(&mut *transaction)
-            .await
-            .map_err(StoreError::new)?;
-        if inserted.rows_affected() == 0 {
-            // Dropping the transaction rolls the retirement back.
-            return Err(CreateError::AlreadyExists);
-        }
-        transaction.commit().await.map_err(StoreError::new)?;
-        Ok(())
+            .bind(record.disabled_at.map(PgTime));
+        Ok(query)
     }
 
     /// Runs `query`, which returns at most one record.
@@ -485,6 +496,31 @@ impl WritableKeyStore for PgKeyStore {
             .bind(PgTime(RefillPeriod::Day.start_of(now)))
             .bind(PgTime(RefillPeriod::Month.start_of(now)));
         self.fetch_record(query).await
+    }
+
+    /// The inserts of `create`, `IMPORT_BATCH` to a transaction, each transaction within the
+    /// store's timeout: a record whose key id or key is taken is skipped (`ON CONFLICT DO
+    /// NOTHING`), so a transaction fails only with the server.
+    async fn import(&self, records: Vec<KeyRecord>) -> Result<Vec<bool>, StoreError> {
+        let mut inserted = Vec::with_capacity(records.len());
+        for batch in records.chunks(super::IMPORT_BATCH) {
+            let batch_inserted = within("PostgreSQL", self.timeout, async {
+                let mut transaction = self.pool.begin().await.map_err(StoreError::new)?;
+                let mut inserted = Vec::with_capacity(batch.len());
+                for record in batch {
+                    let done = (self.insert(record)?)
+                        .execute(&mut *transaction)
+                        .await
+                        .map_err(StoreError::new)?;
+                    inserted.push(done.rows_affected() == 1);
+                }
+                transaction.commit().await.map_err(StoreError::new)?;
+                Ok::<_, StoreError>(inserted)
+            })
+            .await?;
+            inserted.extend(batch_inserted);
+        }
+        Ok(inserted)
     }
 }
 

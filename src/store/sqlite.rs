@@ -417,17 +417,7 @@ impl SqliteKeyStore {
             .as_ref()
             .map(|(_, expires_at)| micros(*expires_at))
             .transpose()?;
-        let metadata = identity.metadata().map(json).transpose()?;
-        let scopes = identity.scopes().map(json).transpose()?;
-        let rate_limit = identity.rate_limit().as_ref().map(json).transpose()?;
-        let credits = CreditColumns::of(record.credits.as_ref());
-        let refilled_at = credits.refilled_at.map(micros).transpose()?;
-        let encode = |time: Option<SystemTime>| time.map(micros).transpose();
-        let created_at = encode(record.created_at)?;
-        let expires_at = encode(record.expires_at)?;
-        let revoked_at = encode(record.revoked_at)?;
-        let last_used_at = encode(record.last_used_at)?;
-        let disabled_at = encode(record.disabled_at)?;
+        let insert = insert(record)?;
 
         // IMMEDIATE: the write lock now, not at the insert. A deferred transaction would count
         // under a read snapshot, and two creates could both count below the limit.
@@ -463,27 +453,7 @@ impl SqliteKeyStore {
                 .await
                 .map_err(StoreError::new)?;
         }
-        let inserted = sqlx::query(INSERT)
-            .bind(&record.digest.lookup_id().as_bytes()[..])
-            .bind(identity.key_id().as_str())
-            .bind(&record.digest.as_bytes()[..])
-            .bind(account_id)
-            .bind(identity.name())
-            .bind(identity.tier().as_str())
-            .bind(metadata)
-            .bind(record.hint.as_deref())
-            .bind(created_at)
-            .bind(expires_at)
-            .bind(revoked_at)
-            .bind(last_used_at)
-            .bind(identity.mode().as_str())
-            .bind(scopes)
-            .bind(rate_limit)
-            .bind(credits.remaining)
-            .bind(credits.refill_amount)
-            .bind(credits.refill_every)
-            .bind(refilled_at)
-            .bind(disabled_at)
+        let inserted = insert
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::new)?;
@@ -648,6 +618,32 @@ impl WritableKeyStore for SqliteKeyStore {
             .bind(micros(RefillPeriod::Month.start_of(now))?);
         self.fetch_record(query).await
     }
+
+    /// The inserts of `create`, `IMPORT_BATCH` to a transaction (one write lock and one sync
+    /// each, where a create takes one of each per key), each transaction within the store's
+    /// timeout: a record whose key id or key is taken is skipped (`ON CONFLICT DO NOTHING`).
+    async fn import(&self, records: Vec<KeyRecord>) -> Result<Vec<bool>, StoreError> {
+        let mut inserted = Vec::with_capacity(records.len());
+        for batch in records.chunks(super::IMPORT_BATCH) {
+            let inserts: Vec<_> = batch.iter().map(insert).collect::<Result<_, _>>()?;
+            let batch_inserted = within("SQLite", self.timeout, async {
+                let mut transaction = (self.pool.begin_with("BEGIN IMMEDIATE"))
+                    .await
+                    .map_err(StoreError::new)?;
+                let mut inserted = Vec::with_capacity(inserts.len());
+                for insert in inserts {
+                    let done =
+                        (insert.execute(&mut *transaction).await).map_err(StoreError::new)?;
+                    inserted.push(done.rows_affected() == 1);
+                }
+                transaction.commit().await.map_err(StoreError::new)?;
+                Ok::<_, StoreError>(inserted)
+            })
+            .await?;
+            inserted.extend(batch_inserted);
+        }
+        Ok(inserted)
+    }
 }
 
 /// `value` as JSON text, for the `metadata` and `scopes` columns.
@@ -733,6 +729,45 @@ fn record_from_row(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
     record.disabled_at = optional_time("disabled_at")?;
     record.last_used_at = optional_time("last_used_at")?;
     Ok(record)
+}
+
+/// The insert of `record`, written once for `create` and `import`: nothing if its key id or
+/// lookup id is taken. Everything that can fail to encode fails here, before any lock.
+fn insert(record: &KeyRecord) -> Result<Query<'_, Sqlite, SqliteArguments>, StoreError> {
+    let identity = &record.identity;
+    let metadata = identity.metadata().map(json).transpose()?;
+    let scopes = identity.scopes().map(json).transpose()?;
+    let rate_limit = identity.rate_limit().as_ref().map(json).transpose()?;
+    let credits = CreditColumns::of(record.credits.as_ref());
+    let refilled_at = credits.refilled_at.map(micros).transpose()?;
+    let encode = |time: Option<SystemTime>| time.map(micros).transpose();
+    let created_at = encode(record.created_at)?;
+    let expires_at = encode(record.expires_at)?;
+    let revoked_at = encode(record.revoked_at)?;
+    let last_used_at = encode(record.last_used_at)?;
+    let disabled_at = encode(record.disabled_at)?;
+    let query = sqlx::query(INSERT)
+        .bind(&record.digest.lookup_id().as_bytes()[..])
+        .bind(identity.key_id().as_str())
+        .bind(&record.digest.as_bytes()[..])
+        .bind(identity.account_id())
+        .bind(identity.name())
+        .bind(identity.tier().as_str())
+        .bind(metadata)
+        .bind(record.hint.as_deref())
+        .bind(created_at)
+        .bind(expires_at)
+        .bind(revoked_at)
+        .bind(last_used_at)
+        .bind(identity.mode().as_str())
+        .bind(scopes)
+        .bind(rate_limit)
+        .bind(credits.remaining)
+        .bind(credits.refill_amount)
+        .bind(credits.refill_every)
+        .bind(refilled_at)
+        .bind(disabled_at);
+    Ok(query)
 }
 
 /// A rate limit from its JSON form in the `rate_limit` column.

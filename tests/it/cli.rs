@@ -12,6 +12,7 @@
 use std::process::Command;
 
 use serde_json::Value;
+use tower_api_key::access::KeyMode;
 use tower_api_key::key::KeyFormat;
 use tower_api_key::store::{PgKeyStore, RedisKeyStore, SqliteKeyStore, WritableKeyStore};
 use tower_api_key::{ApiKey, KeyManager};
@@ -553,6 +554,176 @@ async fn top_up_and_refusals<S: WritableKeyStore + Clone>(store: &Backend<S>) {
     assert!(store.keys().list(&other).await.unwrap().is_empty());
 }
 
+/// A file of `lines` in the temporary folder, with `extension`; removed when dropped.
+struct ImportFile(std::path::PathBuf);
+
+impl ImportFile {
+    fn new(extension: &str, lines: &[String]) -> Self {
+        let path = std::env::temp_dir().join(format!("{}.{extension}", unique("import")));
+        std::fs::write(&path, lines.join("\n") + "\n").expect("the import file is written");
+        Self(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 temporary path")
+    }
+}
+
+impl Drop for ImportFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A key of an older system: `ak_` and no checksum.
+fn legacy_key() -> ApiKey {
+    ApiKey::new(format!("ak_{}", uuid::Uuid::new_v4().simple()))
+}
+
+/// What the layer answers to `key` over `store` with the `ak_` keys accepted.
+async fn legacy_verdict<S: WritableKeyStore + Clone>(store: &Backend<S>, key: &ApiKey) -> String {
+    let format = KeyFormat::default().legacy_prefix("ak_", KeyMode::Live);
+    tower_api_key::testing::verdict(&store.keys().key_format(format), key).await
+}
+
+/// `import` reads JSON lines and CSV: plaintext legacy keys (which then authenticate through a
+/// layer with the legacy prefix) and digests alone, with their ids, names, times and scopes;
+/// the same files again import nothing.
+async fn import_files_once_whatever_the_runs<S: WritableKeyStore + Clone>(store: &Backend<S>) {
+    let account = unique("acct");
+    let (plain, by_digest, in_csv) = (legacy_key(), legacy_key(), legacy_key());
+    let jsonl = ImportFile::new(
+        "jsonl",
+        &[
+            serde_json::json!({
+                "id": "old_plain", "account_id": account, "tier": "pro", "name": "ci",
+                "created_at": "2024-05-01T12:00:00Z", "expires_at": "2099-01-01T00:00:00Z",
+                "key": plain.expose_secret(),
+            })
+            .to_string(),
+            String::new(),
+            serde_json::json!({
+                "id": "old_digest", "account_id": account, "tier": "pro", "name": "deploy",
+                "created_at": "2024-05-02T12:00:00Z", "sha256": by_digest.digest().to_hex(),
+                "scopes": ["iocs:read", "keys:write"], "hint": "ak_...dg57",
+            })
+            .to_string(),
+        ],
+    );
+    let csv = ImportFile::new(
+        "csv",
+        &[
+            "id,account_id,tier,name,created_at,sha256,scopes,mode".to_owned(),
+            format!(
+                "old_csv,{account},pro,\"build, nightly\",2024-05-03T12:00:00Z,{},iocs:read,live",
+                in_csv.digest().to_hex()
+            ),
+        ],
+    );
+    for (file, rows) in [(&jsonl, 2), (&csv, 1)] {
+        let first = store
+            .run(&["import", "--legacy-prefix", "ak_", file.path()])
+            .ok();
+        let expected = format!("imported {rows}, already present 0, rejected 0\n");
+        assert_eq!(first.stdout, expected, "{first:?}");
+        let again = store
+            .run(&["import", "--legacy-prefix", "ak_", file.path()])
+            .ok();
+        let expected = format!("imported 0, already present {rows}, rejected 0\n");
+        assert_eq!(again.stdout, expected, "{again:?}");
+    }
+    let listed = store.keys().list(&account).await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|info| info.name.as_str()).collect();
+    assert_eq!(names, ["ci", "deploy", "build, nightly"]);
+    assert_eq!(listed[0].id.as_str(), "old_plain");
+    let hint = listed[0].hint.as_deref().unwrap();
+    assert!(
+        plain.expose_secret().ends_with(&hint["ak_...".len()..]),
+        "{hint}"
+    );
+    assert_eq!(listed[1].hint.as_deref(), Some("ak_...dg57"));
+    assert_eq!(
+        listed[1].scopes.as_ref().unwrap().to_string(),
+        "iocs:read keys:write"
+    );
+    assert_eq!(listed[2].scopes.as_ref().unwrap().to_string(), "iocs:read");
+    let json = serde_json::to_value(&listed[0]).unwrap();
+    assert_eq!(json["created_at"], "2024-05-01T12:00:00Z");
+    assert_eq!(json["expires_at"], "2099-01-01T00:00:00Z");
+    for key in [&plain, &by_digest, &in_csv] {
+        assert_eq!(legacy_verdict(store, key).await, "ok");
+    }
+    // Without the legacy prefix the layer refuses them, as any key that is not its own.
+    assert_eq!(store.verdict(&plain).await, "invalid_api_key");
+    let made_up = ApiKey::new(format!("sk_live_{}", "a".repeat(38)));
+    assert_eq!(legacy_verdict(store, &made_up).await, "invalid_api_key");
+}
+
+/// Rejected rows are told by line number and the others imported (exit 6); a row past the
+/// tier's limit is rejected unless `--bypass-quota`.
+async fn import_tells_rejected_rows_by_line<S: WritableKeyStore + Clone>(store: &Backend<S>) {
+    let account = unique("acct");
+    let row = |id: &str, tier: &str| {
+        serde_json::json!({
+            "id": format!("{id}_{account}"), "account_id": account, "tier": tier, "name": id,
+            "created_at": "2024-05-01T12:00:00Z", "sha256": legacy_key().digest().to_hex(),
+        })
+        .to_string()
+    };
+    let secret = legacy_key();
+    let lines = [
+        row("one", "free"),
+        "{not json".to_owned(),
+        row("gold", "gold"),
+        serde_json::json!({"id": "plain", "account_id": account, "tier": "free", "name": "p",
+            "created_at": "2024-05-01T12:00:00Z", "key": secret.expose_secret()})
+        .to_string(),
+        row("two", "free"),
+        row("three", "free"),
+        row("four", "free"),
+    ];
+    let file = ImportFile::new("jsonl", &lines);
+    let run = store.run(&["import", file.path()]);
+    assert_eq!(run.code, 6, "{run:?}");
+    assert_eq!(
+        run.stdout, "imported 3, already present 0, rejected 4\n",
+        "{run:?}"
+    );
+    let told: Vec<&str> = (run.stderr.lines())
+        .filter(|line| line.starts_with("line "))
+        .collect();
+    assert_eq!(told.len(), 4, "{run:?}");
+    assert!(told[0].starts_with("line 2: not a JSON object"), "{run:?}");
+    assert!(told[1].starts_with("line 3: the tier \"gold\""), "{run:?}");
+    assert!(
+        told[2].starts_with("line 4: the key is not one of this crate's"),
+        "{run:?}"
+    );
+    assert!(
+        told[3].starts_with("line 7: ") && told[3].contains("allows 3"),
+        "{run:?}"
+    );
+    assert!(!run.stderr.contains(secret.expose_secret()), "{run:?}");
+    assert!(
+        run.stderr.contains("error: 4 of 7 rows were rejected"),
+        "{run:?}"
+    );
+
+    let bypassed = store.run(&["import", "--bypass-quota", "--json", file.path()]);
+    assert_eq!(bypassed.code, 6, "{bypassed:?}");
+    let totals = bypassed.json();
+    assert_eq!(totals["imported"], 1, "{bypassed:?}");
+    assert_eq!(totals["already_present"], 3, "{bypassed:?}");
+    assert_eq!(totals["rejected"], 3, "{bypassed:?}");
+    assert_eq!(store.keys().list(&account).await.unwrap().len(), 4);
+
+    let unknown_column = ImportFile::new("csv", &["id,acount_id".to_owned()]);
+    store.run(&["import", unknown_column.path()]).fails_with(2);
+    store
+        .run(&["import", "/nonexistent/keys.jsonl"])
+        .fails_with(2);
+}
+
 /// One `#[tokio::test]` per flow, on a fresh `$backend` each, finished (cleaned up) after.
 macro_rules! cli_suite {
     ($backend:ident: $($flow:ident),* $(,)?) => {
@@ -574,6 +745,8 @@ macro_rules! cli_suite {
             revoke_and_delete,
             rotate,
             top_up_and_refusals,
+            import_files_once_whatever_the_runs,
+            import_tells_rejected_rows_by_line,
         );
     };
 }
@@ -675,4 +848,30 @@ fn help_documents_the_exit_codes_and_hides_the_store_from_the_environment() {
         assert!(help.contains(code), "{code:?} in {help}");
     }
     assert!(!help.contains("pw-s3cret-9"), "{help}");
+}
+
+#[test]
+fn import_help_documents_the_file_format_and_its_exit_code() {
+    let help = run(["import", "--help"]).ok().stdout;
+    for field in [
+        "id ",
+        "account_id",
+        "tier",
+        "name",
+        "created_at",
+        "expires_at",
+        "key ",
+        "sha256",
+        "mode",
+        "scopes",
+        "hint",
+        "--legacy-prefix",
+        "--bypass-quota",
+        "line N: reason",
+        "Exit code 6",
+    ] {
+        assert!(help.contains(field), "{field} is not in:\n{help}");
+    }
+    let top = run(["--help"]).ok().stdout;
+    assert!(top.contains("6  import: some rows were rejected"), "{top}");
 }

@@ -13,6 +13,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 use tower_api_key::{
+    access::KeyMode,
     key::{KeyDigest, KeyFormat},
     response::Rejection,
     ApiKeyLayer, KeyId, KeyIdentity, KeyRecord, KeyStore, MemoryKeyStore, Tier,
@@ -447,7 +448,7 @@ async fn additional_prefix_is_accepted() {
 }
 
 #[tokio::test]
-async fn unchecked_format_accepts_legacy_keys() {
+async fn a_legacy_prefix_accepts_keys_of_another_shape() {
     let store = MemoryKeyStore::new();
     let legacy = "3f1c9a7e-legacy-key";
     let identity = KeyIdentity::new(KeyId::new("key_l"), "acct_1", "legacy", Tier::FREE);
@@ -458,10 +459,49 @@ async fn unchecked_format_accepts_legacy_keys() {
     )
     .await;
     assert_eq!(strict.status, StatusCode::UNAUTHORIZED);
-    let layer = ApiKeyLayer::new(store).key_format(KeyFormat::default().unchecked());
+    let format = KeyFormat::default().legacy_prefix("", KeyMode::Live);
+    let layer = ApiKeyLayer::new(store).key_format(format);
     assert!(send(layer, &[("x-api-key", legacy.as_bytes())])
         .await
         .reached_inner_service());
+}
+
+#[tokio::test]
+async fn an_imported_legacy_key_authenticates_and_a_made_up_own_key_is_refused_unlooked_up() {
+    use tower_api_key::manage::{ImportOutcome, ImportQuota, ImportedKey};
+    use tower_api_key::{ApiKey, KeyManager};
+
+    let memory = MemoryKeyStore::new();
+    let format = KeyFormat::default().legacy_prefix("ak_", KeyMode::Live);
+    let keys = KeyManager::new(memory.clone()).key_format(format.clone());
+    let legacy = ApiKey::new("ak_9f8e7d6c5b4a3f2e1d0c");
+    let imported = ImportedKey::key(
+        legacy.clone(),
+        KeyId::new("old_1"),
+        "acct_1",
+        Tier::FREE,
+        "ci",
+    );
+    let outcomes = keys.import(vec![imported], ImportQuota::Respected).await;
+    assert!(matches!(outcomes.unwrap()[..], [ImportOutcome::Imported]));
+
+    let store = CountingStore::new(memory);
+    let layer = ApiKeyLayer::new(store.clone()).key_format(format);
+    let answer = send(
+        layer.clone(),
+        &[("x-api-key", legacy.expose_secret().as_bytes())],
+    )
+    .await;
+    assert!(answer.reached_inner_service());
+    assert_eq!(store.lookups(), 1);
+    let made_up = format!("sk_live_{}", "a".repeat(38));
+    let answer = send(layer, &[("x-api-key", made_up.as_bytes())]).await;
+    assert_envelope(&answer, StatusCode::UNAUTHORIZED, "invalid_api_key");
+    assert_eq!(
+        store.lookups(),
+        1,
+        "a bad checksum is refused before any lookup"
+    );
 }
 
 #[tokio::test]

@@ -14,12 +14,14 @@ Exit codes:
   4  refused by policy: the tier's key limit is reached, an unknown tier, or an invalid
      name, scope or expiry
   5  the store is unreachable or failing
+  6  import: some rows were rejected (each told on stderr as `line N: reason`); the
+     others were imported
   1  anything else (stdout cannot be written)
 
 Store URLs: postgres://user:password@host/db (or postgresql://), redis://host:6379
 (TLS, rediss://, is not supported yet), sqlite:///path/to/keys.db (add ?mode=rwc to create it).";
 
-/// Issue, list, revoke, delete, rotate and top up API keys in a tower-api-key store.
+/// Issue, list, revoke, delete, rotate, top up and import API keys in a tower-api-key store.
 #[derive(Debug, Parser)]
 #[command(name = "tower-api-key", version, after_help = EXIT_CODES)]
 pub struct Cli {
@@ -78,6 +80,64 @@ pub enum Command {
         /// How many credits to add
         amount: u64,
     },
+    /// Import the keys of another system from a JSON-lines or CSV file, in bulk
+    #[command(after_help = IMPORT_FORMAT)]
+    Import(Import),
+}
+
+const IMPORT_FORMAT: &str = "\
+File format: one key a row, in JSON lines (.jsonl: one JSON object a line) or CSV (.csv: a
+header row naming the columns, then one row a key; quote fields that hold commas). Fields:
+  id          the key's id, kept as it is (required)
+  account_id  its account (required)
+  tier        its account's tier: free or pro (required)
+  name        its name (required)
+  created_at  when it was created, RFC 3339 in UTC: 2024-05-01T12:00:00Z (required)
+  expires_at  when it stops working, likewise (optional; a time past imports it expired)
+  key         the plaintext key: it must start with a --legacy-prefix (or be a key of
+              this crate), and only its SHA-256 digest is stored
+  sha256      or the key's SHA-256 digest alone, 64 hexadecimal digits (one of the two)
+  mode        live (default) or test; a plaintext key's prefix must name the same
+  scopes      scopes separated by spaces (JSON lines: also an array); none: full access
+  hint        what listings show to recognise a key imported by digest (ak_...Xy12)
+
+  {\"id\":\"old_1\",\"account_id\":\"acct_42\",\"tier\":\"pro\",\"name\":\"ci\",\"created_at\":\"2024-05-01T12:00:00Z\",\"key\":\"ak_9f8e7d6c5b4a3f2e1d0c\"}
+
+  id,account_id,tier,name,created_at,expires_at,sha256,scopes
+  old_2,acct_42,pro,\"deploy, prod\",2024-05-01T12:00:00Z,,<64 hex digits>,iocs:read keys:write
+
+A key whose id or key is stored already is left as it is and counted as already present, so
+running the same import twice imports nothing twice. Each rejected row is told on stderr as
+`line N: reason` and the rest go on; progress goes to stderr every 10,000 rows, the totals to
+stdout. Exit code 6 when some rows were rejected.";
+
+#[derive(Debug, Args)]
+pub struct Import {
+    /// The file to import: .jsonl or .csv, or say which with --format
+    pub file: std::path::PathBuf,
+    /// The file's format, if its extension does not say
+    #[arg(long, value_enum)]
+    pub format: Option<ImportFormat>,
+    /// Accept plaintext live keys that start with PREFIX (no checksum); repeat for more.
+    /// The service's layer needs the same `KeyFormat::legacy_prefix` for them to authenticate
+    #[arg(long = "legacy-prefix", value_name = "PREFIX")]
+    pub legacy_prefixes: Vec<String>,
+    /// Likewise, for plaintext test keys
+    #[arg(long = "legacy-test-prefix", value_name = "PREFIX")]
+    pub legacy_test_prefixes: Vec<String>,
+    /// Do not count the tiers' key limits: a migration, whose accounts may hold more keys
+    /// than their tier lets them create. Default: a key past its account's limit is rejected
+    #[arg(long)]
+    pub bypass_quota: bool,
+}
+
+/// The format of an import file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImportFormat {
+    /// One JSON object a line
+    Jsonl,
+    /// A header row, then one row a key
+    Csv,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,5 @@
-//! `tower-api-key`: issue, list, revoke, delete, rotate and top up API keys in a PostgreSQL,
-//! Redis or SQLite store, without writing code.
+//! `tower-api-key`: issue, list, revoke, delete, rotate, top up and import API keys in a
+//! PostgreSQL, Redis or SQLite store, without writing code.
 //!
 //! ```text
 //! cargo install tower-api-key --features cli
@@ -8,6 +8,7 @@
 //! tower-api-key list --account acct_42
 //! tower-api-key rotate --account acct_42 key_... --grace 1h
 //! tower-api-key revoke --account acct_42 key_...
+//! tower-api-key import --legacy-prefix ak_ old-keys.jsonl      # or .csv; --bypass-quota
 //! ```
 //!
 //! The store is named by URL: `postgres://` or `postgresql://` (a `PgKeyStore`, in table
@@ -32,11 +33,33 @@
 //! | 3    | not found: no such key in the account (to rotate: no such active key)        |
 //! | 4    | refused by policy: the tier's key limit is reached, an unknown tier, an invalid name, scope or expiry |
 //! | 5    | the store is unreachable or failing                                          |
+//! | 6    | `import`: some rows were rejected (each told on stderr); the others were imported |
 //! | 1    | anything else (stdout cannot be written)                                     |
 //!
 //! Errors go to stderr, one line beginning with `error: `, saying what to do.
+//!
+//! # Importing keys
+//!
+//! `import FILE` keeps the keys of another system: one key a row, in JSON lines (`.jsonl`) or
+//! CSV (`.csv`, a header row naming the columns; `--format` when the extension does not say),
+//! with the fields `id`, `account_id`, `tier`, `name`, `created_at` (RFC 3339, UTC), and
+//! optionally `expires_at`, `mode` (`live` or `test`), `scopes` (separated by spaces, or a JSON
+//! array) and `hint`; and either `key`, the plaintext key (its prefix given with
+//! `--legacy-prefix`, as the service's `KeyFormat::legacy_prefix`; only its digest is stored),
+//! or `sha256`, its SHA-256 digest in hex. `import --help` shows an example of each format.
+//!
+//! Rows go to the store 1,000 at a time (one transaction each in PostgreSQL and SQLite).
+//! Each key counts against its account's tier limit unless `--bypass-quota` (a migration).
+//! A key whose id or key is stored already is left as it is and counted as already present:
+//! running the same import twice imports nothing twice, so an import stopped by a failing store
+//! is finished by running it again. Each rejected row is told on stderr as `line N: reason`,
+//! and the others go on; progress goes to stderr every 10,000 rows, and the totals to stdout
+//! (`imported N, already present N, rejected N`, or with `--json`
+//! `{"rows", "imported", "already_present", "rejected"}`). The exit code is 6 when some rows were
+//! rejected.
 
 mod args;
+mod import;
 mod output;
 mod store;
 
@@ -62,6 +85,7 @@ impl Failure {
     pub const NOT_FOUND: u8 = 3;
     pub const REFUSED: u8 = 4;
     pub const STORE: u8 = 5;
+    pub const ROWS_REJECTED: u8 = 6;
 
     pub fn new(code: u8, message: impl Into<String>) -> Self {
         Self {
@@ -164,6 +188,10 @@ async fn run<S: WritableKeyStore>(keys: KeyManager<S>, cli: &Cli) -> Result<(), 
             let (account, id) = (&target.account, KeyId::new(target.key_id.as_str()));
             let info = keys.top_up(account, &id, *amount).await;
             output::info(&info.map_err(|e| refusal(e, account, Some(&id)))?, json)
+        }
+        Command::Import(options) => {
+            let keys = keys.key_format(import::format(options)?);
+            import::run(&keys, options, json).await
         }
     }
 }

@@ -179,7 +179,7 @@ fn credits(credits: Credits) -> String {
     }
 }
 
-fn print_json(value: &impl Serialize) -> Result<(), Failure> {
+pub fn print_json(value: &impl Serialize) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).map_err(|error| {
         Failure::new(
             Failure::STORE,
@@ -190,7 +190,7 @@ fn print_json(value: &impl Serialize) -> Result<(), Failure> {
 }
 
 /// Writes to stdout; a closed stdout (`| head`) is not an error worth a panic.
-fn print(text: &str) -> Result<(), Failure> {
+pub fn print(text: &str) -> Result<(), Failure> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())

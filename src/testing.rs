@@ -954,8 +954,8 @@ pub async fn disabling_refuses_a_key_until_enabled_and_keeps_its_quota_place(
     assert_eq!(verdict(&b, &created.key).await, "expired_api_key");
 }
 
-/// The [audit events](crate::audit) of a key's whole life, in order, each with the manager's
-/// time, the account, the key id and the actor: created, rotated (naming the replacement),
+/// The [audit events](crate::audit) of keys' whole lives, in order, each with the manager's
+/// time, the account, the key id and the actor: imported, created, rotated (naming the replacement),
 /// disabled, enabled, revoked, reported leaked (by the scanner), deleted. No event holds a
 /// secret.
 pub async fn audit_events_follow_a_key_s_whole_life(backend: impl Backend) {
@@ -969,6 +969,25 @@ pub async fn audit_events_follow_a_key_s_whole_life(backend: impl Backend) {
         .audit(move |event: &AuditEvent| sink.lock().unwrap().push(event.clone()));
     let account = account();
     let admin = Actor::User("ada@example.com".into());
+    let migration = Actor::User("migration".into());
+    let legacy = ApiKey::new(format!("ak_{}", uuid::Uuid::new_v4().simple()));
+    let legacy_id = KeyId::new(format!("old_{}", uuid::Uuid::new_v4().simple()));
+    let old = crate::manage::ImportedKey::digest(
+        legacy.digest(),
+        legacy_id.clone(),
+        &account,
+        Tier::FREE,
+        "from the old system",
+    )
+    .created_at(clock.now() - Duration::from_secs(86_400));
+    let imported = (keys.acting_as(migration.clone()))
+        .import(vec![old], crate::manage::ImportQuota::Bypassed)
+        .await
+        .unwrap();
+    assert!(matches!(
+        imported[..],
+        [crate::manage::ImportOutcome::Imported]
+    ));
     let created = create(&keys, &account).await;
     let id = created.info.id.clone();
     clock.advance(Duration::from_secs(1));
@@ -1008,6 +1027,7 @@ pub async fn audit_events_follow_a_key_s_whole_life(backend: impl Backend) {
     assert_eq!(
         seen,
         [
+            (AuditAction::Imported, &legacy_id, &migration),
             (AuditAction::Created, &id, &Actor::Application),
             (rotated, &id, &admin),
             (AuditAction::Disabled, &new, &admin),
@@ -1021,11 +1041,11 @@ pub async fn audit_events_follow_a_key_s_whole_life(backend: impl Backend) {
             (AuditAction::Deleted, &id, &Actor::Application),
         ]
     );
-    assert_eq!(events[0].at, clock.now() - Duration::from_secs(1));
-    assert!(events[1..].iter().all(|event| event.at == clock.now()));
+    assert_eq!(events[1].at, clock.now() - Duration::from_secs(1));
+    assert!(events[2..].iter().all(|event| event.at == clock.now()));
     assert!(events.iter().all(|event| event.account_id == account));
     let written = format!("{events:?} {}", serde_json::to_string(&events).unwrap());
-    for key in [&created.key, &replacement.key] {
+    for key in [&created.key, &replacement.key, &legacy] {
         let secret = key.expose_secret();
         assert!(!written.contains(&secret[8..]), "an event holds a key");
         assert!(

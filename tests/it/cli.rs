@@ -360,8 +360,8 @@ async fn list_and_get_show_keys_but_no_secret<S: WritableKeyStore + Clone>(store
     assert_eq!(empty.json(), serde_json::json!([]));
 }
 
-/// `revoke` refuses the key from then on; `delete` makes it unknown; both say 3 when there is
-/// no such key.
+/// `revoke` refuses the key from then on; `disable` until `enable`; `delete` makes it unknown;
+/// each says 3 when there is no such key.
 async fn revoke_and_delete<S: WritableKeyStore + Clone>(store: &Backend<S>) {
     let account = unique("acct");
     let create = |name: &str| {
@@ -391,6 +391,28 @@ async fn revoke_and_delete<S: WritableKeyStore + Clone>(store: &Backend<S>) {
         .run(&["revoke", "--account", &account, &revoked_id])
         .ok();
     assert!(again.stdout.contains("revoked"), "{again:?}");
+
+    let (disabled, disabled_id) = create("disabled");
+    let json = store
+        .run(&["disable", "--account", &account, &disabled_id, "--json"])
+        .ok();
+    assert!(json.json()["disabled_at"].is_string(), "{json:?}");
+    assert_eq!(store.verdict(&disabled).await, "expired_api_key");
+    let shown = store
+        .run(&["get", "--account", &account, &disabled_id])
+        .ok();
+    assert!(shown.stdout.contains("status:     disabled"), "{shown:?}");
+    let json = store
+        .run(&["enable", "--account", &account, &disabled_id, "--json"])
+        .ok();
+    assert_eq!(json.json()["disabled_at"], Value::Null, "{json:?}");
+    assert_eq!(store.verdict(&disabled).await, "ok");
+    store
+        .run(&["disable", "--account", &unique("acct"), &disabled_id])
+        .fails_with(3);
+    store
+        .run(&["delete", "--account", &account, &disabled_id])
+        .ok();
 
     store
         .run(&["delete", "--account", &account, &deleted_id])

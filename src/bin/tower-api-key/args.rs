@@ -21,7 +21,7 @@ Exit codes:
 Store URLs: postgres://user:password@host/db (or postgresql://), redis://host:6379
 (TLS, rediss://, is not supported yet), sqlite:///path/to/keys.db (add ?mode=rwc to create it).";
 
-/// Issue, list, revoke, delete, rotate, top up and import API keys in a tower-api-key store.
+/// Issue, list, revoke, disable, enable, delete, rotate, top up and import API keys in a tower-api-key store.
 #[derive(Debug, Parser)]
 #[command(name = "tower-api-key", version, after_help = EXIT_CODES)]
 pub struct Cli {
@@ -63,6 +63,10 @@ pub enum Command {
     Get(Target),
     /// Revoke a key: it stops working at once, and its record stays
     Revoke(Target),
+    /// Disable a key: it is refused until enabled again, and still counts toward the quota
+    Disable(Target),
+    /// Enable a disabled key again
+    Enable(Target),
     /// Delete a key and its record
     Delete(Target),
     /// Replace an active key: print the new key; the old one works for the grace period

@@ -1,4 +1,4 @@
-//! `tower-api-key`: issue, list, revoke, delete, rotate, top up and import API keys in a
+//! `tower-api-key`: issue, list, revoke, disable, enable, delete, rotate, top up and import API keys in a
 //! PostgreSQL, Redis or SQLite store, without writing code.
 //!
 //! ```text
@@ -8,6 +8,7 @@
 //! tower-api-key list --account acct_42
 //! tower-api-key rotate --account acct_42 key_... --grace 1h
 //! tower-api-key revoke --account acct_42 key_...
+//! tower-api-key disable --account acct_42 key_...          # and `enable` to undo it
 //! tower-api-key import --legacy-prefix ak_ old-keys.jsonl      # or .csv; --bypass-quota
 //! ```
 //!
@@ -154,6 +155,23 @@ async fn run<S: WritableKeyStore>(keys: KeyManager<S>, cli: &Cli) -> Result<(), 
             let info = info.map_err(|e| refusal(e, account, Some(&id)))?;
             if !json {
                 eprintln!("revoked {id}: it is refused from now on");
+            }
+            output::info(&info, json)
+        }
+        Command::Disable(target) | Command::Enable(target) => {
+            let disable = matches!(cli.command, Command::Disable(_));
+            let (account, id) = (&target.account, KeyId::new(target.key_id.as_str()));
+            let info = if disable {
+                keys.disable(account, &id).await
+            } else {
+                keys.enable(account, &id).await
+            };
+            let info = info.map_err(|e| refusal(e, account, Some(&id)))?;
+            if !json {
+                match disable {
+                    true => eprintln!("disabled {id}: it is refused until enabled again"),
+                    false => eprintln!("enabled {id}"),
+                }
             }
             output::info(&info, json)
         }

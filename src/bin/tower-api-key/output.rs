@@ -106,6 +106,7 @@ pub fn info(info: &KeyInfo, json: bool) -> Result<(), Failure> {
         ("created", time(info.created_at)),
         ("expires", time(info.expires_at)),
         ("revoked", time(info.revoked_at)),
+        ("disabled", time(info.disabled_at)),
         ("last used", time(info.last_used_at)),
         (
             "scopes",
@@ -138,6 +139,8 @@ pub fn deleted(account: &str, id: &KeyId, json: bool) -> Result<(), Failure> {
 fn status(info: &KeyInfo, now: SystemTime) -> &'static str {
     if info.revoked_at.is_some() {
         "revoked"
+    } else if info.disabled_at.is_some() {
+        "disabled"
     } else if info.expires_at.is_some_and(|expires_at| expires_at <= now) {
         "expired"
     } else {

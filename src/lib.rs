@@ -255,6 +255,13 @@
 //! the key id and who acted ([`KeyManager::acting_as`]), never a secret; a `tracing` event
 //! unless the manager is given a sink of its own ([`KeyManager::audit`]).
 //!
+//! A service moving to this crate keeps its users' keys: [`KeyManager::import`] takes keys of
+//! another system (plaintext, accepted by a [legacy prefix](key::KeyFormat::legacy_prefix)
+//! without a checksum, or their SHA-256 digests alone) with their ids, names, creation times
+//! and expiry, in bulk, the quota respected or, for a migration, bypassed; a key already there
+//! is left as it is, so importing twice imports nothing twice. The command line does it from a
+//! JSON-lines or CSV file (`tower-api-key import`).
+//!
 //! ```
 //! use tower_api_key::{audit::Actor, KeyManager, MemoryKeyStore, NewKey, Tier};
 //!

@@ -26,10 +26,12 @@
 //! | `POST /api/v1/keys`                 | `keys:write` | any        |
 //! | `DELETE /api/v1/keys/…` (revoke; `?permanent=true` deletes) | `keys:write` | any |
 //! | `POST /api/v1/keys/…/rotate`        | `keys:write` | any        |
+//! | `POST /api/v1/keys/…/disable`, `/enable` | `keys:write` | any   |
 //!
 //! The keys routes are the crate's [`keys_api::router`]; every error under `/api` is answered
 //! in the envelope with the caller's `X-Request-Id` ([`errors_in_envelope`]). The demo logs to
-//! stderr, filtered by `RUST_LOG` (`info` by default).
+//! stdout, filtered by `RUST_LOG` (`info` by default), the keys' audit events included (target
+//! `tower_api_key::audit`).
 //!
 //! No key can make or remove a key more powerful than itself ([`KeyInfo::may_manage`]): a test
 //! key creates and revokes only test keys (else `403 live_key_required`); a key without full

@@ -1233,35 +1233,46 @@ pub async fn imported_legacy_keys_authenticate(backend: impl Backend) {
     );
 }
 
-/// An import that respects the quota stores keys up to the tier's limit of active keys and
-/// rejects the rest, and says the same when run again; bypassing it stores them.
+/// An import that respects the quota stores each account's keys, in their order, up to the
+/// tier's limit of active keys and rejects the rest, whatever the accounts' rows are
+/// interleaved with, and says the same when run again; bypassing it stores them.
 pub async fn import_respecting_the_quota_stops_at_the_limit(backend: impl Backend) {
     use crate::manage::{ImportError, ImportOutcome, ImportQuota};
     let clock = clock();
     let keys = manager(backend.instance().await, &clock);
-    let account = account();
-    let (_, imported) = legacy_keys(&account, Tier::FREE, 5, &clock);
+    // 20 accounts of 5 keys each, their rows interleaved: the quota of 3 holds for each, and
+    // each account's first 3 rows are the ones imported, however many accounts go at a time.
+    let accounts: Vec<String> = (0..20).map(|_| account()).collect();
+    let per_account: Vec<_> = (accounts.iter())
+        .map(|account| legacy_keys(account, Tier::FREE, 5, &clock).1)
+        .collect();
+    let imported: Vec<_> = (0..5)
+        .flat_map(|row| per_account.iter().map(move |keys| keys[row].clone()))
+        .collect();
     for run in 0..2 {
         let outcomes = keys
             .import(imported.clone(), ImportQuota::Respected)
             .await
             .unwrap();
-        let expected = if run == 0 { (3, 0, 2) } else { (0, 3, 2) };
+        let expected = if run == 0 { (60, 0, 40) } else { (0, 60, 40) };
         assert_eq!(tally(&outcomes), expected, "run {run}: {outcomes:?}");
-        let refused = outcomes.iter().filter(|outcome| {
-            matches!(
+        for (index, outcome) in outcomes.iter().enumerate() {
+            let refused = matches!(
                 outcome,
                 ImportOutcome::Rejected(ImportError::Refused(ManageError::KeyLimitReached {
                     limit: 3,
                     ..
                 }))
-            )
-        });
-        assert_eq!(refused.count(), 2);
+            );
+            // Rows 0..60 are each account's first three keys.
+            assert_eq!(refused, index >= 60, "row {index}: {outcome:?}");
+        }
     }
     let bypassed = keys.import(imported, ImportQuota::Bypassed).await.unwrap();
-    assert_eq!(tally(&bypassed), (2, 3, 0));
-    assert_eq!(keys.list(&account).await.unwrap().len(), 5);
+    assert_eq!(tally(&bypassed), (40, 60, 0));
+    for account in &accounts {
+        assert_eq!(keys.list(account).await.unwrap().len(), 5);
+    }
 }
 
 /// Generates one test per function of the [store suite](crate::testing), each with the backend

@@ -1,7 +1,10 @@
 //! Importing keys issued by another system: [`KeyManager::import`].
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::SystemTime;
+
+use futures_util::{stream, StreamExt, TryStreamExt};
 
 use super::{valid_name, KeyManager, ManageError, LATEST};
 use crate::audit::AuditAction;
@@ -10,6 +13,9 @@ use crate::key::{ApiKey, KeyDigest};
 use crate::mode::KeyMode;
 use crate::scope::{ScopeError, Scopes};
 use crate::store::{CreateError, KeyRecord, Quota, WritableKeyStore};
+
+/// How many accounts' keys an import that respects the quota checks at a time.
+const CONCURRENT_ACCOUNTS: usize = 16;
 
 /// The longest key id or account id an import accepts, in bytes.
 const MAX_ID_LEN: usize = 255;
@@ -149,7 +155,8 @@ impl ImportedKey {
 pub enum ImportQuota {
     /// Each key goes through the atomic quota check of [`KeyManager::create`]: a key beyond
     /// its tier's limit of active keys is rejected ([`ManageError::KeyLimitReached`]) and the
-    /// others go on. One store call per key.
+    /// others go on. One store call per key, the keys of one account in order and up to 16
+    /// accounts at a time.
     Respected,
     /// No quota is counted: for a migration, whose accounts may hold more keys than their
     /// tier would let them create. Keys go to the store in bulk
@@ -280,8 +287,31 @@ impl<S: WritableKeyStore> KeyManager<S> {
             .collect();
         match quota {
             ImportQuota::Respected => {
+                // Accounts are independent: each account's keys are checked in order, and
+                // several accounts at a time.
+                let mut accounts: HashMap<String, usize> = HashMap::new();
+                let mut groups: Vec<Vec<(usize, KeyRecord)>> = Vec::new();
                 for (index, record) in valid {
-                    outcomes[index] = self.import_one(record, now).await?;
+                    let account_id = record.identity.account_id().to_owned();
+                    let group = *accounts.entry(account_id).or_insert_with(|| {
+                        groups.push(Vec::new());
+                        groups.len() - 1
+                    });
+                    groups[group].push((index, record));
+                }
+                let imported: Vec<Vec<(usize, ImportOutcome)>> = stream::iter(groups)
+                    .map(|group| async move {
+                        let mut imported = Vec::with_capacity(group.len());
+                        for (index, record) in group {
+                            imported.push((index, self.import_one(record, now).await?));
+                        }
+                        Ok::<_, ManageError>(imported)
+                    })
+                    .buffer_unordered(CONCURRENT_ACCOUNTS)
+                    .try_collect()
+                    .await?;
+                for (index, outcome) in imported.into_iter().flatten() {
+                    outcomes[index] = outcome;
                 }
             }
             ImportQuota::Bypassed => {

@@ -144,7 +144,7 @@ impl Connection {
                 let probe = PgConnection::connect_with(&options).await;
                 probe.map_err(Problem::store)?.close().await.ok();
                 let pool = PgPoolOptions::new()
-                    .max_connections(2)
+                    .max_connections(8)
                     .acquire_timeout(timeout)
                     .connect_with(options)
                     .await

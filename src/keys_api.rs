@@ -188,6 +188,23 @@ impl Caller {
         }
     }
 
+    /// `keys` acting as the caller, once it is checked that the caller may `act` on key `id`
+    /// of its account: a key only on keys no more powerful than itself
+    /// ([`KeyInfo::may_manage`]), an owner on any.
+    async fn changing<S: WritableKeyStore + Clone>(
+        &self,
+        keys: &KeyManager<S>,
+        id: &KeyId,
+        act: &str,
+    ) -> Result<KeyManager<S>, ApiError> {
+        if let Some(own) = self.info(keys).await? {
+            let target = keys.get(self.account_id(), id).await?;
+            own.may_manage(&target)
+                .map_err(|overreach| ApiError::cannot_change(overreach, act))?;
+        }
+        Ok(keys.acting_as(self.actor()))
+    }
+
     /// The caller's own key's description, which holds its expiry; `None` for an owner.
     async fn info<S: WritableKeyStore>(
         &self,
@@ -295,12 +312,7 @@ async fn remove<S: WritableKeyStore + Clone>(
     caller.require_scope("keys:write")?;
     let id = KeyId::new(id);
     let account_id = caller.account_id();
-    if let Some(own) = caller.info(&keys).await? {
-        let target = keys.get(account_id, &id).await?;
-        own.may_manage(&target)
-            .map_err(|overreach| ApiError::cannot_change(overreach, "revoke"))?;
-    }
-    let keys = keys.acting_as(caller.actor());
+    let keys = caller.changing(&keys, &id, "revoke").await?;
     if query.permanent {
         keys.delete(account_id, &id).await?;
     } else {
@@ -340,12 +352,7 @@ async fn rotate<S: WritableKeyStore + Clone>(
     };
     let id = KeyId::new(id);
     let account_id = caller.account_id();
-    if let Some(own) = caller.info(&keys).await? {
-        let target = keys.get(account_id, &id).await?;
-        own.may_manage(&target)
-            .map_err(|overreach| ApiError::cannot_change(overreach, "rotate"))?;
-    }
-    let keys = keys.acting_as(caller.actor());
+    let keys = caller.changing(&keys, &id, "rotate").await?;
     let created = keys.rotate(account_id, &id, grace).await?;
     Ok((StatusCode::CREATED, Json(with_key(&created))))
 }
@@ -379,12 +386,7 @@ async fn switch<S: WritableKeyStore + Clone>(
     caller.require_scope("keys:write")?;
     let account_id = caller.account_id();
     let verb = if disable { "disable" } else { "enable" };
-    if let Some(own) = caller.info(&keys).await? {
-        let target = keys.get(account_id, &id).await?;
-        own.may_manage(&target)
-            .map_err(|overreach| ApiError::cannot_change(overreach, verb))?;
-    }
-    let keys = keys.acting_as(caller.actor());
+    let keys = caller.changing(&keys, &id, verb).await?;
     let info = if disable {
         keys.disable(account_id, &id).await?
     } else {

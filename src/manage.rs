@@ -855,7 +855,7 @@ impl<S: WritableKeyStore> KeyManager<S> {
             .generate_for(mode)
             .expect("the mode has a prefix");
         let secret = key.expose_secret();
-        let hint = format!("{prefix}...{}", &secret[secret.len() - 4..]);
+        let hint = hint_of(secret, prefix);
         let tier = identity.tier().clone();
         let mut record = KeyRecord::new(key.digest(), identity)
             .with_created_at(quota.now)
@@ -889,6 +889,19 @@ impl<S> fmt::Debug for KeyManager<S> {
             .field("format", &self.format)
             .field("limits", &self.limits)
             .finish_non_exhaustive()
+    }
+}
+
+/// What listings show of `key`, whose prefix is `prefix`: the prefix and the last four
+/// characters (`sk_live_...Xy12`), or the prefix alone for a key whose body is shorter than 16
+/// characters, of which four would tell too much.
+fn hint_of(key: &str, prefix: &str) -> String {
+    // Keys are visible ASCII: any byte index is a character boundary.
+    let body = &key[prefix.len()..];
+    if body.len() >= 16 {
+        format!("{prefix}...{}", &body[body.len() - 4..])
+    } else {
+        format!("{prefix}...")
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use futures_util::{stream, StreamExt, TryStreamExt};
 
-use super::{valid_name, KeyManager, ManageError, LATEST};
+use super::{hint_of, valid_name, KeyManager, ManageError, LATEST};
 use crate::audit::AuditAction;
 use crate::identity::{KeyId, KeyIdentity, Tier};
 use crate::key::{ApiKey, KeyDigest};
@@ -424,18 +424,6 @@ impl<S: WritableKeyStore> KeyManager<S> {
 /// 1 to [`MAX_ID_LEN`] bytes without control characters.
 fn valid_id(id: &str) -> bool {
     (1..=MAX_ID_LEN).contains(&id.len()) && !id.chars().any(char::is_control)
-}
-
-/// `key`'s prefix and its last four characters, as the manager's hints are; the prefix alone
-/// for a key whose body is shorter than 16 characters, of which four would tell too much.
-fn hint_of(key: &str, prefix: &str) -> String {
-    // Keys are visible ASCII: any byte index is a character boundary.
-    let body = &key[prefix.len()..];
-    if body.len() >= 16 {
-        format!("{prefix}...{}", &body[body.len() - 4..])
-    } else {
-        format!("{prefix}...")
-    }
 }
 
 #[cfg(test)]

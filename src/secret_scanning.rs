@@ -113,9 +113,9 @@ use futures_util::{stream, StreamExt, TryStreamExt};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use p256::ecdsa::{signature::Verifier, Signature};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::audit::Actor;
+use crate::key::KeyDigest;
 use crate::manage::{KeyManager, ManageError};
 use crate::response::{errors_in_envelope, ErrorResponse};
 use crate::store::WritableKeyStore;
@@ -196,7 +196,8 @@ async fn report<S: WritableKeyStore + Clone>(
             } else {
                 "false_positive"
             },
-            token_hash: hex::encode(Sha256::digest(found_match.token.as_bytes())),
+            // The digest a store keeps of a key, in hex: SHA-256 of the token.
+            token_hash: KeyDigest::of(&found_match.token).to_hex(),
             token_type: found_match.token_type.clone(),
         })
         .collect();

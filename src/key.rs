@@ -315,9 +315,10 @@ impl KeyFormat {
     /// or test prefix, or one it [also accepts](KeyFormat::also_accept)) must pass the checksum,
     /// unless a longer legacy prefix matches it. So `legacy_prefix("", KeyMode::Live)` accepts a
     /// key of any shape, yet still rejects a made-up `sk_live_` key without a lookup. A legacy
-    /// key is, like any key, 1 to [`MAX_KEY_LEN`] visible ASCII characters. Legacy keys have no
-    /// shape to look for: [`pattern`](KeyFormat::pattern) and [`find_keys`](KeyFormat::find_keys)
-    /// leave them out.
+    /// key is, like any key, 1 to [`MAX_KEY_LEN`] visible ASCII characters. In a text,
+    /// [`pattern`](KeyFormat::pattern), [`find_keys`](KeyFormat::find_keys) and the query-string
+    /// refusal take a legacy prefix followed by at least 16 base64url characters for a legacy key;
+    /// a key under the empty prefix has no shape to look for.
     ///
     /// ```
     /// use tower_api_key::{access::KeyMode, key::KeyFormat};
